@@ -1,0 +1,50 @@
+# mwp — run `make help` for the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+TORCH_VERSION ?= 2.13.0
+# Extra Hydra overrides for `make demo`, e.g. `make demo ARGS="trainer.max_steps=50"`.
+ARGS ?=
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench clean
+
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel first: a later `torch>=…` requirement is then already satisfied.
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempotent).
+
+demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher, train a Flan-T5 student, evaluate it.
+	$(BIN)/mwp experiment=demo $(ARGS)
+
+test: $(STAMP) ## Run the whole test suite offline (slow end-to-end tests included).
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## Check style with ruff.
+	$(BIN)/ruff check mwp tests experiments
+	$(BIN)/ruff format --check mwp tests experiments
+
+format: $(STAMP) ## Apply ruff's fixes and formatting.
+	$(BIN)/ruff check --fix mwp tests experiments
+	$(BIN)/ruff format mwp tests experiments
+
+clean: ## Remove run outputs and caches (keeps .venv).
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,124 @@
+"""One interface for every teacher: n completions per prompt, optionally with per-token top-k logprobs.
+
+Callers (the distill stage) only see `Teacher.generate`; backends (recorded, OpenAI-compatible,
+local Hugging Face) differ in how they fill `Completion`s, never in how they are called.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class TeacherError(RuntimeError):
+    """A teacher could not produce completions (unreachable server, retries exhausted, unknown problem)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    # How many alternatives to record per generated token; 0 records none. APIs allow at most 20.
+    top_logprobs: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"teacher.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"teacher.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"teacher.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"teacher.max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"teacher.top_logprobs must be in [0, 20], got {self.top_logprobs}")
+
+
+@dataclass
+class TokenLogprobs:
+    """Per generated token: its string, its logprob, and the teacher's top-k alternatives."""
+
+    tokens: list[str]
+    logprobs: list[float]
+    top_tokens: list[list[str]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.logprobs):
+            raise ValueError("tokens and logprobs differ in length")
+        if len(self.top_tokens) != len(self.top_logprobs):
+            raise ValueError("top_tokens and top_logprobs differ in length")
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    logprobs: TokenLogprobs | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Completion:
+        lp = row.get("logprobs")
+        return cls(
+            text=row["text"],
+            finish_reason=row.get("finish_reason"),
+            logprobs=TokenLogprobs(**lp) if lp else None,
+        )
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    """What to ask about one problem. `prompt` is plain text; chat backends wrap it in a user turn."""
+
+    problem_id: str
+    prompt: str
+    system: str | None = None
+
+
+@dataclass
+class TeacherResponse:
+    request: TeacherRequest
+    completions: list[Completion]
+
+
+class Teacher(ABC):
+    """A source of completions. Subclasses set `name` (recorded in artifacts) and implement `generate`."""
+
+    name: str = "teacher"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[TeacherRequest], params: SamplingParams) -> Iterator[TeacherResponse]:
+        """Yield one response per request (in any order), each with up to `params.n` completions."""
+
+    def covers(self, problem_id: str) -> bool:
+        """Whether this teacher can answer for the problem (live teachers answer anything)."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, processes or model memory."""
+
+    def __enter__(self) -> Teacher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cut_at_stop(text: str, stops: Iterable[str]) -> str:
+    """Truncate at the first stop sequence (what an API does server-side)."""
+    cut = len(text)
+    for stop in stops:
+        if stop:
+            at = text.find(stop)
+            if at != -1:
+                cut = min(cut, at)
+    return text[:cut]

@@ -1,0 +1,31 @@
+"""Test-wide settings: offline hub, W&B off, the bundled data beside the repo."""
+
+from __future__ import annotations
+
+import os
+
+# Set before transformers / wandb are imported anywhere: an unreachable hub costs ~50 s per attempt.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from mwp.paths import default_data_dir, default_models_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = default_data_dir()
+    if not path.is_dir():
+        pytest.fail(f"bundled data not found at {path}; put shared/ beside the repo or set MWP_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def flan_t5_dir() -> Path:
+    return default_models_dir() / "flan-t5-small"
