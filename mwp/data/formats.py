@@ -1,0 +1,226 @@
+"""Fu et al. (2023)'s four training formats: {zero-shot, in-context} x {chain-of-thought, answer-only}.
+
+Every source and target goes through `to_student_text`, and every target ends with the same
+final-answer sentence, "The answer is N.", that the answer extractor reads:
+
+- zero_shot_cot:     "Q: {question} A: Let's think step by step."  ->  "{rationale} The answer is N."
+- zero_shot_answer:  "Q: {question} A:"                            ->  "The answer is N."
+- in_context_cot:    k x "Q: {q} A: Let's think step by step. {rationale}", then the zero-shot CoT source
+- in_context_answer: k x "Q: {q} A: The answer is {a}.", then the zero-shot answer-only source
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from mwp.data.problem import Problem
+from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
+from mwp.verify.numbers import format_number
+
+Format = Literal["zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer"]
+FORMATS: tuple[str, ...] = get_args(Format)
+COT_TRIGGER = "Let's think step by step."
+
+# A rationale already ends with its own answer sentence when its last 100 characters hold one.
+_HAS_ANSWER_SENTENCE = re.compile(re.escape(ANSWER_PREFIX) + r"\s[^\n]{0,100}$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One student training pair; `exemplar_ids` are the in-context exemplars actually kept."""
+
+    source: str
+    target: str
+    problem_id: str
+    format: str
+    exemplar_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["exemplar_ids"] = list(self.exemplar_ids)
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Example:
+        row = dict(row)
+        row["exemplar_ids"] = tuple(row.get("exemplar_ids") or ())
+        return cls(**row)
+
+
+def gold_answer_text(problem: Problem) -> str:
+    """The gold answer as targets spell it: "42", "0.375", "2/3"."""
+    text = format_number(problem.answer)
+    if text is None:
+        raise ValueError(f"{problem.id} has no numeric answer to build a target from")
+    return text
+
+
+def answer_target(problem: Problem) -> str:
+    """ "The answer is N." for the problem's gold answer."""
+    return answer_sentence(gold_answer_text(problem))
+
+
+def cot_target(problem: Problem, rationale: str) -> str:
+    """The rationale in student text, ending with an answer sentence (the gold one appended if it has none).
+
+    A rationale that already states "The answer is X." keeps its own X: checking X against the gold
+    answer is the filtering stage's job, not the formatter's.
+    """
+    text = to_student_text(rationale)
+    if not text:
+        raise ValueError(f"{problem.id}: empty rationale")
+    if _HAS_ANSWER_SENTENCE.search(text):
+        return text
+    return f"{text} {answer_target(problem)}"
+
+
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """Count a text's student tokens the way the model sees it (end-of-sequence token included)."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    return count
+
+
+def build_example(
+    problem: Problem,
+    rationale: str | None,
+    fmt: Format,
+    exemplars: Sequence[tuple[Problem, str]] = (),
+    *,
+    max_source_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Example:
+    """One training example in format `fmt`.
+
+    `rationale` is required for the CoT formats (and ignored by the answer-only ones); sources
+    without a target, for evaluation, come from `build_source`. With `max_source_tokens`, trailing
+    exemplars are dropped until the source fits; the question itself is never truncated, so a
+    zero-exemplar source may still exceed the budget.
+    """
+    _check_format(fmt)
+    if fmt.endswith("_cot"):
+        if rationale is None:
+            raise ValueError(
+                f"{problem.id}: format {fmt} needs a rationale (build_source makes target-free sources)"
+            )
+        target = cot_target(problem, rationale)
+    else:
+        target = answer_target(problem)
+    source, kept = _source(problem, fmt, exemplars, max_source_tokens, count_tokens)
+    return Example(source=source, target=target, problem_id=problem.id, format=fmt, exemplar_ids=kept)
+
+
+def build_source(
+    problem: Problem,
+    fmt: Format,
+    exemplars: Sequence[tuple[Problem, str]] = (),
+    *,
+    max_source_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> str:
+    """The source `build_example` would make, without needing a rationale or a gold answer (for evaluation)."""
+    _check_format(fmt)
+    return _source(problem, fmt, exemplars, max_source_tokens, count_tokens)[0]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
+
+
+def _source(
+    problem: Problem,
+    fmt: str,
+    exemplars: Sequence[tuple[Problem, str]],
+    max_source_tokens: int | None,
+    count_tokens: Callable[[str], int] | None,
+) -> tuple[str, tuple[str, ...]]:
+    if max_source_tokens is not None and count_tokens is None:
+        raise ValueError("max_source_tokens needs count_tokens (see token_counter)")
+    chain_of_thought = fmt.endswith("_cot")
+    in_context = fmt.startswith("in_context")
+    if in_context and not exemplars:
+        raise ValueError(f"format {fmt} needs at least one exemplar")
+    if not in_context and exemplars:
+        raise ValueError(f"format {fmt} takes no exemplars, got {len(exemplars)}")
+    for exemplar, _ in exemplars:
+        if exemplar.id == problem.id or exemplar.question.strip() == problem.question.strip():
+            raise ValueError(f"{problem.id}: an exemplar is the problem itself ({exemplar.id})")
+
+    query = _query(problem.question, chain_of_thought)
+    shots = [_shot(exemplar, shot_rationale, chain_of_thought) for exemplar, shot_rationale in exemplars]
+    kept = len(shots)
+    source = _join_source(shots, query)
+    while max_source_tokens is not None and count_tokens is not None and kept > 0:
+        if count_tokens(source) <= max_source_tokens:
+            break
+        kept -= 1
+        source = _join_source(shots[:kept], query)
+    return source, tuple(exemplar.id for exemplar, _ in exemplars[:kept])
+
+
+def sample_exemplars(
+    pool: Sequence[tuple[Problem, str]],
+    k: int,
+    rng: random.Random,
+    exclude_id: str,
+    *,
+    exclude_question: str | None = None,
+    require_split: str | None = "train",
+) -> list[tuple[Problem, str]]:
+    """Draw k distinct (problem, rationale) pairs from a training pool, never the excluded problem.
+
+    A pool entry is also skipped when its question equals `exclude_question` (datasets such as
+    MultiArith repeat questions under different ids). With `require_split`, every drawn problem must
+    come from that split (`meta["split"]`), so test problems never leak into prompts.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k == 0:
+        return []
+    question = exclude_question.strip() if exclude_question is not None else None
+
+    def allowed(index: int) -> bool:
+        problem = pool[index][0]
+        return problem.id != exclude_id and (question is None or problem.question.strip() != question)
+
+    # Rejection sampling: a uniform draw of slightly more than k, minus the excluded, is uniform over
+    # the rest; only a pool too small for that falls back to filtering all of it.
+    draw = rng.sample(range(len(pool)), min(len(pool), k + 4))
+    chosen = [index for index in draw if allowed(index)][:k]
+    if len(chosen) < k:
+        candidates = [index for index in range(len(pool)) if allowed(index)]
+        if len(candidates) < k:
+            raise ValueError(f"the exemplar pool has {len(candidates)} usable entries, fewer than k={k}")
+        chosen = rng.sample(candidates, k)
+    exemplars = [pool[index] for index in chosen]
+    if require_split is not None:
+        for problem, _ in exemplars:
+            split = problem.meta.get("split")
+            if split is not None and split != require_split:
+                raise ValueError(
+                    f"exemplar {problem.id} comes from split {split!r}; exemplars must come from {require_split!r}"
+                )
+    return exemplars
+
+
+def _query(question: str, chain_of_thought: bool) -> str:
+    return f"Q: {question.strip()}\nA: {COT_TRIGGER}" if chain_of_thought else f"Q: {question.strip()}\nA:"
+
+
+def _shot(problem: Problem, rationale: str | None, chain_of_thought: bool) -> str:
+    if chain_of_thought:
+        if rationale is None:
+            raise ValueError(f"exemplar {problem.id} needs a rationale for a chain-of-thought format")
+        return f"{_query(problem.question, True)} {cot_target(problem, rationale)}"
+    return f"{_query(problem.question, False)} {answer_target(problem)}"
+
+
+def _join_source(shots: Sequence[str], query: str) -> str:
+    return to_student_text("\n\n".join([*shots, query]))

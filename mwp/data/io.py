@@ -1,0 +1,205 @@
+"""JSON and JSON-lines files: strict reading with file:line errors, atomic writes, resumable appends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+log = logging.getLogger(__name__)
+
+# Reading the tail of a file backwards in blocks of this size, to find its last line.
+_TAIL_BLOCK = 64 * 1024
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file and the line, row or field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        index: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.index = index
+        self.field = field
+        super().__init__(_locate(message, self.path, line, index, field))
+
+
+def _locate(message: str, path: Path | None, line: int | None, index: int | None, field: str | None) -> str:
+    where = str(path) if path is not None else ""
+    if line is not None:
+        where += f":{line}"
+    if index is not None:
+        where += f" [row {index}]"
+    if field is not None:
+        where += f" field {field!r}"
+    return f"{where.strip()}: {message}" if where else message
+
+
+def read_jsonl(path: str | Path, *, skip_partial_tail: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSON-lines file, one per non-blank line (1-based lines in errors).
+
+    `skip_partial_tail=True` tolerates a final line cut short by an interrupted `append_jsonl`
+    (no trailing newline and not valid JSON): it is logged and skipped instead of raising.
+    """
+    for _, row in read_jsonl_lines(path, skip_partial_tail=skip_partial_tail):
+        yield row
+
+
+def read_jsonl_lines(
+    path: str | Path, *, skip_partial_tail: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like `read_jsonl`, yielding `(line_number, row)` so callers can name the line in their own errors."""
+    path = Path(path)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            if raw.endswith("\n") or not skip_partial_tail:
+                yield line_no, _parse_line(path, line_no, raw)
+                continue
+            try:  # only the last line can lack its newline
+                row = _parse_line(path, line_no, raw)
+            except DataError:
+                log.warning("%s:%d: skipping an incomplete last row (%d chars)", path, line_no, len(raw))
+                return
+            yield line_no, row
+
+
+def _parse_line(path: Path, line_no: int, raw: str) -> dict[str, Any]:
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line_no
+        ) from None
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line_no)
+    return row
+
+
+def read_json(path: str | Path) -> Any:
+    """Load one JSON document; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=err.lineno
+        ) from None
+
+
+def _dump_row(row: Any) -> str:
+    if not isinstance(row, dict):
+        raise TypeError(f"a JSON-lines row must be a dict, got {type(row).__name__}")
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _write_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`.
+
+    On any error the temporary file is removed and an existing `path` is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); keep the replaced file's mode, else a plain 0644.
+        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write `rows` as JSON lines, replacing `path` atomically; returns the number of rows."""
+    count = 0
+
+    def write(handle: TextIO) -> None:
+        nonlocal count
+        for row in rows:
+            handle.write(_dump_row(row) + "\n")
+            count += 1
+
+    _write_atomically(Path(path), write)
+    return count
+
+
+def write_json(path: str | Path, value: Any, *, indent: int | None = 2) -> None:
+    """Write one JSON document, replacing `path` atomically."""
+    _write_atomically(
+        Path(path), lambda handle: handle.write(json.dumps(value, ensure_ascii=False, indent=indent) + "\n")
+    )
+
+
+def append_jsonl(path: str | Path, row: dict[str, Any], *, fsync: bool = False) -> None:
+    """Append one row and flush it, so a killed run keeps every row it finished.
+
+    A last line left incomplete by an earlier crash (no newline, not valid JSON) is cut off first,
+    with a warning; a complete last line that merely lacks its newline gets one.
+    """
+    path = Path(path)
+    line = _dump_row(row) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as handle:
+        _repair_tail(path, handle)
+        handle.write(line.encode("utf-8"))
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+
+
+def _repair_tail(path: Path, handle: BinaryIO) -> None:
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return
+    start = _last_line_start(handle, size)
+    handle.seek(start)
+    tail = handle.read(size - start)
+    try:
+        json.loads(tail.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("%s: cutting an incomplete last row (%d bytes) before appending", path, len(tail))
+        handle.truncate(start)
+    else:
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"\n")
+    handle.seek(0, os.SEEK_END)
+
+
+def _last_line_start(handle: BinaryIO, size: int) -> int:
+    end = size
+    while end > 0:
+        begin = max(0, end - _TAIL_BLOCK)
+        handle.seek(begin)
+        block = handle.read(end - begin)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return begin + cut + 1
+        end = begin
+    return 0

@@ -1,0 +1,524 @@
+"""Loaders for the bundled datasets: one entry point, `load_problems(name, split)`, strict row parsing.
+
+Datasets and splits (ids are stable and unique within a dataset):
+
+| name         | splits                                   | id                      |
+|--------------|------------------------------------------|-------------------------|
+| `gsm8k`      | train 7,473 / test 1,319                 | `gsm8k/train/17`        |
+| `svamp`      | train 800 / test 200 (the recorded PaLM teacher's split), all 1,000 | `svamp/chal-1` |
+| `asdiv_a`    | test 1,218 (all of ASDiv-A), fold0..fold4 | `asdiv_a/nluds-0153`   |
+| `asdiv`      | test: all of ASDiv with a single numeric answer | `asdiv/nluds-0001` |
+| `multiarith` | train 420 / test 180                     | `multiarith/17`         |
+| `math23k`    | train 21,162 / valid 1,000 / test 1,000  | `math23k/35`            |
+| `weak12k`    | valid 1,000 / test 1,000 (no public train split) | `weak12k/1562`  |
+
+ASDiv rule: a problem whose answer is not one number ("3 (red); 4 (blue)", "2:3", "3:30 p.m.",
+"Yes") is skipped with one counted warning per load. ASDiv-A has no such problem; the full ASDiv
+has 213. Every other unparseable row raises `DataError` naming the file, row and field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from mwp.data.io import DataError, read_json, read_jsonl_lines
+from mwp.data.problem import Problem
+from mwp.paths import default_data_dir
+from mwp.verify.numbers import find_numbers, parse_number
+
+log = logging.getLogger(__name__)
+
+# Numbers as Math23K writes them (the usual Math23K convention): a fraction "(1/2)" and a mixed
+# number "7(2/3)" are one number each, parentheses included; "15%" keeps its percent sign.
+_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|\d+(?:\.\d+)?%?")
+_GSM8K_FINAL = re.compile(r"\n####[ \t]*([^\n]*?)[ \t]*\Z")
+_ASDIV_ANSWER = re.compile(r"^\s*(?P<value>[^()]*?)\s*(?:\((?P<unit>[^()]*)\))?\s*$")
+_LITERAL_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def find_chinese_numbers(text: str) -> list[str]:
+    """The number strings of a Chinese question in order: "20", "39.76", "(1/2)", "7(2/3)", "15%"."""
+    return _CHINESE_NUMBER.findall(text)
+
+
+def join_body_question(body: str, question: str) -> str:
+    """Body + question as one passage, closing the body's sentence when it lacks punctuation."""
+    body, question = body.strip(), question.strip()
+    if not body:
+        return question
+    if not question:
+        return body
+    joiner = " " if body[-1] in ".!?,;:" else ". "
+    return body + joiner + question
+
+
+# ---------------------------------------------------------------------------------------------- gsm8k
+
+
+def _load_gsm8k(data_dir: Path, split: str) -> list[Problem]:
+    path = _require_file(data_dir, f"gsm8k/{split}.jsonl")
+    problems = []
+    for index, (line, row) in enumerate(read_jsonl_lines(path)):
+        question = _text_field(row, "question", path, line=line)
+        solution = _text_field(row, "answer", path, line=line)
+        final = _GSM8K_FINAL.search(solution)
+        if final is None:
+            raise DataError("no final '#### N' line", path=path, line=line, field="answer")
+        answer_text = final.group(1)
+        answer = _parse_answer(answer_text, path, field="answer", line=line)
+        problems.append(
+            Problem(
+                id=f"gsm8k/{split}/{index}",
+                question=question.strip(),
+                answer=answer,
+                answer_text=answer_text,
+                numbers=tuple(find_numbers(question)),
+                solution=solution,
+                source="gsm8k",
+                meta={"split": split, "index": index},
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- svamp
+
+SVAMP_TEACHER_DIR = "teacher/svamp_palm"
+
+
+def _load_svamp(data_dir: Path, split: str) -> list[Problem]:
+    path = _require_file(data_dir, "svamp/SVAMP.json")
+    rows = _json_list(path)
+    by_id: dict[str, Problem] = {}
+    for index, row in enumerate(rows):
+        problem = _svamp_problem(row, path, index, split)
+        if problem.id in by_id:
+            raise DataError(f"duplicate ID {row['ID']!r}", path=path, index=index, field="ID")
+        by_id[problem.id] = problem
+    if split == "all":
+        return list(by_id.values())
+    matches = match_svamp_teacher_rows(data_dir, by_id.values())
+    problems = []
+    for teacher_index, problem_id in enumerate(matches[split]):
+        problem = by_id[problem_id]
+        meta = {**problem.meta, "split": split, "teacher_split": split, "teacher_index": teacher_index}
+        problems.append(_replace_meta(problem, meta))
+    return problems
+
+
+def _svamp_problem(row: Any, path: Path, index: int, split: str) -> Problem:
+    if not isinstance(row, dict):
+        raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
+    body = _text_field(row, "Body", path, index=index)
+    question_part = _text_field(row, "Question", path, index=index)
+    question = join_body_question(body, question_part)
+    raw_answer = _field(row, "Answer", path, index=index)
+    return Problem(
+        id=f"svamp/{_text_field(row, 'ID', path, index=index)}",
+        question=question,
+        answer=_parse_answer(raw_answer, path, field="Answer", index=index),
+        answer_text=str(raw_answer),
+        numbers=tuple(find_numbers(question)),
+        equation=_text_field(row, "Equation", path, index=index).strip(),
+        source="svamp",
+        meta={
+            "split": split,
+            "index": index,
+            "type": row.get("Type"),
+            "body": body,
+            "question_part": question_part,
+        },
+    )
+
+
+def match_svamp_teacher_rows(data_dir: str | Path, problems: Iterable[Problem]) -> dict[str, list[str]]:
+    """Map the recorded teacher's SVAMP rows back to SVAMP.json ids: {"train": [id per row], "test": [...]}.
+
+    A teacher row's `input` is Body + "\\n" + Question; it is matched on whitespace-normalised text
+    and must match exactly one problem, whose Equation must equal the row's `label`. Every SVAMP
+    problem must be used at most once across both files.
+    """
+    data_dir = Path(data_dir)
+    by_text: dict[str, list[Problem]] = {}
+    for problem in problems:
+        key = _normalise_space(problem.meta["body"] + " " + problem.meta["question_part"])
+        by_text.setdefault(key, []).append(problem)
+    matches: dict[str, list[str]] = {}
+    used: dict[str, tuple[str, int]] = {}
+    for split in ("train", "test"):
+        path = _require_file(data_dir, f"{SVAMP_TEACHER_DIR}/svamp_{split}.json")
+        ids = []
+        for index, (line, row) in enumerate(read_jsonl_lines(path)):
+            text = _text_field(row, "input", path, line=line)
+            label = _text_field(row, "label", path, line=line)
+            candidates = by_text.get(_normalise_space(text), [])
+            if len(candidates) > 1:
+                candidates = [
+                    p for p in candidates if _normalise_space(p.equation or "") == _normalise_space(label)
+                ]
+            if len(candidates) != 1:
+                found = ", ".join(p.id for p in candidates) or "none"
+                raise DataError(
+                    f"matches {len(candidates)} SVAMP problems ({found})", path=path, line=line, field="input"
+                )
+            problem = candidates[0]
+            if _normalise_space(problem.equation or "") != _normalise_space(label):
+                raise DataError(
+                    f"label {label!r} differs from {problem.id}'s Equation {problem.equation!r}",
+                    path=path,
+                    line=line,
+                    field="label",
+                )
+            if problem.id in used:
+                other_split, other_index = used[problem.id]
+                raise DataError(
+                    f"{problem.id} already matched by svamp_{other_split}.json row {other_index}",
+                    path=path,
+                    line=line,
+                )
+            used[problem.id] = (split, index)
+            ids.append(problem.id)
+        matches[split] = ids
+    return matches
+
+
+# ---------------------------------------------------------------------------------------------- asdiv
+
+
+def _asdiv_a_ids(data_dir: Path) -> dict[str, list[str]]:
+    folds = {}
+    for fold in range(5):
+        path = _require_file(data_dir, f"asdiv/nfolds/asdiv-a/fold{fold}.txt")
+        folds[f"fold{fold}"] = [
+            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    return folds
+
+
+def _load_asdiv_a(data_dir: Path, split: str) -> list[Problem]:
+    folds = _asdiv_a_ids(data_dir)
+    fold_of = {problem_id: fold for fold, ids in folds.items() for problem_id in ids}
+    wanted = list(fold_of) if split == "test" else folds[split]
+    return _load_asdiv_xml(data_dir, "asdiv_a", split, wanted, fold_of)
+
+
+def _load_asdiv(data_dir: Path, split: str) -> list[Problem]:
+    return _load_asdiv_xml(data_dir, "asdiv", split, None, {})
+
+
+def _load_asdiv_xml(
+    data_dir: Path, name: str, split: str, wanted: list[str] | None, fold_of: dict[str, str]
+) -> list[Problem]:
+    path = _require_file(data_dir, "asdiv/ASDiv.xml")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"malformed XML ({err})", path=path, line=err.position[0]) from None
+    elements: dict[str, tuple[int, ET.Element]] = {}
+    for index, element in enumerate(root.iter("Problem")):
+        problem_id = element.get("ID")
+        if not problem_id:
+            raise DataError("Problem without an ID attribute", path=path, index=index, field="ID")
+        if problem_id in elements:
+            raise DataError(f"duplicate Problem ID {problem_id!r}", path=path, index=index, field="ID")
+        elements[problem_id] = (index, element)
+    if wanted is None:
+        wanted = list(elements)
+    missing = [problem_id for problem_id in wanted if problem_id not in elements]
+    if missing:
+        raise DataError(
+            f"{len(missing)} ASDiv-A fold ids are not in ASDiv.xml, e.g. {missing[:3]}", path=path
+        )
+    problems, skipped = [], []
+    for problem_id in wanted:
+        index, element = elements[problem_id]
+        problem = _asdiv_problem(element, path, index, name, split, fold_of.get(problem_id))
+        if problem is None:
+            skipped.append(problem_id)
+        else:
+            problems.append(problem)
+    if skipped:
+        log.warning(
+            "%s/%s: skipped %d problems whose answer is not a single number (e.g. %s)",
+            name,
+            split,
+            len(skipped),
+            ", ".join(skipped[:5]),
+        )
+    return problems
+
+
+def _asdiv_problem(
+    element: ET.Element, path: Path, index: int, name: str, split: str, fold: str | None
+) -> Problem | None:
+    problem_id = element.get("ID", "")
+    where = f"Problem ID={problem_id}"
+
+    def text(tag: str) -> str:
+        value = element.findtext(tag)
+        if value is None:
+            raise DataError(f"{where} has no <{tag}>", path=path, index=index, field=tag)
+        return value.strip()
+
+    question = join_body_question(text("Body"), text("Question"))
+    answer_text = text("Answer")
+    match = _ASDIV_ANSWER.match(answer_text)
+    answer = parse_number(match.group("value")) if match else None
+    if answer is None:
+        return None
+    return Problem(
+        id=f"{name}/{problem_id}",
+        question=question,
+        answer=answer,
+        answer_text=answer_text,
+        numbers=tuple(find_numbers(question)),
+        equation=text("Formula"),
+        source=name,
+        meta={
+            "split": split,
+            "index": index,
+            "fold": fold,
+            "unit": (match.group("unit") or "").strip() or None,
+            "solution_type": text("Solution-Type"),
+            "grade": element.get("Grade"),
+            "origin": element.get("Source"),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- multiarith
+
+
+def _load_multiarith(data_dir: Path, split: str) -> list[Problem]:
+    path = _require_file(data_dir, "multiarith/MultiArith.json")
+    split_path = _require_file(data_dir, "splits/multiarith__default.json")
+    rows = _json_list(path)
+    splits = read_json(split_path)
+    if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
+        raise DataError(f"no index list for split {split!r}", path=split_path, field=split)
+    problems = []
+    for position, index in enumerate(splits[split]):
+        if not isinstance(index, int) or not 0 <= index < len(rows):
+            raise DataError(
+                f"index {index!r} is outside MultiArith's {len(rows)} rows", path=split_path, index=position
+            )
+        row = rows[index]
+        if not isinstance(row, dict):
+            raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
+        question = _text_field(row, "sQuestion", path, index=index).strip()
+        equations = _field(row, "lEquations", path, index=index)
+        solutions = _field(row, "lSolutions", path, index=index)
+        if not isinstance(equations, list) or not equations or not isinstance(equations[0], str):
+            raise DataError(
+                "expected a non-empty list of equation strings", path=path, index=index, field="lEquations"
+            )
+        if not isinstance(solutions, list) or not solutions:
+            raise DataError(
+                "expected a non-empty list of answers", path=path, index=index, field="lSolutions"
+            )
+        problems.append(
+            Problem(
+                id=f"multiarith/{_field(row, 'iIndex', path, index=index)}",
+                question=question,
+                answer=_parse_answer(solutions[0], path, field="lSolutions", index=index),
+                answer_text=str(solutions[0]),
+                numbers=tuple(find_numbers(question)),
+                equation=equations[0],
+                source="multiarith",
+                meta={"split": split, "index": index, "alignments": row.get("lAlignments")},
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- chinese
+
+_MATH23K_FILES = {
+    "train": "math23k_train_21162.json",
+    "valid": "math23k_valid_1000.json",
+    "test": "math23k_test_1000.json",
+}
+
+
+def _load_math23k(data_dir: Path, split: str) -> list[Problem]:
+    path = _require_file(data_dir, f"math23k/{_MATH23K_FILES[split]}")
+    problems = []
+    for index, row in enumerate(_json_list(path)):
+        if not isinstance(row, dict):
+            raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
+        question = _text_field(row, "original_text", path, index=index).strip()
+        answer_text = str(_field(row, "ans", path, index=index))
+        problems.append(
+            Problem(
+                id=f"math23k/{_field(row, 'id', path, index=index)}",
+                question=question,
+                answer=_parse_answer(answer_text, path, field="ans", index=index),
+                answer_text=answer_text,
+                numbers=tuple(find_chinese_numbers(question)),
+                equation=_text_field(row, "equation", path, index=index).strip(),
+                language="zh",
+                source="math23k",
+                meta={"split": split, "index": index, "segmented_text": row.get("segmented_text")},
+            )
+        )
+    return problems
+
+
+def _load_weak12k(data_dir: Path, split: str) -> list[Problem]:
+    path = _require_file(data_dir, f"weak12k/weekly12k_{split}_clean.json")
+    problems = []
+    for index, row in enumerate(_json_list(path)):
+        if not isinstance(row, dict):
+            raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
+        # A few rows carry JSON escapes written out literally ("（\\u3000\\u3000）").
+        question = _LITERAL_ESCAPE.sub(
+            lambda m: chr(int(m.group(1), 16)), _text_field(row, "original_text", path, index=index)
+        ).strip()
+        answer_text = str(_field(row, "ans", path, index=index))
+        num_list = _field(row, "num_list", path, index=index)
+        if not isinstance(num_list, list) or not all(_is_plain_number(x) for x in num_list):
+            raise DataError("expected a list of numbers", path=path, index=index, field="num_list")
+        problems.append(
+            Problem(
+                id=f"weak12k/{_field(row, 'id', path, index=index)}",
+                question=question,
+                answer=_parse_answer(answer_text, path, field="ans", index=index),
+                answer_text=answer_text,
+                numbers=tuple(str(x) if isinstance(x, int) else repr(x) for x in num_list),
+                language="zh",
+                source="weak12k",
+                meta={"split": split, "index": index, "segmented_text": row.get("new_split")},
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+Loader = Callable[[Path, str], list[Problem]]
+
+_DATASETS: dict[str, dict[str, Loader]] = {
+    "gsm8k": {"train": _load_gsm8k, "test": _load_gsm8k},
+    "svamp": {"train": _load_svamp, "test": _load_svamp, "all": _load_svamp},
+    "asdiv_a": {"test": _load_asdiv_a, **{f"fold{k}": _load_asdiv_a for k in range(5)}},
+    "asdiv": {"test": _load_asdiv},
+    "multiarith": {"train": _load_multiarith, "test": _load_multiarith},
+    "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},
+    "weak12k": {"valid": _load_weak12k, "test": _load_weak12k},
+}
+_NOT_PUBLIC = {
+    ("weak12k", "train"): "Weak12K's train split is not public (only valid and test were released); "
+    "use split 'valid' or 'test', or train on another dataset",
+}
+
+
+def available_datasets() -> list[str]:
+    return list(_DATASETS)
+
+
+def canonical_name(name: str) -> str:
+    """ "ASDiv-A", "asdiv-a" and "asdiv_a" all name `asdiv_a`; unknown names raise DataError."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in _DATASETS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(_DATASETS)}")
+    return key
+
+
+def available_splits(name: str) -> list[str]:
+    return list(_DATASETS[canonical_name(name)])
+
+
+def load_problems(
+    name: str, split: str, data_dir: str | Path | None = None, limit: int | None = None
+) -> list[Problem]:
+    """The problems of one dataset split, in file order (the first `limit` of them if given)."""
+    key = canonical_name(name)
+    loaders = _DATASETS[key]
+    if split not in loaders:
+        if (key, split) in _NOT_PUBLIC:
+            raise DataError(_NOT_PUBLIC[key, split])
+        raise DataError(f"unknown split {split!r} for dataset {key!r}; available: {', '.join(loaders)}")
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be >= 0 or None, got {limit}")
+    root = resolve_data_dir(data_dir)
+    problems = loaders[split](root, split)
+    return problems if limit is None else problems[:limit]
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """`data_dir`, else `$MWP_DATA_DIR`, else `../shared/data`; it must exist."""
+    path = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if not path.is_dir():
+        raise DataError(
+            f"data directory {path} does not exist; set the `paths.data_dir` setting "
+            "(e.g. `paths.data_dir=/path/to/data` on the command line) or the MWP_DATA_DIR environment variable"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _require_file(data_dir: Path, relative: str) -> Path:
+    path = data_dir / relative
+    if not path.is_file():
+        raise DataError(
+            f"missing data file {relative!r} under {data_dir}; point `paths.data_dir` or MWP_DATA_DIR "
+            "at the folder holding the bundled datasets",
+            path=path,
+        )
+    return path
+
+
+def _json_list(path: Path) -> list[Any]:
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataError(f"expected a JSON array, got {type(rows).__name__}", path=path)
+    return rows
+
+
+def _field(
+    row: dict[str, Any], name: str, path: Path, *, line: int | None = None, index: int | None = None
+) -> Any:
+    if name not in row or row[name] is None:
+        raise DataError("missing field", path=path, line=line, index=index, field=name)
+    return row[name]
+
+
+def _text_field(
+    row: dict[str, Any], name: str, path: Path, *, line: int | None = None, index: int | None = None
+) -> str:
+    value = _field(row, name, path, line=line, index=index)
+    if not isinstance(value, str):
+        raise DataError(
+            f"expected a string, got {type(value).__name__}", path=path, line=line, index=index, field=name
+        )
+    return value
+
+
+def _parse_answer(
+    raw: Any, path: Path, *, field: str, line: int | None = None, index: int | None = None
+) -> Fraction:
+    value = None if isinstance(raw, bool) else parse_number(raw, percent="fraction")
+    if value is None:
+        raise DataError(f"unparseable answer {raw!r}", path=path, line=line, index=index, field=field)
+    return value
+
+
+def _is_plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _normalise_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _replace_meta(problem: Problem, meta: dict[str, Any]) -> Problem:
+    return replace(problem, meta=meta)

@@ -1,0 +1,170 @@
+"""Distill stage: teacher completions → answer extraction → verification against gold → kept rationales.
+
+Output (in `out_dir`): `distilled.jsonl`, one kept sample per row, and `stats.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from mwp.data.io import append_jsonl, read_jsonl
+from mwp.data.loaders import load_problems
+from mwp.data.problem import Problem
+from mwp.teachers.base import Teacher, TeacherRequest
+from mwp.teachers.registry import build_teacher, sampling_params
+from mwp.verify.compare import answers_match
+from mwp.verify.extract import extract_answer
+from mwp.verify.numbers import format_number
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "distilled.jsonl"
+STATS = "stats.json"
+
+
+@dataclass
+class DistillStats:
+    teacher: str
+    dataset: str
+    split: str
+    problems_seen: int = 0
+    problems_uncovered: int = 0
+    samples_seen: int = 0
+    samples_no_answer: int = 0
+    samples_wrong: int = 0
+    samples_duplicate: int = 0
+    samples_kept: int = 0
+    problems_kept: int = 0
+
+    @property
+    def problem_yield(self) -> float:
+        return self.problems_kept / self.problems_seen if self.problems_seen else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "problem_yield": round(self.problem_yield, 4)}
+
+
+def _dedup_key(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def default_requests(problems: Sequence[Problem]) -> list[TeacherRequest]:
+    """Zero-shot CoT requests; the recorded teacher ignores the prompt and answers by problem id."""
+    return [TeacherRequest(p.id, f"Q: {p.question}\nA: Let's think step by step.") for p in problems]
+
+
+def distill(
+    problems: Sequence[Problem],
+    teacher: Teacher,
+    requests: Sequence[TeacherRequest],
+    cfg_sampling: Any,
+    out_dir: Path,
+    *,
+    dataset: str,
+    split: str,
+    extraction: str = "strict",
+    dedup: bool = True,
+) -> DistillStats:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_id = {p.id: p for p in problems}
+    stats = DistillStats(teacher=teacher.name, dataset=dataset, split=split, problems_seen=len(problems))
+    covered = [r for r in requests if teacher.covers(r.problem_id)]
+    stats.problems_uncovered = len(requests) - len(covered)
+    if stats.problems_uncovered:
+        log.warning(
+            "teacher %s covers %d of %d problems; the rest are skipped",
+            teacher.name,
+            len(covered),
+            len(requests),
+        )
+    partial = out_dir / (ARTIFACT + ".partial")
+    partial.unlink(missing_ok=True)
+    seen: dict[str, set[str]] = {}
+    bar = tqdm(total=len(covered), desc=f"distill {dataset}/{split}", unit="problem", mininterval=1.0)
+    for response in teacher.generate(covered, cfg_sampling):
+        problem = by_id[response.request.problem_id]
+        kept_here = seen.setdefault(problem.id, set())
+        for index, completion in enumerate(response.completions):
+            stats.samples_seen += 1
+            rationale = completion.text.strip()
+            pred = extract_answer(rationale, mode=extraction)
+            if pred is None:
+                stats.samples_no_answer += 1
+                continue
+            if not answers_match(pred, problem.answer):
+                stats.samples_wrong += 1
+                continue
+            key = _dedup_key(rationale)
+            if dedup and key in kept_here:
+                stats.samples_duplicate += 1
+                continue
+            kept_here.add(key)
+            stats.samples_kept += 1
+            row: dict[str, Any] = {
+                "id": problem.id,
+                "sample_index": index,
+                "rationale": rationale,
+                "pred": format_number(pred),
+                "teacher": teacher.name,
+                "problem": problem.to_json(),
+            }
+            if completion.logprobs is not None:
+                row["logprobs"] = asdict(completion.logprobs)
+            append_jsonl(partial, row)
+        bar.update(1)
+        bar.set_postfix(kept=stats.samples_kept, seen=stats.samples_seen, refresh=False)
+    bar.close()
+    stats.problems_kept = sum(1 for ids in seen.values() if ids)
+    if not partial.exists():
+        partial.touch()
+    partial.replace(out_dir / ARTIFACT)
+    (out_dir / STATS).write_text(json.dumps(stats.to_json(), indent=2) + "\n", encoding="utf-8")
+    return stats
+
+
+def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
+    split = cfg.dataset.train_split
+    problems = load_problems(cfg.dataset.name, split, cfg.paths.data_dir, limit=cfg.dataset.get("limit"))
+    teacher = build_teacher(cfg.teacher)
+    try:
+        requests = default_requests(problems)
+        stats = distill(
+            problems,
+            teacher,
+            requests,
+            sampling_params(cfg.teacher),
+            out_dir,
+            dataset=cfg.dataset.name,
+            split=split,
+            extraction=cfg.stage.extraction,
+            dedup=cfg.stage.dedup,
+        )
+    finally:
+        teacher.close()
+    log.info(
+        "distilled %d/%d problems (%.1f%%), %d samples kept of %d -> %s",
+        stats.problems_kept,
+        stats.problems_seen,
+        100 * stats.problem_yield,
+        stats.samples_kept,
+        stats.samples_seen,
+        out_dir / ARTIFACT,
+    )
+    return stats
+
+
+def read_distilled(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():
+        path = path / ARTIFACT
+    if not path.exists():
+        raise FileNotFoundError(f"no distilled data at {path}: run `mwp stage=distill` first or set stage.data")
+    return list(read_jsonl(path))

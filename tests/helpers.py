@@ -1,0 +1,23 @@
+"""Compose the real Hydra config for tests, shrunk and pointed at a temporary run folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import mwp.config  # noqa: F401 - registers resolvers
+from mwp.paths import REPO_ROOT
+
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    return cfg

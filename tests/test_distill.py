@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from mwp.data.loaders import load_problems
+from mwp.stages.distill import ARTIFACT, STATS, run_distill
+from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
+from mwp.teachers.registry import build_teacher
+from mwp.verify.safe_eval import safe_eval
+from tests.helpers import compose_config
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("distill")
+    cfg = compose_config(["stage=distill"], run_dir=out)
+    stats = run_distill(cfg, out / "distill")
+    return out / "distill", stats.to_json()
+
+
+def test_recorded_palm_yield_on_all_800_svamp_train_problems(distilled: tuple[Path, dict]) -> None:
+    out, stats = distilled
+    assert stats["problems_seen"] == 800
+    assert stats["problems_uncovered"] == 0
+    assert stats["samples_seen"] == 800
+    # The data README documents that about 74% of the recorded completions reach the gold answer.
+    assert 0.70 <= stats["problem_yield"] <= 0.78
+    assert json.loads((out / STATS).read_text()) == stats
+    assert (
+        stats["samples_kept"]
+        + stats["samples_wrong"]
+        + stats["samples_no_answer"]
+        + stats["samples_duplicate"]
+        == 800
+    )
+
+
+def test_kept_rows_agree_with_the_reference_equation(distilled: tuple[Path, dict]) -> None:
+    out, stats = distilled
+    rows = [json.loads(line) for line in (out / ARTIFACT).read_text().splitlines()]
+    assert len(rows) == stats["samples_kept"]
+    assert len({r["id"] for r in rows}) == stats["problems_kept"]
+    for row in rows:
+        gold = safe_eval(row["problem"]["equation"])  # independent of the extracted prediction
+        assert Fraction(row["pred"]) == gold, row["id"]
+        assert "\nQ:" not in row["rationale"], "run-on continuation must be cut"
+        assert row["teacher"] == "palm-540b"
+
+
+def test_recorded_teacher_covers_test_split_and_rejects_unknown_ids() -> None:
+    cfg = compose_config()
+    teacher = build_teacher(cfg.teacher)
+    test_ids = [p.id for p in load_problems("svamp", "test")]
+    assert all(teacher.covers(i) for i in test_ids)
+    assert not teacher.covers("gsm8k/train/0")
+    with pytest.raises(TeacherError, match=r"gsm8k/train/0"):
+        list(teacher.generate([TeacherRequest("gsm8k/train/0", "?")], SamplingParams()))
+
+
+def test_uncovered_problems_are_counted_not_fatal(tmp_path: Path) -> None:
+    cfg = compose_config(["stage=distill", "dataset=multiarith", "dataset.limit=5"], run_dir=tmp_path)
+    stats = run_distill(cfg, tmp_path / "distill")
+    assert stats.problems_seen == 5 and stats.problems_uncovered == 5 and stats.samples_kept == 0
+    assert (tmp_path / "distill" / ARTIFACT).read_text() == ""

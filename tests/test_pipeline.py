@@ -1,0 +1,77 @@
+"""End to end: distill → train → evaluate, through the composed Hydra config and the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mwp.pipeline import run
+from tests.helpers import CONF_DIR, compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_experiment_in_debug_mode_end_to_end(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=demo", "debug=default"], run_dir=tmp_path)
+    summary = run(cfg)
+    assert summary["distill"]["problems_seen"] == cfg.dataset.limit
+    assert summary["train"]["steps"] == cfg.trainer.max_steps
+    assert (tmp_path / "student" / "config.json").exists()
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [(r["dataset"], r["split"]) for r in results] == [(s.name, s.split) for s in cfg.dataset.eval_sets]
+    for r in results:
+        preds = (
+            (tmp_path / "eval" / f"predictions_{r['dataset']}_{r['split']}.jsonl").read_text().splitlines()
+        )
+        assert len(preds) == r["size"] == cfg.evaluation.limit
+        # flexible extraction falls back to the last number, so it scores every strict hit too
+        assert 0.0 <= r["strict_acc"] <= r["flexible_acc"] <= 1.0
+    (metrics_file,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    metrics = list(csv.DictReader(metrics_file.open()))
+    assert any(row.get("train/loss") for row in metrics)
+    assert any(row.get("val/acc") for row in metrics)
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    first = compose_config(["experiment=demo", "debug=default", "stage=pipeline"], run_dir=tmp_path)
+    run(first)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    more = compose_config(
+        ["experiment=demo", "debug=default", "stage=train", "trainer.max_steps=6"], run_dir=tmp_path
+    )
+    summary = run(more)
+    # 4 steps done before, 2 more after resuming: not 6 from scratch (global step continues).
+    assert summary["train"]["steps"] == 6
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_a_few_steps(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_config(
+        [f"experiment={experiment}", "debug=default", "trainer.max_steps=2"], run_dir=tmp_path
+    )
+    summary = run(cfg)
+    assert summary["train"]["steps"] == 2
+
+
+def test_cli_runs_and_prints_the_results_table(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mwp.cli", "experiment=demo", "debug=default", f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "strict acc" in proc.stdout and "multiarith" in proc.stdout
+    runs = list((tmp_path / "demo" / "runs").iterdir())
+    assert len(runs) == 1
+    assert list((runs[0] / "wandb").glob("offline-run-*")), "W&B offline run expected"
