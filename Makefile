@@ -47,6 +47,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix mwp tests experiments
 	$(BIN)/ruff format mwp tests experiments
 
+bench: $(STAMP) ## Run the benchmark scripts in benchmarks/ (they print figures; nothing is asserted).
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
 clean: ## Remove run outputs and caches (keeps .venv).
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -74,3 +74,18 @@ def test_cli_rejects_a_mistyped_key(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "trainer.max_stepz" in proc.stderr
+
+
+def test_every_dataset_config_names_loadable_splits() -> None:
+    from mwp.data.loaders import load_problems
+
+    for path in sorted((CONF_DIR / "dataset").glob("*.yaml")):
+        cfg = compose_config([f"dataset={path.stem}"])
+        train = load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir, limit=2)
+        assert len(train) == 2, path
+        train_ids = {p.id for p in load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir)}
+        for spec in cfg.dataset.eval_sets:
+            test = load_problems(spec.name, spec.split, cfg.paths.data_dir)
+            assert test, (path, spec)
+            if spec.role == "in-distribution":
+                assert not train_ids & {p.id for p in test}, f"{path.stem}: {spec.split} overlaps training"

@@ -38,6 +38,7 @@ EXPECTED_COUNTS = {
     ("asdiv_a", "test"): 1218,
     ("asdiv_a", "fold0"): 238,
     ("asdiv_a", "fold4"): 266,
+    ("asdiv_a", "train"): 952,
     ("multiarith", "train"): 420,
     ("multiarith", "test"): 180,
     ("math23k", "train"): 21162,

@@ -6,7 +6,7 @@ Datasets and splits (ids are stable and unique within a dataset):
 |--------------|------------------------------------------|-------------------------|
 | `gsm8k`      | train 7,473 / test 1,319                 | `gsm8k/train/17`        |
 | `svamp`      | train 800 / test 200 (the recorded PaLM teacher's split), all 1,000 | `svamp/chal-1` |
-| `asdiv_a`    | test 1,218 (all of ASDiv-A), fold0..fold4 | `asdiv_a/nluds-0153`   |
+| `asdiv_a`    | test 1,218 (all of ASDiv-A), train (fold0..3), fold0..fold4 | `asdiv_a/nluds-0153`   |
 | `asdiv`      | test: all of ASDiv with a single numeric answer | `asdiv/nluds-0001` |
 | `multiarith` | train 420 / test 180                     | `multiarith/17`         |
 | `math23k`    | train 21,162 / valid 1,000 / test 1,000  | `math23k/35`            |
@@ -205,7 +205,12 @@ def _asdiv_a_ids(data_dir: Path) -> dict[str, list[str]]:
 def _load_asdiv_a(data_dir: Path, split: str) -> list[Problem]:
     folds = _asdiv_a_ids(data_dir)
     fold_of = {problem_id: fold for fold, ids in folds.items() for problem_id in ids}
-    wanted = list(fold_of) if split == "test" else folds[split]
+    if split == "test":
+        wanted = list(fold_of)
+    elif split == "train":  # folds 0-3, leaving fold4 as a held-out test set
+        wanted = [problem_id for k in range(4) for problem_id in folds[f"fold{k}"]]
+    else:
+        wanted = folds[split]
     return _load_asdiv_xml(data_dir, "asdiv_a", split, wanted, fold_of)
 
 
@@ -407,7 +412,7 @@ Loader = Callable[[Path, str], list[Problem]]
 _DATASETS: dict[str, dict[str, Loader]] = {
     "gsm8k": {"train": _load_gsm8k, "test": _load_gsm8k},
     "svamp": {"train": _load_svamp, "test": _load_svamp, "all": _load_svamp},
-    "asdiv_a": {"test": _load_asdiv_a, **{f"fold{k}": _load_asdiv_a for k in range(5)}},
+    "asdiv_a": {"test": _load_asdiv_a, "train": _load_asdiv_a, **{f"fold{k}": _load_asdiv_a for k in range(5)}},
     "asdiv": {"test": _load_asdiv},
     "multiarith": {"train": _load_multiarith, "test": _load_multiarith},
     "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},
