@@ -6,11 +6,11 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-import mwp.config  # noqa: E402,F401 - registers the config resolvers
-from mwp.paths import REPO_ROOT  # noqa: E402
+import mwp.config  # noqa: F401 - registers the config resolvers
+from mwp.paths import REPO_ROOT
 
 CONFIG_DIR = str(REPO_ROOT / "conf")
 

@@ -41,8 +41,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             data_path = Path(cfg.stage.data) if cfg.stage.data else distill_dir
             trained = run_train(cfg, run_dir, loggers, data_path)
             student_dir = trained.student_dir
-            summary["train"] = {"steps": trained.steps, "best_val_acc": trained.best_val_acc,
-                                "student_dir": str(student_dir)}
+            summary["train"] = {
+                "steps": trained.steps,
+                "best_val_acc": trained.best_val_acc,
+                "student_dir": str(student_dir),
+            }
         if "evaluate" in steps:
             from mwp.stages.evaluate import run_evaluate
 

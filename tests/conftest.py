@@ -11,11 +11,11 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from mwp.paths import default_data_dir, default_models_dir  # noqa: E402
+from mwp.paths import default_data_dir, default_models_dir
 
 
 @pytest.fixture(scope="session")

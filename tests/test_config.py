@@ -83,7 +83,9 @@ def test_every_dataset_config_names_loadable_splits() -> None:
         cfg = compose_config([f"dataset={path.stem}"])
         train = load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir, limit=2)
         assert len(train) == 2, path
-        train_ids = {p.id for p in load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir)}
+        train_ids = {
+            p.id for p in load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir)
+        }
         for spec in cfg.dataset.eval_sets:
             test = load_problems(spec.name, spec.split, cfg.paths.data_dir)
             assert test, (path, spec)

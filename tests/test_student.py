@@ -37,7 +37,7 @@ def test_saved_checkpoint_loads_with_from_pretrained(flan_t5_dir: Path, tmp_path
 
 
 def test_required_weights_missing_is_a_clear_error(flan_t5_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="student.pretrained=required"):
+    with pytest.raises(FileNotFoundError, match=r"student\.pretrained=required"):
         build_student(str(tmp_path / "nowhere"), pretrained="required", fallback_config=flan_t5_dir)
 
 

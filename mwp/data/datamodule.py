@@ -67,7 +67,9 @@ def build_training_examples(
                     continue
                 answered.add((problem.id, fmt))
             exemplars = (
-                sample_exemplars(pool, num_exemplars, rng, exclude_id=problem.id) if fmt.startswith("in_context") else ()
+                sample_exemplars(pool, num_exemplars, rng, exclude_id=problem.id)
+                if fmt.startswith("in_context")
+                else ()
             )
             examples.append(
                 build_example(

@@ -412,7 +412,11 @@ Loader = Callable[[Path, str], list[Problem]]
 _DATASETS: dict[str, dict[str, Loader]] = {
     "gsm8k": {"train": _load_gsm8k, "test": _load_gsm8k},
     "svamp": {"train": _load_svamp, "test": _load_svamp, "all": _load_svamp},
-    "asdiv_a": {"test": _load_asdiv_a, "train": _load_asdiv_a, **{f"fold{k}": _load_asdiv_a for k in range(5)}},
+    "asdiv_a": {
+        "test": _load_asdiv_a,
+        "train": _load_asdiv_a,
+        **{f"fold{k}": _load_asdiv_a for k in range(5)},
+    },
     "asdiv": {"test": _load_asdiv},
     "multiarith": {"train": _load_multiarith, "test": _load_multiarith},
     "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},

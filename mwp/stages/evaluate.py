@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def load_trained_student(student_dir: Path) -> tuple[T5ForConditionalGeneration, AutoTokenizer, set[str]]:
     if not (student_dir / "config.json").exists():
-        raise FileNotFoundError(f"no trained student at {student_dir}: run `mwp stage=train` or set stage.student")
+        raise FileNotFoundError(
+            f"no trained student at {student_dir}: run `mwp stage=train` or set stage.student"
+        )
     model = T5ForConditionalGeneration.from_pretrained(student_dir)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     ids_file = student_dir / "train_problems.txt"
@@ -27,7 +29,9 @@ def load_trained_student(student_dir: Path) -> tuple[T5ForConditionalGeneration,
     return model, tokenizer, train_ids
 
 
-def run_evaluate(cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_dir: Path) -> list[EvalResult]:
+def run_evaluate(
+    cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_dir: Path
+) -> list[EvalResult]:
     model, tokenizer, train_ids = load_trained_student(student_dir)
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,13 +53,22 @@ def run_evaluate(cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_
             exclude_ids=train_ids,
         )
         if result.excluded_overlap:
-            log.warning("%s/%s: %d problems the student trained on were not scored", spec.name, spec.split,
-                        result.excluded_overlap)
+            log.warning(
+                "%s/%s: %d problems the student trained on were not scored",
+                spec.name,
+                spec.split,
+                result.excluded_overlap,
+            )
         save_predictions(result, out_dir)
         prefix = f"test/{spec.name}_{spec.split}"
-        log_metrics(loggers, {f"{prefix}/strict_acc": result.strict_acc, f"{prefix}/flexible_acc": result.flexible_acc})
+        log_metrics(
+            loggers,
+            {f"{prefix}/strict_acc": result.strict_acc, f"{prefix}/flexible_acc": result.flexible_acc},
+        )
         log_table(loggers, f"predictions/{spec.name}_{spec.split}", result.predictions)
         results.append(result)
-    (out_dir / "results.json").write_text(json.dumps([r.summary() for r in results], indent=2) + "\n", encoding="utf-8")
+    (out_dir / "results.json").write_text(
+        json.dumps([r.summary() for r in results], indent=2) + "\n", encoding="utf-8"
+    )
     print(format_table(results, title=f"Evaluation of {student_dir}"), flush=True)
     return results

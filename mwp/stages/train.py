@@ -123,7 +123,9 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
     student_dir = run_dir / STUDENT_DIR
     module.model.save_pretrained(student_dir)
     bundle.tokenizer.save_pretrained(student_dir)
-    (student_dir / "train_problems.txt").write_text("\n".join(sorted(datamodule.train_ids)) + "\n", encoding="utf-8")
+    (student_dir / "train_problems.txt").write_text(
+        "\n".join(sorted(datamodule.train_ids)) + "\n", encoding="utf-8"
+    )
     score = checkpoint.best_model_score
     return TrainResult(
         student_dir=student_dir,

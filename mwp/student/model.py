@@ -51,7 +51,9 @@ def build_student(
         raise ValueError(f"student.size has unknown keys {sorted(unknown)}; allowed: {list(SIZE_KEYS)}")
     if pretrained != "never":
         if size:
-            raise ValueError("student.size overrides only apply to a random init; set student.pretrained=never")
+            raise ValueError(
+                "student.size overrides only apply to a random init; set student.pretrained=never"
+            )
         bundle = _load_pretrained(name_or_path)
         if bundle is not None:
             return bundle

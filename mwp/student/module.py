@@ -48,7 +48,9 @@ class StudentModule(pl.LightningModule):
     def loss_terms(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-term token sums. Extra terms (e.g. KL to a teacher) plug in here."""
         labels = batch["labels"]
-        ce_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        ce_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
         return {"ce": ce_sum}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

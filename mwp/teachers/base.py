@@ -96,7 +96,9 @@ class Teacher(ABC):
     name: str = "teacher"
 
     @abstractmethod
-    def generate(self, requests: Sequence[TeacherRequest], params: SamplingParams) -> Iterator[TeacherResponse]:
+    def generate(
+        self, requests: Sequence[TeacherRequest], params: SamplingParams
+    ) -> Iterator[TeacherResponse]:
         """Yield one response per request (in any order), each with up to `params.n` completions."""
 
     def covers(self, problem_id: str) -> bool:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from mwp.data.loaders import load_problems
-from mwp.teachers.base import Completion, SamplingParams, Teacher, TeacherError, TeacherRequest, TeacherResponse
+from mwp.teachers.base import (
+    Completion,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    TeacherRequest,
+    TeacherResponse,
+)
 from mwp.verify.extract import cut_run_on
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
@@ -78,7 +85,7 @@ class RecordedTeacher(Teacher):
                     continue
                 try:
                     row = json.loads(line)
-                    row["input"]  # noqa: B018 - presence check
+                    row["input"]
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
                     raise TeacherError(f"{path}:{lineno}: malformed recorded input row ({err})") from err
                 rows.append(row)
@@ -103,9 +110,15 @@ class RecordedTeacher(Teacher):
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def generate(self, requests: Sequence[TeacherRequest], params: SamplingParams) -> Iterator[TeacherResponse]:
+    def generate(
+        self, requests: Sequence[TeacherRequest], params: SamplingParams
+    ) -> Iterator[TeacherResponse]:
         for request in requests:
             text = self._by_id.get(request.problem_id)
             if text is None:
-                raise TeacherError(f"recorded teacher {self.name!r} has no completion for {request.problem_id!r}")
-            yield TeacherResponse(request, [Completion(text=cut_run_on(text).strip(), finish_reason="recorded")])
+                raise TeacherError(
+                    f"recorded teacher {self.name!r} has no completion for {request.problem_id!r}"
+                )
+            yield TeacherResponse(
+                request, [Completion(text=cut_run_on(text).strip(), finish_reason="recorded")]
+            )
