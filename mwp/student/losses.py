@@ -1,0 +1,472 @@
+"""Token-level training losses as pure tensor functions: cross-entropy and teacher-matching divergences.
+
+Student logits are `[B, L, V]`. A teacher is either dense (`teacher_logits [B, L, V]`, same
+vocabulary) or sparse (`SparseTarget`: `ids [B, L, k]`, `logprobs [B, L, k]`, `mask [B, L]`,
+from `mwp.teachers.signals.collate_sparse`). Sparse targets are never expanded to `[B, L, V]`: the
+student's log-probabilities are gathered at the k ids, and its remaining mass is one number.
+
+The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, `tail`:
+* `"bucket"`: outcomes are the k ids plus one "rest" bucket; teacher rest = 1 - sum(p), student
+  rest = 1 - sum(q at the ids). A coarsening of both distributions, so every divergence is a lower
+  bound of the full-vocabulary one. Needs temperature 1 (the tempered tail mass is unknown).
+* `"renormalize"`: the teacher's top-k is renormalised and taken as its whole distribution (rest 0).
+  Forward KL is then cross-entropy against the renormalised top-k; reverse KL and JSD also push the
+  student's mass outside the top-k towards zero (in reverse KL a zero-probability teacher outcome
+  counts as `TAIL_LOGPROB_FLOOR`, so the loss stays finite).
+
+Every loss returns a `LossSum` (sum over counted tokens, number of tokens); `token_mean` divides by
+the token count of the whole accumulated (and all-reduced) batch, so a sum of micro-batch losses
+equals the loss of one big batch. `LossTerm` + `combine` build the weighted training loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+TAILS = ("bucket", "renormalize")
+KINDS = ("ce", "forward_kl", "reverse_kl", "jsd")
+_KIND_ALIASES = {"kl": "forward_kl", "rkl": "reverse_kl", "cross_entropy": "ce"}
+TAIL_LOGPROB_FLOOR = math.log(1e-8)
+# The student's rest mass is kept >= ~1e-7 so its log (and gradient) stay finite when its
+# top-k mass rounds to 1.
+_MAX_STUDENT_TOPK_LOGMASS = -1e-7
+
+
+class LossSum(NamedTuple):
+    """A loss summed over tokens, and how many tokens it was summed over."""
+
+    total: Tensor
+    n_tokens: Tensor
+
+    def mean(self) -> Tensor:
+        return token_mean(self.total, self.n_tokens)
+
+
+def token_mean(
+    loss_sum: Tensor, n_tokens: Tensor | int | float, global_n_tokens: Tensor | float | None = None
+) -> Tensor:
+    """Per-token mean. With `global_n_tokens`, the micro-batch's share of the mean over a larger batch.
+
+    Under gradient accumulation pass the token count of the whole accumulated batch (summed over
+    micro-batches, and all-reduced over devices): the micro-batch losses then add up to the
+    big-batch mean, however unevenly tokens fall into micro-batches. Frameworks that themselves
+    divide by the number of micro-batches (Lightning's automatic optimisation) or average
+    gradients over devices (DDP) need that factor multiplied back. Zero tokens give zero, not NaN.
+    """
+    denominator = n_tokens if global_n_tokens is None else global_n_tokens
+    denominator = torch.as_tensor(denominator, dtype=loss_sum.dtype, device=loss_sum.device)
+    return loss_sum / denominator.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class SparseTarget:
+    """A batch of sparse teacher distributions (see `mwp.teachers.signals.collate_sparse`)."""
+
+    ids: Tensor
+    logprobs: Tensor
+    mask: Tensor
+
+    def __post_init__(self) -> None:
+        if (
+            self.ids.dim() != 3
+            or self.logprobs.shape != self.ids.shape
+            or self.mask.shape != self.ids.shape[:2]
+        ):
+            raise ValueError(
+                "SparseTarget needs ids and logprobs [B, L, k] and mask [B, L]; got "
+                f"{tuple(self.ids.shape)}, {tuple(self.logprobs.shape)}, {tuple(self.mask.shape)}"
+            )
+
+    @classmethod
+    def from_batch(cls, batch: Mapping[str, Tensor], prefix: str = "teacher_") -> SparseTarget:
+        return cls(batch[f"{prefix}ids"], batch[f"{prefix}logprobs"], batch[f"{prefix}mask"])
+
+
+Teacher = Tensor | SparseTarget
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Half precision is computed in float32; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class _GatheredLogSoftmax(torch.autograd.Function):
+    """`log_softmax(logits / T).gather(-1, index)` without keeping a `[B, L, V]` log-softmax.
+
+    Forward keeps only the logits (already alive) and the log-normaliser; backward builds the one
+    `[B, L, V]` gradient in place: softmax * (-sum of upstream grads) + scatter of upstream grads.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, index: Tensor, temperature: float) -> Tensor:
+        scaled = _upcast(logits) if temperature == 1.0 else _upcast(logits) / temperature
+        log_probs = torch.log_softmax(scaled, dim=-1)  # transient: freed when forward returns
+        out = log_probs.gather(-1, index)
+        # The normaliser from one entry per position (the first gathered id) instead of a second
+        # pass over the vocabulary; a full log-sum-exp only where that entry is not finite.
+        first = index[..., :1]
+        log_norm = scaled.gather(-1, first) - log_probs.gather(-1, first)
+        if not bool(torch.isfinite(log_norm).all()):
+            log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        ctx.save_for_backward(logits, index, log_norm)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+        logits, index, log_norm = ctx.saved_tensors
+        temperature = ctx.temperature
+        if temperature == 1.0:
+            grad = torch.softmax(_upcast(logits.detach()), dim=-1)
+        else:
+            grad = _upcast(logits.detach()).div(temperature).sub_(log_norm).exp_()
+        grad.mul_(-grad_out.sum(dim=-1, keepdim=True))
+        grad.scatter_add_(-1, index, grad_out)
+        if temperature != 1.0:
+            grad.div_(temperature)
+        return grad.to(logits.dtype), None, None
+
+
+def gathered_log_softmax(logits: Tensor, index: Tensor, temperature: float = 1.0) -> Tensor:
+    """Student log-probabilities (at `temperature`) of the ids in `index` `[..., k]`; memory-lean backward."""
+    return _GatheredLogSoftmax.apply(logits, index.long(), float(temperature))
+
+
+def _check(temperature: float, beta: float, tail: str) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
+
+
+def _kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """sum_x a(x) (log a(x) - log b(x)) over the last dim; outcomes with a = 0 contribute exactly 0.
+
+    Masked outcomes are replaced by finite values before any arithmetic, so no NaN can reach the
+    gradient through the unused branch of `where`.
+    """
+    present = log_a > float("-inf")
+    safe_a = torch.where(present, log_a, torch.zeros_like(log_a))
+    safe_b = torch.where(present, log_b, torch.zeros_like(log_b))
+    terms = safe_a.exp() * (safe_a - safe_b)
+    return torch.where(present, terms, torch.zeros_like(terms)).sum(dim=-1)
+
+
+def _divergence(kind: str, teacher_lp: Tensor, student_lp: Tensor, beta: float) -> Tensor:
+    """Per-position divergence between two log-distributions over the last dim."""
+    if kind == "jsd" and beta == 0.0:
+        kind = "forward_kl"
+    elif kind == "jsd" and beta == 1.0:
+        kind = "reverse_kl"
+    if kind == "forward_kl":
+        return _kl_terms(teacher_lp, student_lp)
+    if kind == "reverse_kl":
+        impossible = teacher_lp == float("-inf")
+        return _kl_terms(student_lp, teacher_lp.masked_fill(impossible, TAIL_LOGPROB_FLOOR))
+    if kind == "jsd":
+        mixture = torch.logaddexp(student_lp + math.log(1 - beta), teacher_lp + math.log(beta))
+        return beta * _kl_terms(teacher_lp, mixture) + (1 - beta) * _kl_terms(student_lp, mixture)
+    raise ValueError(f"unknown divergence {kind!r}; expected forward_kl, reverse_kl or jsd")
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate on both sides of -log 2."""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _sparse_distributions(
+    student_at_ids: Tensor, target: SparseTarget, temperature: float, tail: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher and student log-distributions over (k ids + rest), and the positions that have any id."""
+    neg_inf = float("-inf")
+    teacher_lp = target.logprobs.to(student_at_ids.dtype)
+    valid = (target.ids >= 0) & (teacher_lp > neg_inf)
+    has_any = valid.any(dim=-1)
+    # Positions without any id are dropped by the caller; give them one certain outcome in slot 0
+    # so every log-sum-exp below stays finite (an all -inf one has a NaN gradient).
+    empty = torch.zeros_like(valid)
+    empty[..., 0] = ~has_any
+    teacher_lp = torch.where(empty, 0.0, teacher_lp)
+    valid = valid | empty
+    teacher_lp = teacher_lp.masked_fill(~valid, neg_inf)
+    student_lp = student_at_ids.masked_fill(~valid, neg_inf)
+    if tail == "renormalize":
+        scaled = teacher_lp / temperature
+        norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        teacher_lp = torch.where(valid, scaled - norm, neg_inf)
+        teacher_rest = torch.full_like(norm, neg_inf)
+    else:
+        if temperature != 1.0:
+            raise ValueError(
+                "tail='bucket' needs temperature=1 for sparse teacher targets: the tempered mass of the "
+                "unseen tail is unknown (use tail='renormalize' or temperature=1)"
+            )
+        mass = torch.logsumexp(teacher_lp, dim=-1, keepdim=True)
+        # float16 storage can push the top-k mass a hair over 1: scale it back, leaving no tail.
+        excess = mass.clamp(min=0.0)
+        teacher_lp = teacher_lp - excess
+        teacher_rest = _log1mexp(mass.clamp(max=0.0))
+    student_mass = torch.logsumexp(student_lp, dim=-1, keepdim=True)
+    student_rest = _log1mexp(student_mass.clamp(max=_MAX_STUDENT_TOPK_LOGMASS))
+    return (
+        torch.cat([teacher_lp, teacher_rest], dim=-1),
+        torch.cat([student_lp, student_rest], dim=-1),
+        has_any,
+    )
+
+
+def _position_mask(mask: Tensor | None, shape: torch.Size, device: torch.device) -> Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if mask.shape != shape:
+        raise ValueError(f"mask must be {tuple(shape)}, got {tuple(mask.shape)}")
+    return mask.to(torch.bool)
+
+
+def _reduce(per_position: Tensor, mask: Tensor) -> LossSum:
+    zeros = torch.zeros_like(per_position)
+    return LossSum(torch.where(mask, per_position, zeros).sum(), mask.sum())
+
+
+def distill_loss(
+    kind: str,
+    student_logits: Tensor,
+    teacher: Teacher,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    tail: str = "bucket",
+    student_at_ids: Tensor | None = None,
+) -> LossSum:
+    """Divergence `kind` (forward_kl | reverse_kl | jsd) between teacher and student, summed over positions.
+
+    `mask [B, L]` selects positions (e.g. `labels != -100`); a sparse teacher's own mask is applied
+    too. `student_at_ids` lets a caller that already gathered the student's log-probabilities at the
+    sparse ids (at this temperature) share them.
+    """
+    _check(temperature, beta, tail)
+    shape = student_logits.shape[:-1]
+    positions = _position_mask(mask, shape, student_logits.device)
+    if isinstance(teacher, SparseTarget):
+        if teacher.mask.shape != shape:
+            raise ValueError(f"sparse teacher is {tuple(teacher.mask.shape)}, student logits {tuple(shape)}")
+        if student_at_ids is None:
+            student_at_ids = gathered_log_softmax(student_logits, teacher.ids.clamp(min=0), temperature)
+        teacher_lp, student_lp, has_any = _sparse_distributions(student_at_ids, teacher, temperature, tail)
+        positions = positions & teacher.mask.to(torch.bool) & has_any
+    else:
+        if teacher.shape != student_logits.shape:
+            raise ValueError(
+                f"dense teacher logits {tuple(teacher.shape)} differ from student logits {tuple(student_logits.shape)}"
+            )
+        teacher_lp = torch.log_softmax(_upcast(teacher) / temperature, dim=-1)
+        student_lp = torch.log_softmax(_upcast(student_logits) / temperature, dim=-1)
+    return _reduce(_divergence(kind, teacher_lp, student_lp, beta), positions)
+
+
+def forward_kl(student_logits: Tensor, teacher: Teacher, **kwargs: Any) -> LossSum:
+    """KL(teacher || student): mode-covering; what `F.kl_div(student_logp, teacher_logp, log_target=True)` sums."""
+    return distill_loss("forward_kl", student_logits, teacher, **kwargs)
+
+
+def reverse_kl(student_logits: Tensor, teacher: Teacher, **kwargs: Any) -> LossSum:
+    """KL(student || teacher): mode-seeking."""
+    return distill_loss("reverse_kl", student_logits, teacher, **kwargs)
+
+
+def generalized_jsd(student_logits: Tensor, teacher: Teacher, *, beta: float = 0.5, **kwargs: Any) -> LossSum:
+    """Generalised Jensen-Shannon divergence, in TRL's GKD convention.
+
+    With M = beta * teacher + (1 - beta) * student:
+    JSD_beta = beta * KL(teacher || M) + (1 - beta) * KL(student || M).
+    The formula itself vanishes at beta = 0 and 1; like TRL, beta = 0 returns forward KL and
+    beta = 1 reverse KL, the limits of JSD_beta / beta and JSD_beta / (1 - beta).
+    """
+    return distill_loss("jsd", student_logits, teacher, beta=beta, **kwargs)
+
+
+def cross_entropy(student_logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> LossSum:
+    """Token cross-entropy summed over labelled positions."""
+    counted = labels != ignore_index
+    total = torch.nn.functional.cross_entropy(
+        _upcast(student_logits).flatten(0, -2), labels.flatten(), ignore_index=ignore_index, reduction="sum"
+    )
+    return LossSum(total, counted.sum())
+
+
+# --- configured terms ------------------------------------------------------------------------------
+
+
+def _help(text: str, default: Any = MISSING) -> Any:
+    if default is MISSING:
+        return field(metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the training loss (a `loss.terms` entry in the config)."""
+
+    name: str = _help("label for logging; also the kind when `kind` is omitted (ce, kl, ...)")
+    weight: float = _help("multiplier of this term's token-mean in the total, >= 0", 1.0)
+    kind: str | None = _help("ce | forward_kl (kl) | reverse_kl | jsd", None)
+    temperature: float = _help(
+        "softens student and teacher before comparing, > 0 (distillation terms only)", 1.0
+    )
+    beta: float = _help(
+        "jsd only: mixture weight of the teacher in [0, 1]; 0 = forward KL, 1 = reverse KL", 0.5
+    )
+    tail: str = _help(
+        "sparse teachers: 'bucket' keeps the top-k's missing mass as one outcome; 'renormalize' rescales "
+        "the top-k to sum to 1",
+        "bucket",
+    )
+
+    def __post_init__(self) -> None:
+        where = f"loss.terms.{self.name}"
+        kind = self.kind if self.kind is not None else self.name
+        kind = _KIND_ALIASES.get(kind, kind)
+        if kind not in KINDS:
+            raise ValueError(
+                f"{where}.kind: unknown loss kind {kind!r}; expected one of {KINDS} (or kl, rkl)"
+            )
+        object.__setattr__(self, "kind", kind)
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"{where}.weight must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature}")
+        if kind == "ce" and self.temperature != 1.0:
+            raise ValueError(f"{where}.temperature applies to distillation terms only; cross-entropy uses 1")
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"{where}.beta must be in [0, 1], got {self.beta}")
+        if self.tail not in TAILS:
+            raise ValueError(f"{where}.tail must be one of {TAILS}, got {self.tail!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.kind != "ce"
+
+    @classmethod
+    def from_config(cls, entry: Mapping[str, Any], where: str = "loss.terms") -> LossTerm:
+        known = {f.name for f in fields(cls)}
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        if "name" not in entry:
+            raise ValueError(f"{where}: every loss term needs a name")
+        return cls(**dict(entry))
+
+    @classmethod
+    def help(cls) -> str:
+        return "\n".join(f"{f.name}: {f.metadata['help']}" for f in fields(cls))
+
+
+@dataclass
+class CombinedLoss:
+    """The weighted total (for backward) and each term's token-mean (detached, for logging)."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+    n_tokens: dict[str, Tensor]
+
+
+def _term_positions(term: LossTerm, labels: Tensor, teacher: Teacher | None) -> Tensor:
+    positions = labels != IGNORE_INDEX
+    if isinstance(teacher, SparseTarget):
+        has_any = ((teacher.ids >= 0) & (teacher.logprobs.float() > float("-inf"))).any(dim=-1)
+        positions = positions & teacher.mask.to(torch.bool) & has_any
+    return positions
+
+
+def count_tokens(
+    terms: Sequence[LossTerm], labels: Tensor, teacher: Teacher | None = None
+) -> dict[str, Tensor]:
+    """Tokens each term counts in one micro-batch; sum these over an accumulation window (and
+    all-reduce over devices) to get `combine`'s `global_n_tokens`."""
+    return {t.name: _term_positions(t, labels, teacher if t.needs_teacher else None).sum() for t in terms}
+
+
+def combine(
+    terms: Sequence[LossTerm],
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher: Teacher | None = None,
+    *,
+    global_n_tokens: Mapping[str, Tensor | float] | None = None,
+) -> CombinedLoss:
+    """Weighted sum of the terms' token-means over `labels != -100`.
+
+    Cross-entropy and the sparse distillation terms at the same temperature share one gather of the
+    student's log-probabilities: no `[B, L, V]` log-softmax is kept for backward, which builds one
+    `[B, L, V]` gradient buffer per temperature (cross-entropy alone is lighter than
+    `F.cross_entropy`; a sparse teacher adds only `[B, L, k]` tensors).
+    `global_n_tokens` (term name -> tokens in the whole accumulated batch) makes micro-batch losses
+    add up to the big-batch loss; without it each term is a mean over this batch.
+    """
+    if not terms:
+        raise ValueError("loss.terms is empty: the training loss needs at least one term")
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"loss.terms names must be unique, got {names}")
+    if labels.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match student logits {tuple(student_logits.shape)}"
+        )
+    if teacher is None and any(t.needs_teacher for t in terms):
+        missing = [t.name for t in terms if t.needs_teacher]
+        raise ValueError(f"loss.terms {missing} need a teacher signal, but the batch has none")
+    labelled = labels != IGNORE_INDEX
+    safe_labels = labels.clamp(min=0)[..., None]
+
+    # One gather per temperature over [label (cross-entropy, temperature 1), sparse ids...].
+    has_ce = any(t.kind == "ce" for t in terms)
+    sparse_index = teacher.ids.clamp(min=0).long() if isinstance(teacher, SparseTarget) else None
+    gathered: dict[float, Tensor] = {}
+    for temperature in sorted({t.temperature for t in terms}):
+        pieces = [safe_labels] if temperature == 1.0 and has_ce else []
+        if sparse_index is not None and any(t.needs_teacher and t.temperature == temperature for t in terms):
+            pieces.append(sparse_index)
+        if pieces:
+            gathered[temperature] = gathered_log_softmax(
+                student_logits, torch.cat(pieces, dim=-1), temperature
+            )
+
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    parts: dict[str, Tensor] = {}
+    counts: dict[str, Tensor] = {}
+    for term in terms:
+        if term.kind == "ce":
+            summed = _reduce(-gathered[1.0][..., 0], labelled)
+        else:
+            assert teacher is not None
+            student_at_ids = None
+            if isinstance(teacher, SparseTarget):
+                student_at_ids = gathered[term.temperature][..., -teacher.ids.shape[-1] :]
+            summed = distill_loss(
+                term.kind,
+                student_logits,
+                teacher,
+                mask=labelled,
+                temperature=term.temperature,
+                beta=term.beta,
+                tail=term.tail,
+                student_at_ids=student_at_ids,
+            )
+        denominator = None if global_n_tokens is None else global_n_tokens.get(term.name)
+        if global_n_tokens is not None and denominator is None:
+            raise ValueError(f"global_n_tokens has no count for loss term {term.name!r}")
+        value = token_mean(summed.total, summed.n_tokens, denominator)
+        total = total + term.weight * value
+        parts[term.name] = value.detach()
+        counts[term.name] = summed.n_tokens
+    return CombinedLoss(total=total, parts=parts, n_tokens=counts)
