@@ -44,11 +44,17 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(request) -> PreTrainedTokenizerBase:
+def smollm2_tokenizer(request, tmp_path_factory) -> PreTrainedTokenizerBase:
     gguf = smollm2_gguf()
     stamp = f"{gguf.name}:{gguf.stat().st_size}"
-    # Converting the GGUF vocabulary takes seconds; the converted tokenizer.json loads at once.
-    cache = Path(request.config.cache.mkdir("smollm2-tokenizer"))
+    # Converting the GGUF vocabulary takes seconds; the converted tokenizer.json loads at once
+    # (kept in pytest's cache, or for this session only when run with -p no:cacheprovider).
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = Path(
+        pytest_cache.mkdir("smollm2-tokenizer")
+        if pytest_cache
+        else tmp_path_factory.mktemp("smollm2-tokenizer")
+    )
     if (cache / "stamp").is_file() and (cache / "stamp").read_text() == stamp:
         return AutoTokenizer.from_pretrained(cache)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -27,7 +27,7 @@ def test_demo_experiment_overrides_only_what_differs(tmp_path: Path) -> None:
     base = compose_config(run_dir=tmp_path)
     demo = compose_config(["experiment=demo"], run_dir=tmp_path)
     assert demo.task_name == "demo"
-    assert demo.trainer.max_steps != base.trainer.max_steps
+    assert demo.evaluation.limit != base.evaluation.limit
     assert demo.student.fallback_config == base.student.fallback_config
     assert demo.dataset.name == "svamp"
 

@@ -66,3 +66,37 @@ def test_uncovered_problems_are_counted_not_fatal(tmp_path: Path) -> None:
     stats = run_distill(cfg, tmp_path / "distill")
     assert stats.problems_seen == 5 and stats.problems_uncovered == 5 and stats.samples_kept == 0
     assert (tmp_path / "distill" / ARTIFACT).read_text() == ""
+
+
+def test_equation_extraction_checks_a_teacher_equation() -> None:
+    from mwp.stages.distill import predict
+
+    problem = load_problems("math23k", "test", limit=1)[0]
+    gold_equation = problem.equation
+    assert predict(f"解：设路长x米。{gold_equation}。答：…", problem, "equation") == problem.answer
+    assert predict("x = 999999 * 7", problem, "equation") is None  # numbers not in the problem
+
+
+def test_unknown_extraction_names_the_setting(tmp_path: Path) -> None:
+    cfg = compose_config(["stage=distill", "dataset.limit=3", "stage.extraction=fuzzy"], run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"stage\.extraction"):
+        run_distill(cfg, tmp_path / "distill")
+
+
+def test_shards_partition_the_problems_and_merge_back(tmp_path: Path, distilled: tuple[Path, dict]) -> None:
+    from mwp.teachers.scale import merge_shards
+
+    full_dir, full_stats = distilled
+    parts = []
+    for i in range(3):
+        cfg = compose_config(["stage=distill", f"stage.shard={i}", "stage.num_shards=3"], run_dir=tmp_path)
+        stats = run_distill(cfg, tmp_path / f"shard{i}")
+        assert 0 < stats.problems_seen < 800
+        parts.append(tmp_path / f"shard{i}" / ARTIFACT)
+    ids = [{json.loads(line)["id"] for line in p.read_text().splitlines()} for p in parts]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    merged = tmp_path / "merged.jsonl"
+    merge_shards(parts, merged)
+    full = {json.loads(line)["id"] for line in (full_dir / ARTIFACT).read_text().splitlines()}
+    assert {json.loads(line)["id"] for line in merged.read_text().splitlines()} == full
+    assert len(merged.read_text().splitlines()) == full_stats["samples_kept"]

@@ -9,19 +9,22 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from mwp.data.io import append_jsonl, read_jsonl
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.teachers.base import Teacher, TeacherRequest
+from mwp.teachers.prompts import build_requests
 from mwp.teachers.registry import build_teacher, sampling_params
+from mwp.teachers.scale import SamplingProgress, shard, teacher_usage
 from mwp.verify.compare import answers_match
+from mwp.verify.equation_checks import check_teacher_equation
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number
 
@@ -57,9 +60,26 @@ def _dedup_key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def default_requests(problems: Sequence[Problem]) -> list[TeacherRequest]:
-    """Zero-shot CoT requests; the recorded teacher ignores the prompt and answers by problem id."""
-    return [TeacherRequest(p.id, f"Q: {p.question}\nA: Let's think step by step.") for p in problems]
+EXTRACTIONS = ("auto", "strict", "flexible", "equation")
+
+
+def predict(text: str, problem: Problem, extraction: str) -> Fraction | None:
+    """The teacher's final answer: from an answer phrase (strict), the last number (flexible), or,
+    for From-Large-to-Tiny equation prompts, the value of its verified equation (equation)."""
+    if extraction == "equation":
+        check = check_teacher_equation(text, problem)
+        return check.value if check.passed else None
+    return extract_answer(text, mode=extraction)
+
+
+def resolve_extraction(stage_extraction: str, prompt: Any) -> str:
+    """`auto` takes the prompt's own hint (equation prompts are checked as equations), else strict."""
+    if stage_extraction not in EXTRACTIONS:
+        raise ValueError(f"stage.extraction must be one of {list(EXTRACTIONS)}, got {stage_extraction!r}")
+    if stage_extraction != "auto":
+        return stage_extraction
+    hint = prompt.get("extraction") if prompt else None
+    return hint if hint in EXTRACTIONS[1:] else "strict"
 
 
 def distill(
@@ -74,6 +94,8 @@ def distill(
     extraction: str = "strict",
     dedup: bool = True,
 ) -> DistillStats:
+    if extraction not in EXTRACTIONS[1:]:
+        raise ValueError(f"extraction must be one of {list(EXTRACTIONS[1:])}, got {extraction!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {p.id: p for p in problems}
     stats = DistillStats(teacher=teacher.name, dataset=dataset, split=split, problems_seen=len(problems))
@@ -89,14 +111,16 @@ def distill(
     partial = out_dir / (ARTIFACT + ".partial")
     partial.unlink(missing_ok=True)
     seen: dict[str, set[str]] = {}
-    bar = tqdm(total=len(covered), desc=f"distill {dataset}/{split}", unit="problem", mininterval=1.0)
+    usage = teacher_usage(teacher)
+    progress = SamplingProgress(total=len(covered) * cfg_sampling.n, desc=f"distill {dataset}/{split}")
     for response in teacher.generate(covered, cfg_sampling):
         problem = by_id[response.request.problem_id]
         kept_here = seen.setdefault(problem.id, set())
+        kept_before = stats.samples_kept
         for index, completion in enumerate(response.completions):
             stats.samples_seen += 1
             rationale = completion.text.strip()
-            pred = extract_answer(rationale, mode=extraction)
+            pred = predict(rationale, problem, extraction)
             if pred is None:
                 stats.samples_no_answer += 1
                 continue
@@ -120,9 +144,8 @@ def distill(
             if completion.logprobs is not None:
                 row["logprobs"] = asdict(completion.logprobs)
             append_jsonl(partial, row)
-        bar.update(1)
-        bar.set_postfix(kept=stats.samples_kept, seen=stats.samples_seen, refresh=False)
-    bar.close()
+        progress.update(len(response.completions), kept=stats.samples_kept - kept_before, cost=usage.cost_usd)
+    progress.close()
     stats.problems_kept = sum(1 for ids in seen.values() if ids)
     if not partial.exists():
         partial.touch()
@@ -134,20 +157,28 @@ def distill(
 def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
     split = cfg.dataset.train_split
     problems = load_problems(cfg.dataset.name, split, cfg.paths.data_dir, limit=cfg.dataset.get("limit"))
+    # stage.shard=i stage.num_shards=k: this run samples one stable-hash shard of the problems
+    problems = shard(problems, cfg.stage.shard, cfg.stage.num_shards)
     teacher = build_teacher(cfg.teacher)
     try:
-        requests = default_requests(problems)
+        prompt = cfg.get("prompt")
+        requests = build_requests(problems, prompt, data_dir=cfg.paths.data_dir)
+        params = sampling_params(cfg.teacher)
+        if prompt and prompt.get("stop"):
+            params = replace(params, stop=tuple(dict.fromkeys([*params.stop, *prompt.stop])))
         stats = distill(
             problems,
             teacher,
             requests,
-            sampling_params(cfg.teacher),
+            params,
             out_dir,
             dataset=cfg.dataset.name,
             split=split,
-            extraction=cfg.stage.extraction,
+            extraction=resolve_extraction(cfg.stage.extraction, prompt),
             dedup=cfg.stage.dedup,
         )
+        # tokens, calls and money spent (zero for recorded teachers), next to the artifact
+        teacher_usage(teacher).write(out_dir / "usage.json")
     finally:
         teacher.close()
     log.info(
@@ -166,5 +197,7 @@ def read_distilled(path: Path) -> list[dict[str, Any]]:
     if path.is_dir():
         path = path / ARTIFACT
     if not path.exists():
-        raise FileNotFoundError(f"no distilled data at {path}: run `mwp stage=distill` first or set stage.data")
+        raise FileNotFoundError(
+            f"no distilled data at {path}: run `mwp stage=distill` first or set stage.data"
+        )
     return list(read_jsonl(path))

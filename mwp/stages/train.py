@@ -12,9 +12,11 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from transformers import T5ForConditionalGeneration
 
-from mwp.data.datamodule import DistilledDataModule
+from mwp.data.datamodule import DistilledDataModule, Signals
 from mwp.stages.distill import read_distilled
+from mwp.student.losses import LossTerm, terms_from_config
 from mwp.student.model import StudentBundle, build_student
 from mwp.student.module import StudentModule
 
@@ -44,7 +46,57 @@ def student_from_config(cfg: DictConfig) -> StudentBundle:
     )
 
 
-def build_datamodule(cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any) -> DistilledDataModule:
+def loss_terms(cfg: DictConfig) -> list[LossTerm]:
+    return terms_from_config(OmegaConf.to_container(cfg.loss.terms, resolve=True))  # type: ignore[arg-type]
+
+
+def load_dense_teacher(path: str) -> T5ForConditionalGeneration:
+    """A same-vocabulary T5 teacher from a local checkpoint folder (`loss.signal.teacher_model`)."""
+    try:
+        return T5ForConditionalGeneration.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"loss.signal.teacher_model={path!r}: no T5 checkpoint could be loaded ({err})"
+        ) from err
+
+
+def teacher_signals(
+    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, run_dir: Path, data_path: Path
+) -> Signals:
+    """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
+    from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path
+
+    signal = cfg.loss.signal
+    scorer = None
+    if signal.missing == "score":
+        scorer = TeacherForcedScorer.from_config(OmegaConf.to_container(signal.scorer, resolve=True))  # type: ignore[arg-type]
+    try:
+        store, report = prepare_signals(
+            rows,
+            tokenizer,
+            signals_path(run_dir, tokenizer),
+            max_target_len=cfg.data.max_target_len,
+            missing=signal.missing,
+            scorer=scorer,
+            source=str(data_path),
+        )
+    finally:
+        if scorer is not None:
+            scorer.close()
+    if report.rows_with_signal == 0:
+        raise ValueError(
+            f"loss.terms need teacher distributions, but none of the {report.rows} distilled rows in {data_path} has teacher "
+            "logprobs. Distil with a teacher that reports them "
+            "(e.g. teacher=smollm2, or an API teacher with teacher.top_logprobs > 0), set "
+            "loss.signal.missing=score to teacher-force the rows through loss.signal.scorer (SmolLM2 by "
+            "default), or use loss.signal.source=dense with loss.signal.teacher_model=<T5 folder>"
+        )
+    return store
+
+
+def build_datamodule(
+    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, signals: Signals | None = None
+) -> DistilledDataModule:
     d = cfg.data
     return DistilledDataModule(
         rows,
@@ -59,6 +111,8 @@ def build_datamodule(cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any
         max_target_len=d.max_target_len,
         num_workers=d.num_workers,
         seed=cfg.seed,
+        accumulate=int(cfg.trainer.get("accumulate_grad_batches") or 1),
+        signals=signals,
     )
 
 
@@ -68,8 +122,16 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
         raise ValueError(f"trainer.precision={precision}: T5 overflows in fp16; use 32-true or bf16-mixed")
     pl.seed_everything(cfg.seed, workers=True)
     rows = read_distilled(data_path)
+    terms = loss_terms(cfg)
     bundle = student_from_config(cfg)
-    datamodule = build_datamodule(cfg, rows, bundle.tokenizer)
+    signals: Signals | None = None
+    dense_teacher = None
+    if any(t.needs_teacher for t in terms):
+        if cfg.loss.signal.source == "dense":
+            dense_teacher = load_dense_teacher(str(cfg.loss.signal.teacher_model))
+        else:
+            signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+    datamodule = build_datamodule(cfg, rows, bundle.tokenizer, signals)
     datamodule.setup("fit")
     module = StudentModule(
         bundle.model,
@@ -79,6 +141,8 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
         warmup_ratio=cfg.optim.warmup_ratio,
         scheduler=cfg.optim.scheduler,
         max_new_tokens=cfg.data.max_new_tokens,
+        terms=terms,
+        dense_teacher=dense_teacher,
     )
     ckpt_dir = run_dir / "checkpoints"
     has_val = bool(datamodule.val_items)

@@ -371,6 +371,34 @@ class LossTerm:
         return "\n".join(f"{f.name}: {f.metadata['help']}" for f in fields(cls))
 
 
+def terms_from_config(
+    entries: Sequence[Mapping[str, Any]] | None, where: str = "loss.terms"
+) -> list[LossTerm]:
+    """`loss.terms` as `LossTerm`s; an error names the entry as `loss.terms[i].field`."""
+    if not entries:
+        raise ValueError(f"{where} is empty: the training loss needs at least one term")
+    terms: list[LossTerm] = []
+    for index, entry in enumerate(entries):
+        here = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{here}: expected a mapping like {{name: ce, weight: 1.0}}, got {entry!r}")
+        try:
+            terms.append(LossTerm.from_config(entry, where=here))
+        except TypeError as err:  # a value of the wrong type reached the dataclass
+            raise ValueError(f"{here}: {err}") from err
+        except ValueError as err:
+            name = entry.get("name")
+            message = str(err).replace(f"loss.terms.{name}.", f"{here}.") if name is not None else str(err)
+            if message == str(err) and not message.startswith(here):
+                message = f"{here}: {message}"
+            raise ValueError(message) from err
+    names = [t.name for t in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: term names must be unique, {duplicates} repeat")
+    return terms
+
+
 @dataclass
 class CombinedLoss:
     """The weighted total (for backward) and each term's token-mean (detached, for logging)."""

@@ -1,15 +1,23 @@
-"""LightningModule wrapping the Flan-T5 student: token-mean cross-entropy, AdamW with warmup/decay,
-validation accuracy by greedy generation + answer extraction."""
+"""LightningModule wrapping the Flan-T5 student: the configured loss terms (cross-entropy, optionally
+KL/JSD to a teacher's per-token distributions), AdamW with warmup/decay, validation accuracy by
+greedy generation + answer extraction.
+
+Every term is a token mean over the whole optimizer step: a batch from `DistilledDataModule`
+carries its accumulation group's token counts, each micro-batch's loss is its token sum over that
+count, and the returned loss is multiplied by `accumulate_grad_batches` (which Lightning divides
+back out), so accumulating micro-batches gives the gradient of one big batch exactly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
+from mwp.student.losses import LossTerm, SparseTarget, combine
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import parse_number
@@ -26,6 +34,8 @@ class StudentModule(pl.LightningModule):
         warmup_ratio: float = 0.05,
         scheduler: str = "linear",
         max_new_tokens: int = 128,
+        terms: Sequence[LossTerm] | None = None,
+        dense_teacher: T5ForConditionalGeneration | None = None,
         hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -40,33 +50,85 @@ class StudentModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.scheduler_name = scheduler
         self.max_new_tokens = max_new_tokens
+        self.terms = list(terms) if terms is not None else [LossTerm("ce")]
+        if not self.terms:
+            raise ValueError("loss.terms is empty: the training loss needs at least one term")
+        if dense_teacher is not None:
+            student_vocab = model.get_output_embeddings().weight.shape[0]
+            teacher_vocab = dense_teacher.get_output_embeddings().weight.shape[0]
+            if student_vocab != teacher_vocab:
+                raise ValueError(
+                    f"loss.signal.teacher_model has a vocabulary of {teacher_vocab}, the student {student_vocab}: "
+                    "a dense teacher must share the student's vocabulary"
+                )
+            dense_teacher.eval().requires_grad_(False)
+        # Kept out of the module's children: not trained, not in checkpoints, not in state_dict.
+        self.__dict__["dense_teacher"] = dense_teacher
         self.save_hyperparameters(hparams or {}, ignore=["model", "tokenizer"])
         self._val_correct = 0
         self._val_total = 0
 
     # -- loss -------------------------------------------------------------------------------------
-    def loss_terms(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-term token sums. Extra terms (e.g. KL to a teacher) plug in here."""
-        labels = batch["labels"]
-        ce_sum = F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
-        )
-        return {"ce": ce_sum}
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
         ).logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def teacher_target(self, batch: dict[str, Any]) -> SparseTarget | torch.Tensor | None:
+        """The batch's teacher: dense logits of `dense_teacher`, the collated sparse top-k, or None."""
+        if not self.needs_teacher:
+            return None
+        teacher = self.__dict__["dense_teacher"]
+        if teacher is not None:
+            if next(teacher.parameters()).device != self.device:
+                teacher.to(self.device)
+            with torch.no_grad():
+                return teacher(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                ).logits
+        if "teacher_ids" not in batch:
+            raise ValueError(
+                f"loss.terms {[t.name for t in self.terms if t.needs_teacher]} need teacher signals, but the "
+                "batch has none (set loss.signal.source, or use loss=ce)"
+            )
+        return SparseTarget.from_batch(batch)
+
+    def _group_counts(self, batch: dict[str, Any], sparse: bool) -> dict[str, torch.Tensor] | None:
+        """Each term's token count over the batch's whole accumulation group (None: this batch alone)."""
+        group = batch.get("group_n_tokens")
+        if group is None:
+            return None
+        accumulate = self.trainer.accumulate_grad_batches
+        if batch.get("accumulate") != accumulate:
+            raise ValueError(
+                f"batches were grouped for {batch.get('accumulate')} micro-batches per step, but "
+                f"trainer.accumulate_grad_batches={accumulate}: build the DataModule with accumulate={accumulate}"
+            )
+        return {t.name: group["teacher" if sparse and t.needs_teacher else "labels"] for t in self.terms}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        n_tokens = (batch["labels"] != -100).sum().clamp(min=1)
-        terms = self.loss_terms(batch, logits)
-        loss = sum(terms.values()) / n_tokens
+        teacher = self.teacher_target(batch)
+        sparse = isinstance(teacher, SparseTarget)
+        group_counts = self._group_counts(batch, sparse)
+        combined = combine(self.terms, logits, batch["labels"], teacher, global_n_tokens=group_counts)
+        # Lightning divides the returned loss by accumulate_grad_batches; the group mean is already exact.
+        loss = combined.total * (self.trainer.accumulate_grad_batches if group_counts is not None else 1)
         bs = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value / n_tokens, batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for name, part in combined.parts.items():
+            # Logged as this micro-batch's own token mean, whatever denominator the gradient used.
+            local = combined.n_tokens[name]
+            if int(local) == 0:
+                continue  # e.g. a batch of answer-only targets has nothing to say about a KL term
+            value = part * group_counts[name].to(part.dtype).clamp(min=1) / local if group_counts else part
+            self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
     # -- validation -------------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""Batch files: sampling requests as OpenAI Batch API JSONL (also what `vllm run-batch` reads), and back.
+
+    python -m mwp.teachers.batch export --dataset multiarith --split train --prompt cot_fewshot \
+        --teacher openai --set model=gpt-4o-mini n=8 --out batch_input.jsonl
+    # upload to the Batch API, or: vllm run-batch -i batch_input.jsonl -o results.jsonl --model ...
+    mwp stage=distill dataset=multiarith teacher=batch_file \
+        teacher.results=results.jsonl teacher.requests=batch_input.jsonl
+
+Each input line asks for the samples `first`..`last` of one problem; its custom_id is
+"<problem id>#s<first>-<last>", so results map back to problems and sample indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mwp.teachers.base import (
+    Completion,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    TeacherRequest,
+    TeacherResponse,
+)
+from mwp.teachers.openai_compat import completions_from_body, request_body
+
+log = logging.getLogger(__name__)
+
+URLS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_SAMPLES = "#s"
+
+
+def custom_id(problem_id: str, first: int, count: int) -> str:
+    return f"{problem_id}{_SAMPLES}{first}-{first + count - 1}"
+
+
+def parse_custom_id(value: str) -> tuple[str, int, int]:
+    """(problem id, first sample index, sample count) of a custom_id written by `export_batch`."""
+    problem_id, marker, span = value.rpartition(_SAMPLES)
+    first, dash, last = span.partition("-")
+    if not marker or not dash or not first.isdigit() or not last.isdigit() or int(last) < int(first):
+        raise ValueError(f"custom_id {value!r} is not '<problem id>#s<first>-<last>'")
+    return problem_id, int(first), int(last) - int(first) + 1
+
+
+def export_batch(
+    requests: Sequence[TeacherRequest],
+    params: SamplingParams,
+    model: str,
+    path: str | os.PathLike[str],
+    *,
+    endpoint: str = "chat",
+    samples_per_line: int | None = None,
+    max_tokens_param: str = "max_tokens",
+) -> int:
+    """Write one Batch API line per problem (or per `samples_per_line` samples); returns the line count."""
+    if endpoint not in URLS:
+        raise ValueError(f"endpoint must be one of {sorted(URLS)}, got {endpoint!r}")
+    per_line = samples_per_line or params.n
+    if per_line < 1:
+        raise ValueError(f"samples_per_line must be >= 1, got {per_line}")
+    seen: set[str] = set()
+    lines = []
+    for request in requests:
+        if request.problem_id in seen:
+            raise ValueError(f"problem id {request.problem_id!r} occurs twice; custom_ids must be unique")
+        seen.add(request.problem_id)
+        for first in range(0, params.n, per_line):
+            size = min(per_line, params.n - first)
+            lines.append(
+                {
+                    "custom_id": custom_id(request.problem_id, first, size),
+                    "method": "POST",
+                    "url": URLS[endpoint],
+                    "body": request_body(request, params, model, endpoint, first, size, max_tokens_param),
+                }
+            )
+    _write_jsonl_atomic(path, lines)
+    return len(lines)
+
+
+def _write_jsonl_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TeacherError(f"{path}:{number}: not a JSON line: {err}") from err
+            if not isinstance(row, dict):
+                raise TeacherError(f"{path}:{number}: expected a JSON object")
+            yield number, row
+
+
+def _requests_by_id(path: Path) -> dict[str, tuple[TeacherRequest, str, SamplingParams]]:
+    """custom_id -> (request, endpoint, sampling parameters) from an exported input file."""
+    found: dict[str, tuple[TeacherRequest, str, SamplingParams]] = {}
+    for number, row in _read_lines(path):
+        try:
+            problem_id, _, _ = parse_custom_id(row["custom_id"])
+            body = row["body"]
+            endpoint = "chat" if "messages" in body else "completions"
+            if endpoint == "chat":
+                system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
+                prompt = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+            else:
+                system, prompt = None, body["prompt"]
+            logprobs = body.get("top_logprobs") if endpoint == "chat" else body.get("logprobs")
+            params = SamplingParams(
+                n=int(body.get("n") or 1),
+                temperature=float(body.get("temperature", 1.0)),
+                top_p=float(body.get("top_p", 1.0)),
+                stop=tuple(body.get("stop") or ()),
+                top_logprobs=int(logprobs or 0),
+            )
+        except (KeyError, TypeError, ValueError, StopIteration) as err:
+            raise TeacherError(f"{path}:{number}: not a batch request line: {err!r}") from err
+        found[row["custom_id"]] = (TeacherRequest(problem_id, prompt, system), endpoint, params)
+    return found
+
+
+def import_batch(
+    path: str | os.PathLike[str], requests_path: str | os.PathLike[str] | None = None
+) -> Iterator[TeacherResponse]:
+    """Responses from a Batch API / `vllm run-batch` results file, one per problem, samples in index order.
+
+    With `requests_path` (the exported input), responses carry the original prompt and system text
+    and honour its stop sequences; without it the request has the problem id and an empty prompt.
+    Failed lines (an `error`, or a status other than 200) are skipped with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"batch results file {path} does not exist")
+    originals = _requests_by_id(Path(requests_path)) if requests_path else {}
+    samples: dict[str, dict[int, Completion]] = {}
+    requests: dict[str, TeacherRequest] = {}
+    failed = 0
+    for number, row in _read_lines(path):
+        try:
+            cid = row["custom_id"]
+            problem_id, first, count = parse_custom_id(cid)
+        except (KeyError, ValueError) as err:
+            raise TeacherError(f"{path}:{number}: {err}") from err
+        response = row.get("response") or {}
+        status = response.get("status_code")
+        if row.get("error") or status != 200:
+            failed += 1
+            log.warning("%s:%d: %s failed (status %s): %s", path, number, cid, status, row.get("error"))
+            continue
+        body = response.get("body") or {}
+        original = originals.get(cid)
+        if originals and original is None:
+            raise TeacherError(f"{path}:{number}: custom_id {cid!r} is not in {requests_path}")
+        if original is not None:
+            request, endpoint, params = original
+        else:
+            endpoint = "chat" if str(body.get("object", "")).startswith("chat") else "completions"
+            request, params = TeacherRequest(problem_id, ""), SamplingParams(top_logprobs=1)
+        try:
+            completions = completions_from_body(body, endpoint, params)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise TeacherError(f"{path}:{number}: malformed response body: {err!r}") from err
+        requests.setdefault(problem_id, request)
+        slot = samples.setdefault(problem_id, {})
+        for offset, completion in enumerate(completions[:count]):
+            slot.setdefault(first + offset, completion)
+    if failed:
+        log.warning("%s: %d result lines failed and were skipped", path, failed)
+    for problem_id, slot in samples.items():
+        yield TeacherResponse(requests[problem_id], [slot[i] for i in sorted(slot)])
+
+
+class BatchFileTeacher(Teacher):
+    """Replays an imported results file (config: conf/teacher/batch_file.yaml)."""
+
+    def __init__(
+        self,
+        results: str | os.PathLike[str],
+        requests: str | os.PathLike[str] | None = None,
+        name: str = "batch",
+    ) -> None:
+        self.name = name
+        self.responses = {r.request.problem_id: r for r in import_batch(results, requests)}
+
+    @classmethod
+    def from_config(cls, conf: dict[str, Any]) -> Teacher:
+        if not conf.get("results"):
+            raise ValueError("teacher.results is not set: the Batch API / vllm run-batch output file")
+        return cls(conf["results"], conf.get("requests"), conf.get("name") or "batch")
+
+    def covers(self, problem_id: str) -> bool:
+        return problem_id in self.responses
+
+    def generate(
+        self, requests: Sequence[TeacherRequest], params: SamplingParams
+    ) -> Iterator[TeacherResponse]:
+        for request in requests:
+            stored = self.responses.get(request.problem_id)
+            if stored is not None:
+                yield TeacherResponse(request, stored.completions[: params.n])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export sampling requests as an OpenAI Batch API file.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write batch input JSONL for a dataset split")
+    export.add_argument("--dataset", required=True)
+    export.add_argument("--split", default="train")
+    export.add_argument("--limit", type=int, default=None)
+    export.add_argument("--data-dir", default=None)
+    export.add_argument("--prompt", default="cot_zeroshot", help="conf/prompt/<name>.yaml or a path")
+    export.add_argument("--teacher", default="openai", help="conf/teacher/<name>.yaml or a path")
+    export.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher overrides, e.g. n=8"
+    )
+    export.add_argument("--samples-per-line", type=int, default=None)
+    export.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    from omegaconf import OmegaConf
+
+    from mwp.data.loaders import load_problems
+    from mwp.paths import REPO_ROOT
+    from mwp.teachers.prompts import build_requests, prompt_stop
+    from mwp.teachers.registry import sampling_params
+
+    def load_conf(group: str, name: str) -> Any:
+        path = Path(name) if name.endswith(".yaml") else REPO_ROOT / "conf" / group / f"{name}.yaml"
+        if not path.is_file():
+            raise SystemExit(f"--{group}: {path} does not exist")
+        return OmegaConf.load(path)
+
+    teacher_conf = OmegaConf.merge(load_conf("teacher", args.teacher), OmegaConf.from_dotlist(args.set))
+    teacher = OmegaConf.to_container(teacher_conf, resolve=True)
+    assert isinstance(teacher, dict)
+    problems = load_problems(args.dataset, args.split, args.data_dir, limit=args.limit)
+    prompt = load_conf("prompt", args.prompt)
+    requests = build_requests(problems, prompt, data_dir=args.data_dir)
+    params = sampling_params(teacher)
+    params = replace(params, stop=tuple(dict.fromkeys([*params.stop, *prompt_stop(prompt)])))
+    count = export_batch(
+        requests,
+        params,
+        str(teacher["model"]),
+        args.out,
+        endpoint=str(teacher.get("endpoint", "chat")),
+        samples_per_line=args.samples_per_line,
+        max_tokens_param=str(teacher.get("max_tokens_param", "max_tokens")),
+    )
+    log.info("wrote %d batch lines for %d problems to %s", count, len(requests), args.out)
+
+
+if __name__ == "__main__":
+    main()

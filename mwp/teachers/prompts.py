@@ -1,0 +1,272 @@
+"""Teacher prompts (config group `prompt`, conf/prompt/*.yaml) turned into TeacherRequests.
+
+Styles:
+- `cot`: Fu et al.'s chain-of-thought format. With `num_exemplars > 0`, few-shot exemplars chosen
+  from a training pool by reasoning complexity (complexity-based prompting: the exemplars with the
+  most steps, counted as lines of a GSM8K reference solution, else operators of the reference
+  equation); with 0, zero-shot "Let's think step by step".
+- `equation`: From-Large-to-Tiny's request for one equation "x=..." (English or Chinese).
+
+A few-shot prompt never shows the problem being asked (same id or same question text).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from mwp.data.problem import Problem
+from mwp.teachers.base import TeacherRequest
+from mwp.verify.numbers import format_number
+
+_CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
+_OPERATOR = re.compile(r"(?<=[\w.)\]])\s*[-+*/^×÷]|\*\*")
+_SPACE = re.compile(r"\s+")
+_TRAILING_ZERO = re.compile(r"(?<=\d)\.0+(?!\d)")
+
+TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
+    ("cot", "en"): {
+        "instruction": "",
+        "zero_shot_instruction": (
+            "Solve the following math word problem. Think step by step, then finish with "
+            '"The answer is N." where N is a number.'
+        ),
+        "exemplar": "Question: {question}\nLet's think step by step\n{rationale}\nThe answer is {answer}.",
+        "query": "Question: {question}\nLet's think step by step",
+        "separator": "\n\n",
+    },
+    ("cot", "zh"): {
+        "instruction": "",
+        "zero_shot_instruction": "请解答下面的数学应用题。请一步一步地思考，最后以“答案是 N。”结尾，N 是一个数。",
+        "exemplar": "问题：{question}\n让我们一步一步地思考\n{rationale}\n答案是 {answer}。",
+        "query": "问题：{question}\n让我们一步一步地思考",
+        "separator": "\n\n",
+    },
+    ("equation", "en"): {
+        "instruction": (
+            "Write one equation that solves the math word problem, in the form x=..., using only "
+            "numbers, + - * / ^ and parentheses. Reply with the equation only."
+        ),
+        "zero_shot_instruction": "",
+        "exemplar": "Problem: {question}\nEquation: {equation}",
+        "query": "Problem: {question}\nEquation:",
+        "separator": "\n\n",
+    },
+    ("equation", "zh"): {
+        "instruction": "请为下面的数学应用题列出一个求解的方程，形式为 x=...，只使用数字、+ - * / ^ 和括号。只输出方程，不要解释。",
+        "zero_shot_instruction": "",
+        "exemplar": "题目：{question}\n方程：{equation}",
+        "query": "题目：{question}\n方程：",
+        "separator": "\n\n",
+    },
+}
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    style: str = "cot"
+    language: str = "en"
+    num_exemplars: int = 0
+    exemplar_dataset: str | None = None
+    exemplar_split: str = "train"
+    exemplar_limit: int | None = None
+    selection: str = "complexity"
+    seed: int = 0
+    system: str | None = None
+    instruction: str | None = None
+    exemplar: str | None = None
+    query: str | None = None
+    separator: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.style, self.language) not in TEMPLATES:
+            known = ", ".join(f"{s}/{lang}" for s, lang in TEMPLATES)
+            raise ValueError(
+                f"prompt.style/prompt.language {self.style}/{self.language} is unknown; known: {known}"
+            )
+        if self.num_exemplars < 0:
+            raise ValueError(f"prompt.num_exemplars must be >= 0, got {self.num_exemplars}")
+        if self.selection not in ("complexity", "random", "first"):
+            raise ValueError(f"prompt.selection must be complexity, random or first, got {self.selection!r}")
+        if self.num_exemplars and not self.exemplar_dataset:
+            raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PromptConfig:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, PromptConfig):
+            return cfg
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # pragma: no cover - omegaconf is a dependency
+            pass
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"prompt config must be a mapping, got {type(cfg).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known - {"name", "stop", "extraction"})
+        if unknown:
+            raise ValueError(f"prompt config has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    def template(self, part: str) -> str:
+        own = getattr(self, part, None)
+        return own if own is not None else TEMPLATES[self.style, self.language][part]
+
+
+# -- complexity and exemplar text ---------------------------------------------------------------------
+def solution_steps(solution: str) -> list[str]:
+    """Reasoning lines of a GSM8K-style solution: calculator notes and the "#### answer" line removed."""
+    lines = [_CALCULATOR_NOTE.sub("", line).strip() for line in solution.splitlines()]
+    return [line for line in lines if line and not line.startswith("####")]
+
+
+def clean_equation(equation: str) -> str:
+    """A reference equation as an exemplar shows it: "X=((32.0+42.0)-35.0)" -> "x=((32+42)-35)"."""
+    text = _TRAILING_ZERO.sub("", _SPACE.sub("", equation))
+    if "=" not in text:
+        return f"x={text}"
+    left, _, right = text.partition("=")
+    return f"{left.lower()}={right}" if left.lower() == "x" else text
+
+
+def complexity(problem: Problem) -> int:
+    """Reasoning steps: solution lines if there is a worked solution, else operators of the equation."""
+    if problem.solution:
+        return len(solution_steps(problem.solution))
+    if problem.equation:
+        _, _, right = clean_equation(problem.equation).partition("=")
+        return len(_OPERATOR.findall(right))
+    return 0
+
+
+def _answer_text(problem: Problem) -> str:
+    if isinstance(problem.answer, Fraction):
+        return format_number(problem.answer) or problem.answer_text
+    return problem.answer_text
+
+
+def rationale(problem: Problem, language: str = "en") -> str | None:
+    """A worked rationale for a CoT exemplar (without the answer line), or None when there is none."""
+    if problem.solution:
+        return "\n".join(solution_steps(problem.solution))
+    if problem.equation:
+        expression = clean_equation(problem.equation).partition("=")[2]
+        answer = _answer_text(problem)
+        if language == "zh":
+            return f"列式计算：{expression} = {answer}。"
+        return f"We compute {expression} = {answer}."
+    return None
+
+
+def _usable(problem: Problem, cfg: PromptConfig) -> bool:
+    if cfg.style == "cot":
+        return rationale(problem, cfg.language) is not None and problem.answer is not None
+    return problem.equation is not None
+
+
+def rank_exemplars(pool: Sequence[Problem], cfg: PromptConfig) -> list[Problem]:
+    """The pool in the order exemplars are taken: most complex first (ties by id), random, or file order."""
+    usable = [p for p in pool if _usable(p, cfg)]
+    if cfg.selection == "complexity":
+        return sorted(usable, key=lambda p: (-complexity(p), p.id))
+    if cfg.selection == "random":
+        shuffled = list(usable)
+        random.Random(cfg.seed).shuffle(shuffled)
+        return shuffled
+    return usable
+
+
+def _question_key(text: str) -> str:
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def exemplars_for(problem: Problem, ranked: Sequence[Problem], k: int) -> list[Problem]:
+    """The first k ranked exemplars that are not the problem itself (by id or question text)."""
+    own = _question_key(problem.question)
+    chosen: list[Problem] = []
+    for candidate in ranked:
+        if candidate.id == problem.id or _question_key(candidate.question) == own:
+            continue
+        chosen.append(candidate)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def render_exemplar(problem: Problem, cfg: PromptConfig) -> str:
+    fields = {
+        "question": problem.question.strip(),
+        "answer": _answer_text(problem),
+        "rationale": rationale(problem, cfg.language) or "",
+        "equation": clean_equation(problem.equation) if problem.equation else "",
+    }
+    return cfg.template("exemplar").format(**fields)
+
+
+def render_prompt(problem: Problem, exemplars: Sequence[Problem], cfg: PromptConfig) -> str:
+    parts = []
+    instruction = cfg.template("instruction")
+    if not exemplars and cfg.style == "cot":
+        instruction = (
+            cfg.instruction if cfg.instruction is not None else cfg.template("zero_shot_instruction")
+        )
+    if instruction:
+        parts.append(instruction)
+    parts.extend(render_exemplar(e, cfg) for e in exemplars)
+    parts.append(cfg.template("query").format(question=problem.question.strip()))
+    return cfg.template("separator").join(parts)
+
+
+# -- the entry points -----------------------------------------------------------------------------
+def load_exemplar_pool(prompt_cfg: Any, data_dir: str | Path | None = None) -> list[Problem]:
+    """The training problems exemplars are drawn from (empty for zero-shot prompts)."""
+    cfg = PromptConfig.from_config(prompt_cfg)
+    if not cfg.num_exemplars:
+        return []
+    from mwp.data.loaders import load_problems
+
+    assert cfg.exemplar_dataset is not None
+    return load_problems(cfg.exemplar_dataset, cfg.exemplar_split, data_dir, limit=cfg.exemplar_limit)
+
+
+def build_requests(
+    problems: Sequence[Problem],
+    prompt_cfg: Any = None,
+    exemplar_pool: Sequence[Problem] | None = None,
+    data_dir: str | Path | None = None,
+) -> list[TeacherRequest]:
+    """One request per problem. `exemplar_pool=None` loads `prompt.exemplar_dataset` when exemplars are wanted."""
+    cfg = PromptConfig.from_config(prompt_cfg)
+    ranked: list[Problem] = []
+    if cfg.num_exemplars:
+        pool = exemplar_pool if exemplar_pool is not None else load_exemplar_pool(cfg, data_dir)
+        ranked = rank_exemplars(pool, cfg)
+        if len(ranked) < cfg.num_exemplars + 1:
+            raise ValueError(
+                f"prompt.num_exemplars={cfg.num_exemplars} but the exemplar pool has only {len(ranked)} usable "
+                f"problems for style {cfg.style!r}"
+            )
+        # Only the head of the ranking is ever used; keep a margin for skipping duplicates.
+        ranked = ranked[: cfg.num_exemplars + 32]
+    requests = []
+    for problem in problems:
+        exemplars = exemplars_for(problem, ranked, cfg.num_exemplars) if cfg.num_exemplars else []
+        requests.append(TeacherRequest(problem.id, render_prompt(problem, exemplars, cfg), cfg.system))
+    return requests
+
+
+def prompt_stop(prompt_cfg: Any) -> tuple[str, ...]:
+    """Stop sequences the prompt suggests (where a completion model runs on into a new exercise)."""
+    if prompt_cfg is None:
+        return ()
+    stop = prompt_cfg.get("stop") if isinstance(prompt_cfg, Mapping) or hasattr(prompt_cfg, "get") else None
+    return tuple(stop or ())

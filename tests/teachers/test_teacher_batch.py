@@ -1,0 +1,117 @@
+"""Batch API files: export, execution by a real (loopback) server, import, and the batch_file teacher."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
+from mwp.teachers.batch import BatchFileTeacher, export_batch, import_batch, parse_custom_id
+from mwp.teachers.registry import build_teacher
+
+
+def _requests() -> list[TeacherRequest]:
+    return [TeacherRequest(f"multiarith/{i}", f"Question {i}?", system="Be brief.") for i in range(3)]
+
+
+def _execute(input_path: Path, output_path: Path, base_url: str, fail: set[str] = frozenset()) -> None:
+    """Run a batch input file against a server, writing the Batch API output format."""
+    root = base_url.rsplit("/v1", 1)[0]
+    with output_path.open("w") as out:
+        for line in input_path.read_text().splitlines():
+            row = json.loads(line)
+            if row["custom_id"] in fail:
+                result = {
+                    "id": "r",
+                    "custom_id": row["custom_id"],
+                    "response": None,
+                    "error": {"code": "server_error"},
+                }
+            else:
+                request = urllib.request.Request(
+                    root + row["url"],
+                    data=json.dumps(row["body"]).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    body = json.loads(answer.read())
+                result = {
+                    "id": "r",
+                    "custom_id": row["custom_id"],
+                    "response": {"status_code": 200, "body": body},
+                    "error": None,
+                }
+            out.write(json.dumps(result) + "\n")
+
+
+def test_export_format(tmp_path):
+    path = tmp_path / "in.jsonl"
+    params = SamplingParams(n=5, temperature=0.7, max_tokens=64, top_logprobs=3, stop=("\n\nQ:",))
+    assert export_batch(_requests(), params, "gpt-4o-mini", path, samples_per_line=2) == 9
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"POST"} and {r["url"] for r in rows} == {"/v1/chat/completions"}
+    assert [r["custom_id"] for r in rows[:3]] == [
+        "multiarith/0#s0-1",
+        "multiarith/0#s2-3",
+        "multiarith/0#s4-4",
+    ]
+    body = rows[0]["body"]
+    assert body["model"] == "gpt-4o-mini" and body["n"] == 2 and body["max_tokens"] == 64
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Question 0?"},
+    ]
+    assert body["logprobs"] is True and body["top_logprobs"] == 3 and body["stop"] == ["\n\nQ:"]
+    completions = tmp_path / "c.jsonl"
+    export_batch(_requests(), params, "m", completions, endpoint="completions")
+    row = json.loads(completions.read_text().splitlines()[0])
+    assert row["url"] == "/v1/completions" and row["body"]["prompt"] == "Be brief.\n\nQuestion 0?"
+    with pytest.raises(ValueError, match="occurs twice"):
+        export_batch(_requests() * 2, params, "m", tmp_path / "dup.jsonl")
+
+
+def test_custom_ids_survive_odd_problem_ids():
+    assert parse_custom_id("svamp/chal-1#s#s3-7") == ("svamp/chal-1#s", 3, 5)
+    with pytest.raises(ValueError, match="custom_id"):
+        parse_custom_id("no-samples-here")
+
+
+def test_round_trip_through_a_server(fault_server, tmp_path):
+    server = fault_server()
+    input_path, output_path = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    params = SamplingParams(n=4, top_logprobs=2)
+    export_batch(_requests(), params, "echo", input_path, samples_per_line=3)
+    _execute(input_path, output_path, server.base_url, fail={"multiarith/2#s3-3"})
+    responses = {r.request.problem_id: r for r in import_batch(output_path, input_path)}
+    assert sorted(responses) == ["multiarith/0", "multiarith/1", "multiarith/2"]
+    assert [len(responses[f"multiarith/{i}"].completions) for i in range(3)] == [4, 4, 3]
+    first = responses["multiarith/0"]
+    assert first.request.prompt == "Question 0?" and first.request.system == "Be brief."
+    # sample indices 0-2 came from one call, 3 from the next, in that order
+    assert [c.text.split(" sample ")[1].split(" ")[0] for c in first.completions] == ["0", "1", "2", "0"]
+    assert all(c.logprobs is not None and len(c.logprobs.top_tokens[0]) == 2 for c in first.completions)
+    assert {c.text for r in responses.values() for c in r.completions} <= set(server.served_texts)
+
+    teacher = build_teacher(
+        {"backend": "batch_file", "results": str(output_path), "requests": str(input_path)}
+    )
+    assert isinstance(teacher, BatchFileTeacher)
+    assert teacher.covers("multiarith/1") and not teacher.covers("multiarith/9")
+    asked = [TeacherRequest("multiarith/1", "Question 1?"), TeacherRequest("multiarith/9", "?")]
+    replayed = list(teacher.generate(asked, SamplingParams(n=2)))
+    assert [r.request.problem_id for r in replayed] == ["multiarith/1"]
+    assert [c.text for c in replayed[0].completions] == [
+        c.text for c in responses["multiarith/1"].completions[:2]
+    ]
+
+
+def test_malformed_results_name_file_and_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text(
+        '{"custom_id": "p#s0-0", "response": {"status_code": 200, "body": {"choices": []}}}\n{oops\n'
+    )
+    with pytest.raises(TeacherError, match=r"out\.jsonl:2"):
+        list(import_batch(path))

@@ -1,0 +1,105 @@
+"""Prompt building on the real datasets: complexity-based exemplars, zero-shot CoT, equation prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mwp.data.loaders import load_problems
+from mwp.paths import REPO_ROOT
+from mwp.teachers.prompts import PromptConfig, build_requests, clean_equation, complexity, rank_exemplars
+from mwp.verify.equations import solve_equation
+
+PROMPT_DIR = REPO_ROOT / "conf" / "prompt"
+
+
+@pytest.fixture(scope="module")
+def gsm8k_train(data_dir: Path):
+    return load_problems("gsm8k", "train", data_dir)
+
+
+@pytest.fixture(scope="module")
+def multiarith_train(data_dir: Path):
+    return load_problems("multiarith", "train", data_dir)
+
+
+def _steps(solution: str) -> int:
+    # independent count: lines before the "#### answer" line
+    return len([line for line in solution.split("\n") if line.strip()]) - 1
+
+
+def test_fewshot_cot_uses_the_most_complex_exemplars(gsm8k_train, multiarith_train):
+    cfg = {"style": "cot", "num_exemplars": 4, "exemplar_dataset": "gsm8k"}
+    requests = build_requests(multiarith_train[:3], cfg, exemplar_pool=gsm8k_train)
+    most = max(_steps(p.solution) for p in gsm8k_train)
+    top = sorted(gsm8k_train, key=lambda p: (-_steps(p.solution), p.id))[:4]
+    assert _steps(top[0].solution) == most
+    for problem, request in zip(multiarith_train[:3], requests, strict=True):
+        assert request.problem_id == problem.id
+        prompt = request.prompt
+        assert prompt.count("Question: ") == 5
+        assert prompt.endswith(f"Question: {problem.question.strip()}\nLet's think step by step")
+        for exemplar in top:
+            assert exemplar.question.strip() in prompt
+        assert "<<" not in prompt and "####" not in prompt
+        assert prompt.count("The answer is ") == 4
+
+
+def test_the_asked_problem_is_never_its_own_exemplar(gsm8k_train):
+    cfg = PromptConfig(style="cot", num_exemplars=3, exemplar_dataset="gsm8k")
+    ranked = rank_exemplars(gsm8k_train, cfg)
+    asked = ranked[:2]  # the two most complex training problems themselves
+    requests = build_requests(asked, cfg, exemplar_pool=gsm8k_train)
+    for problem, request in zip(asked, requests, strict=True):
+        body = request.prompt.rsplit("Question: ", 1)[0]
+        assert problem.question.strip() not in body
+        assert body.count("Question: ") == 3
+        assert complexity(ranked[3]) <= complexity(problem)
+
+
+def test_zero_shot_cot():
+    from mwp.data.problem import Problem
+
+    problem = Problem(
+        id="q1", question="Tom has 3 apples and buys 4 more. How many?", answer=None, answer_text="7"
+    )
+    (request,) = build_requests([problem], {"style": "cot", "num_exemplars": 0, "system": "You are a tutor."})
+    assert "Let's think step by step" in request.prompt
+    assert "Question: Tom has 3 apples" in request.prompt
+    assert request.system == "You are a tutor."
+    assert build_requests([problem], None)[0].prompt == request.prompt
+
+
+def test_equation_prompts_en_and_zh(data_dir, multiarith_train):
+    math23k = load_problems("math23k", "train", data_dir, limit=2000)
+    zh = build_requests(math23k[:2], OmegaConf.load(PROMPT_DIR / "equation_zh.yaml"), exemplar_pool=math23k)
+    assert zh[0].prompt.startswith("请为下面的数学应用题")
+    assert zh[0].prompt.endswith(f"题目：{math23k[0].question.strip()}\n方程：")
+    assert zh[0].prompt.count("方程：x=") == 4
+    en = build_requests(
+        multiarith_train[:1], OmegaConf.load(PROMPT_DIR / "equation_en.yaml"), exemplar_pool=multiarith_train
+    )
+    assert en[0].prompt.count("Equation: x=") == 4
+    # the exemplar equations still solve to their problems' answers
+    for problem in rank_exemplars(
+        multiarith_train, PromptConfig.from_config(OmegaConf.load(PROMPT_DIR / "equation_en.yaml"))
+    )[:4]:
+        assert solve_equation(clean_equation(problem.equation)) == problem.answer
+
+
+def test_every_prompt_config_loads():
+    names = sorted(p.stem for p in PROMPT_DIR.glob("*.yaml"))
+    assert {"cot_fewshot", "cot_zeroshot", "equation_en", "equation_zh"} <= set(names)
+    for name in names:
+        PromptConfig.from_config(OmegaConf.load(PROMPT_DIR / f"{name}.yaml"))
+
+
+def test_bad_prompt_config_is_named():
+    with pytest.raises(ValueError, match=r"prompt\.style"):
+        PromptConfig(style="poem")
+    with pytest.raises(ValueError, match="unknown keys"):
+        PromptConfig.from_config({"style": "cot", "num_exemplar": 3})
+    with pytest.raises(ValueError, match=r"prompt\.exemplar_dataset"):
+        PromptConfig(num_exemplars=2)
