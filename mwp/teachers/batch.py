@@ -16,12 +16,12 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mwp.data.io import write_jsonl
 from mwp.teachers.base import (
     Completion,
     SamplingParams,
@@ -83,22 +83,8 @@ def export_batch(
                     "body": request_body(request, params, model, endpoint, first, size, max_tokens_param),
                 }
             )
-    _write_jsonl_atomic(path, lines)
+    write_jsonl(path, lines)
     return len(lines)
-
-
-def _write_jsonl_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -17,13 +17,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from mwp.data.io import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +87,14 @@ class UsageLedger:
             }
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        return write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
+        return Path(path)
 
 
 def teacher_usage(teacher: object) -> UsageLedger:
     """The teacher's ledger, or an empty one for teachers that spend nothing (recorded, batch files)."""
     usage = getattr(teacher, "usage", None)
     return usage if isinstance(usage, UsageLedger) else UsageLedger()
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _stable_bucket(key: str, num_shards: int) -> int:
@@ -184,17 +171,7 @@ def merge_shards(
             merged.append(row)
     if sort_key is not None:
         merged.sort(key=sort_key)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in merged:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_jsonl(out, merged)
     return len(merged)
 
 
