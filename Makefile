@@ -40,12 +40,12 @@ test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP) ## Check style with ruff.
-	$(BIN)/ruff check mwp tests experiments
-	$(BIN)/ruff format --check mwp tests experiments
+	$(BIN)/ruff check mwp tests experiments benchmarks
+	$(BIN)/ruff format --check mwp tests experiments benchmarks
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
-	$(BIN)/ruff check --fix mwp tests experiments
-	$(BIN)/ruff format mwp tests experiments
+	$(BIN)/ruff check --fix mwp tests experiments benchmarks
+	$(BIN)/ruff format mwp tests experiments benchmarks
 
 bench: $(STAMP) ## Run the benchmark scripts in benchmarks/ (they print figures; nothing is asserted).
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
