@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mwp.data.formats import COT_TRIGGER, cot_target
@@ -136,6 +137,7 @@ class TeacherForcedScorer:
         return self.teacher.render(request)
 
     @torch.no_grad()
+    @torch.no_grad()
     def score(self, problems: Sequence[Problem], rationales: Sequence[str]) -> list[TokenLogprobs]:
         """One `TokenLogprobs` per rationale: each token, its logprob and the model's top-k there."""
         teacher = self.teacher
@@ -152,7 +154,10 @@ class TeacherForcedScorer:
                 answer = answer[: max(0, limit - len(prompt))]
             encoded.append((prompt, answer))
         results: list[TokenLogprobs] = []
-        for start in range(0, len(encoded), self.batch_size):
+        starts = range(0, len(encoded), self.batch_size)
+        for start in tqdm(
+            starts, desc="score rationales", unit="batch", mininterval=1.0, disable=len(starts) < 2
+        ):
             chunk = encoded[start : start + self.batch_size]
             width = max(len(p) + len(a) for p, a in chunk)
             ids = torch.full((len(chunk), width), teacher.pad_id, dtype=torch.long)
