@@ -125,6 +125,11 @@ def build_train_items(
     return items
 
 
+def encode_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> Any:
+    """Tokenise a batch of texts, truncated to `max_len` and padded to the longest, as tensors."""
+    return tokenizer(list(texts), max_length=max_len, truncation=True, padding=True, return_tensors="pt")
+
+
 class Seq2SeqCollator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_len: int, max_target_len: int) -> None:
         self.tokenizer = tokenizer
@@ -132,20 +137,8 @@ class Seq2SeqCollator:
         self.max_target_len = max_target_len
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            [e.source for e in examples],
-            max_length=self.max_source_len,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        )
-        target = self.tokenizer(
-            [e.target for e in examples],
-            max_length=self.max_target_len,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        )
+        enc = encode_padded(self.tokenizer, [e.source for e in examples], self.max_source_len)
+        target = encode_padded(self.tokenizer, [e.target for e in examples], self.max_target_len)
         labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
@@ -303,13 +296,7 @@ class EvalCollator:
         self.max_source_len = max_source_len
 
     def __call__(self, items: Sequence[EvalItem]) -> dict[str, Any]:
-        enc = self.tokenizer(
-            [i.source for i in items],
-            max_length=self.max_source_len,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        )
+        enc = encode_padded(self.tokenizer, [i.source for i in items], self.max_source_len)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from mwp.data.datamodule import eval_items
+from mwp.data.datamodule import encode_padded, eval_items
 from mwp.data.io import write_jsonl
 from mwp.data.problem import Problem
 from mwp.verify.compare import answers_match
@@ -75,13 +75,7 @@ def evaluate_problems(
     bar = tqdm(total=len(items), desc=f"eval {dataset}/{split}", unit="problem", dynamic_ncols=True)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        enc = tokenizer(
-            [i.source for i in chunk],
-            max_length=max_source_len,
-            truncation=True,
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
+        enc = encode_padded(tokenizer, [i.source for i in chunk], max_source_len).to(device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         for item, text in zip(chunk, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
             strict = extract_answer(text, mode="strict")
