@@ -75,7 +75,7 @@ class OpenAICompatServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = _Server((host, port), Handler)
+        self._httpd = LoopbackServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -328,41 +328,52 @@ class OpenAICompatServer:
         return choice
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server for bursts of concurrent clients."""
+
     # socketserver listens with a backlog of 5: a burst of new connections beyond it has its SYNs
     # dropped and retried a second later.
     request_queue_size = 256
     daemon_threads = True
 
 
-class _Handler(BaseHTTPRequestHandler):
-    owner: OpenAICompatServer
+class JSONHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1 with JSON bodies; `send_json` answers one request."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for
     # the client's delayed ACK (~40 ms per response).
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
-
-    def _send(self, status: int, obj: Any) -> None:
+    def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away before its answer was sent")
 
+
+class _Handler(JSONHandler):
+    owner: OpenAICompatServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
     def _error(self, status: int, message: str) -> None:
         kind = "invalid_request_error" if status < 500 else "server_error"
-        self._send(status, {"error": {"message": message, "type": kind, "code": status}})
+        self.send_json(status, {"error": {"message": message, "type": kind, "code": status}})
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [{"id": self.owner.served_model, "object": "model"}]})
+            self.send_json(
+                200, {"object": "list", "data": [{"id": self.owner.served_model, "object": "model"}]}
+            )
         else:
             self._error(404, f"no route {self.path}")
 
@@ -380,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"null")
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
-            self._send(200, self.owner.complete(path, body))
+            self.send_json(200, self.owner.complete(path, body))
         except json.JSONDecodeError as err:
             self._error(400, f"the request body is not JSON: {err}")
         except BadRequest as err:

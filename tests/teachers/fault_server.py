@@ -17,8 +17,9 @@ import re
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mwp.teachers.serve import JSONHandler, LoopbackServer
 
 
 def echo_text(prompt: str, sample: int, call: int) -> str:
@@ -54,7 +55,7 @@ class FaultServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.authorization: list[str | None] = []
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class FaultServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = _Server(("127.0.0.1", port), Handler)
+        self._httpd = LoopbackServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -185,35 +186,14 @@ class FaultServer:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    # socketserver listens with a backlog of 5: a burst of new connections beyond it has its SYNs
-    # dropped and retried a second later.
-    request_queue_size = 256
-    daemon_threads = True
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     owner: FaultServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for
-    # the client's delayed ACK (~40 ms per response).
-    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
-        self._send_json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
+        self.send_json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
 
     def do_POST(self) -> None:
         owner = self.owner
@@ -229,11 +209,11 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(owner.latency_s)
             error = {"error": {"message": f"scripted {behaviour}", "type": "scripted", "code": behaviour}}
             if behaviour == "429":
-                self._send_json(429, error, {"Retry-After": owner.retry_after})
+                self.send_json(429, error, {"Retry-After": owner.retry_after})
             elif behaviour == "429ms":
-                self._send_json(429, error, {"retry-after-ms": owner.retry_after_ms})
+                self.send_json(429, error, {"retry-after-ms": owner.retry_after_ms})
             elif behaviour in ("500", "503", "400", "401", "404"):
-                self._send_json(int(behaviour), error)
+                self.send_json(int(behaviour), error)
             elif behaviour == "malformed":
                 data = b'{"id": "x", "choices": [{"index": 0, "message": '
                 self.send_response(200)
@@ -255,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 if behaviour == "slow":
                     time.sleep(owner.slow_s)
-                self._send_json(200, owner.answer(self.path, body, call))
+                self.send_json(200, owner.answer(self.path, body, call))
         finally:
             with owner.lock:
                 owner.in_flight -= 1
