@@ -56,22 +56,6 @@ def split_problem_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tup
     return ordered[n_val:], ordered[:n_val]
 
 
-def build_training_examples(
-    rows: Sequence[dict[str, Any]],
-    formats: Sequence[str],
-    num_exemplars: int,
-    seed: int,
-    *,
-    max_source_tokens: int | None = None,
-    count_tokens: Callable[[str], int] | None = None,
-) -> list[Example]:
-    """One example per kept sample and CoT format; one per problem and answer-only format."""
-    items = build_train_items(
-        rows, formats, num_exemplars, seed, max_source_tokens=max_source_tokens, count_tokens=count_tokens
-    )
-    return [item.example for item in items]
-
-
 @dataclass(frozen=True)
 class TrainItem:
     """A training example and the distilled row whose teacher signal applies to its target (or None)."""
@@ -90,8 +74,9 @@ def build_train_items(
     max_source_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
 ) -> list[TrainItem]:
-    """`build_training_examples` plus, for CoT examples, the index of their row (`row_indices[i]` for
-    `rows[i]`, default i): the teacher signal covers the target only, whatever the source format."""
+    """One item per kept sample and CoT format, one per problem and answer-only format. CoT items
+    carry their row's index (`row_indices[i]` for `rows[i]`, default i): the teacher signal covers
+    the target only, whatever the source format."""
     if row_indices is not None and len(row_indices) != len(rows):
         raise ValueError(f"row_indices has {len(row_indices)} entries for {len(rows)} rows")
     unknown = set(formats) - set(FORMATS)

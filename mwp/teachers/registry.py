@@ -22,10 +22,6 @@ BACKENDS: dict[str, str] = {
 SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "stop", "top_logprobs", "seed")
 
 
-def register_backend(name: str, target: str) -> None:
-    BACKENDS[name] = target
-
-
 def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
