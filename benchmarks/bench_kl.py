@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from mwp.paths import default_data_dir, default_models_dir
-from mwp.student.losses import LossTerm, SparseTarget, combine
+from mwp.student.losses import SparseTarget, combine
+from mwp.student.terms import LossTerm
 from mwp.teachers.signals import SparseSignal, collate_sparse
 
 VARIANTS = ("ce", "ce-lean", "ce+sparse", "ce+dense")

@@ -1,28 +1,47 @@
-"""`mwp` console script: a thin Hydra wrapper around `mwp.pipeline.run`."""
+"""`mwp` console script: a thin Hydra wrapper around `mwp.pipeline.run`.
+
+Config and input mistakes are printed as one line each (key or file:line, value, what is allowed)
+and exit with status 2; `debug_traceback=true` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-import mwp.config  # noqa: F401 - registers the config resolvers
+from mwp.config import register_resolvers
 from mwp.paths import REPO_ROOT
+from mwp.runtime import USER_ERRORS, quiet_third_party, set_process_defaults
 
 CONFIG_DIR = str(REPO_ROOT / "conf")
+log = logging.getLogger("mwp")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _app(cfg: DictConfig) -> float | None:
     from mwp.pipeline import run
 
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except USER_ERRORS as err:
+        if cfg.get("debug_traceback"):
+            raise
+        for line in str(err).strip().splitlines() or [type(err).__name__]:
+            print(f"mwp: error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)
     # A scalar for sweepers that optimise (hparams_search): best validation accuracy, if trained.
     train = summary.get("train") or {}
     return train.get("best_val_acc")
+
+
+def main() -> None:
+    set_process_defaults()
+    register_resolvers()
+    quiet_third_party()
+    _app()
 
 
 if __name__ == "__main__":

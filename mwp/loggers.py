@@ -1,42 +1,28 @@
-"""Experiment loggers: Weights & Biases (offline unless the user says otherwise) plus a local CSV log."""
+"""Experiment loggers, built from the `logger` group with `hydra.utils.instantiate`."""
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("online", "offline", "disabled")
 
-
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Every non-null `logger.*` entry, each given the resolved config as hyperparameters."""
     loggers: list[Logger] = []
-    conf = cfg.logger
-    if conf.csv.enabled:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
-    if conf.wandb.enabled:
-        mode = os.environ.get("WANDB_MODE") or conf.wandb.mode
-        if mode not in WANDB_MODES:
-            raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        loggers.append(
-            WandbLogger(
-                project=conf.wandb.project,
-                entity=conf.wandb.entity,
-                group=conf.wandb.group,
-                name=conf.wandb.name,
-                tags=list(conf.wandb.tags),
-                save_dir=str(run_dir),
-                mode=mode,
-                log_model=False,
-            )
-        )
+    for conf in (cfg.get("logger") or {}).values():
+        if conf is None:
+            continue
+        logger = instantiate(conf, _convert_="all")
+        if isinstance(logger, WandbLogger):
+            # Lightning always passes `anonymous` (None by default), which W&B warns about on every run.
+            logger._wandb_init.pop("anonymous", None)
+        loggers.append(logger)
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(_flatten(config))  # type: ignore[arg-type]
@@ -68,10 +54,11 @@ def log_table(loggers: list[Logger], key: str, rows: list[dict[str, Any]]) -> No
             logger.log_table(key=key, columns=columns, data=[[r[c] for c in columns] for r in rows])
 
 
-def finish(loggers: list[Logger]) -> None:
+def finish(loggers: list[Logger], status: str = "success") -> None:
+    """Close the loggers; a W&B run of a crashed job is marked failed (exit code 1), not successful."""
     for logger in loggers:
-        logger.finalize("success")
+        logger.finalize(status)
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=0 if status == "success" else 1)

@@ -8,16 +8,17 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-import mwp.config  # noqa: F401 - registers resolvers
+from mwp.config import register_resolvers
 from mwp.paths import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"
+register_resolvers()
 
 
 def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> DictConfig:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
-    if run_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(run_dir)
+    # Outside a Hydra run there is no runtime output dir to interpolate: name one (not created here).
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir if run_dir is not None else REPO_ROOT / "outputs" / "composed")
     return cfg

@@ -363,7 +363,8 @@ def test_real_teacher_top_k_to_student_loss(
 ) -> None:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from mwp.student.losses import LossTerm, SparseTarget, combine
+    from mwp.student.losses import SparseTarget, combine
+    from mwp.student.terms import LossTerm
 
     with open(data_dir / "teacher" / "svamp_palm" / "svamp_train.json") as handle:
         questions = [json.loads(line)["input"] for line in handle][:4]

@@ -19,7 +19,7 @@ def test_default_config_composes_and_resolves(tmp_path: Path) -> None:
     assert cfg.stage.steps == ["distill", "train", "evaluate"]
     assert Path(cfg.paths.data_dir, "svamp", "SVAMP.json").exists()
     assert Path(cfg.student.fallback_config, "tokenizer.json").exists()
-    assert cfg.teacher.backend == "recorded"
+    assert cfg.teacher._target_ == "mwp.teachers.recorded.RecordedTeacher"
     validate(cfg)
 
 

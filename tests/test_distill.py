@@ -9,7 +9,7 @@ import pytest
 from mwp.data.loaders import load_problems
 from mwp.stages.distill import ARTIFACT, STATS, run_distill
 from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
-from mwp.teachers.registry import build_teacher
+from mwp.teachers.factory import build_teacher
 from mwp.verify.safe_eval import safe_eval
 from tests.helpers import compose_config
 

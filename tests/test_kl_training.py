@@ -14,14 +14,14 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoTokenizer
 
 from mwp.config import validate
-from mwp.data.datamodule import COUNT_KEYS, DistilledDataModule, teacher_positions
+from mwp.data.datamodule import DistilledDataModule, WindowedTrainLoader, teacher_positions
 from mwp.data.loaders import load_problems
 from mwp.pipeline import run
 from mwp.stages.distill import read_distilled, run_distill
 from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path, target_text
-from mwp.student.losses import LossTerm, terms_from_config
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
+from mwp.student.terms import LossTerm, terms_from_config
 from mwp.teachers.base import SamplingParams, TeacherRequest
 from tests.helpers import compose_config
 
@@ -157,7 +157,7 @@ def test_signals_align_to_the_exact_training_targets_and_are_reused(
 
 
 @pytest.mark.slow
-def test_batches_carry_sparse_teacher_and_exact_group_counts(
+def test_batches_carry_sparse_teacher_and_exact_window_counts(
     scored_rows, palm_rows, t5_tokenizer, tmp_path
 ) -> None:
     rows = [*scored_rows, *palm_rows[4:10]]
@@ -172,11 +172,12 @@ def test_batches_carry_sparse_teacher_and_exact_group_counts(
         val_fraction=0.0,
         batch_size=3,
         max_target_len=MAX_TARGET,
-        accumulate=2,
         signals=store,
     )
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
+    loader = WindowedTrainLoader(dm.train_items, dm.train_collator(), batch_size=3, accumulate=2)
+    batches = list(loader)
+    assert len(batches) == len(loader)
     assert len(batches) == math.ceil(len(dm.train_items) / 3)
     covered_answer_only = covered_cot = 0
     for batch in batches:
@@ -194,7 +195,7 @@ def test_batches_carry_sparse_teacher_and_exact_group_counts(
             else:
                 covered_cot += int(mask[row].sum())
     assert covered_answer_only == 0 and covered_cot > 0
-    # Each group of 2 micro-batches carries the token counts of the whole group, measured here on
+    # Each window of 2 micro-batches carries the token counts of the whole window, measured here on
     # the batches themselves.
     for start in range(0, len(batches), 2):
         group = batches[start : start + 2]
@@ -203,7 +204,7 @@ def test_batches_carry_sparse_teacher_and_exact_group_counts(
             "teacher": sum(int(teacher_positions(g).sum()) for g in group),
         }
         for g in group:
-            assert {k: int(g["group_n_tokens"][k]) for k in COUNT_KEYS} == measured
+            assert {k: int(v) for k, v in g["window_n_tokens"].items()} == measured
             assert g["accumulate"] == 2
 
 

@@ -12,10 +12,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from mwp.student.losses import (
-    KINDS,
     TAIL_LOGPROB_FLOOR,
-    TAILS,
-    LossTerm,
     SparseTarget,
     combine,
     count_tokens,
@@ -27,6 +24,7 @@ from mwp.student.losses import (
     reverse_kl,
     token_mean,
 )
+from mwp.student.terms import KINDS, TAILS, LossTerm
 from mwp.teachers.signals import DenseSignal, collate_sparse
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")

@@ -13,17 +13,11 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from transformers import T5ForConditionalGeneration
 
-from mwp.data.datamodule import (
-    AccumulationBatchSampler,
-    TrainCollator,
-    TrainDataset,
-    build_train_items,
-    example_token_counts,
-)
+from mwp.data.datamodule import TrainCollator, WindowedTrainLoader, build_train_items
 from mwp.stages.distill import read_distilled, run_distill
-from mwp.student.losses import LossTerm
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
+from mwp.student.terms import LossTerm
 from tests.helpers import compose_config
 
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
@@ -89,19 +83,16 @@ def _one_step(
     return recorder
 
 
-def _grouped_loader(items, tokenizer, batch_size: int, accumulate: int) -> DataLoader:
-    counts = example_token_counts(items, tokenizer, MAX_TARGET)
-    return DataLoader(
-        TrainDataset(items),
-        batch_sampler=AccumulationBatchSampler(counts, batch_size, accumulate, shuffle=False),
-        collate_fn=TrainCollator(tokenizer, 128, MAX_TARGET, accumulate=accumulate),
-    )
+def _grouped_loader(items, tokenizer, batch_size: int, accumulate: int) -> WindowedTrainLoader:
+    collate = TrainCollator(tokenizer, 128, MAX_TARGET)
+    return WindowedTrainLoader(items, collate, batch_size=batch_size, accumulate=accumulate, shuffle=False)
 
 
 @pytest.mark.slow
 def test_accumulated_micro_batches_give_the_big_batch_step(uneven_items, flan_t5_dir: Path) -> None:
     items, tokenizer = uneven_items
-    counts = example_token_counts(items, tokenizer, MAX_TARGET)[:, 0].tolist()
+    encoded = tokenizer([i.example.target for i in items], max_length=MAX_TARGET, truncation=True)
+    counts = [len(ids) for ids in encoded["input_ids"]]
     assert counts[0] + counts[1] != counts[2] + counts[3]  # uneven micro-batches: the test has teeth
 
     big = _student(flan_t5_dir)
@@ -120,10 +111,7 @@ def test_accumulated_micro_batches_give_the_big_batch_step(uneven_items, flan_t5
     # The naive per-micro-batch token mean (what a plain DataLoader without group counts gives).
     naive = _student(flan_t5_dir)
     plain = DataLoader(
-        TrainDataset(items),
-        batch_size=2,
-        shuffle=False,
-        collate_fn=TrainCollator(tokenizer, 128, MAX_TARGET, accumulate=2),
+        items, batch_size=2, shuffle=False, collate_fn=TrainCollator(tokenizer, 128, MAX_TARGET)
     )
     naive_grads = _one_step(naive, plain, 2).grads
     assert any(not torch.allclose(naive_grads[n], big_grads[n], rtol=1e-3, atol=1e-7) for n in big_grads)

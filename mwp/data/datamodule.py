@@ -3,10 +3,11 @@
 Validation problems are held out by problem (all their samples leave the training set), so the
 checkpoint chosen on validation accuracy was never selected on data the student trained on.
 
-Training batches come in groups of `accumulate` micro-batches, one group per optimizer step, and
-every micro-batch carries its group's token counts (`group_n_tokens`): the module divides each
-loss term by the tokens of the whole group, so accumulating micro-batches gives exactly the
-gradient of one big batch however unevenly target lengths fall. With teacher signals (a
+Training batches come in accumulation windows of `trainer.accumulate_grad_batches` micro-batches,
+one window per optimizer step (`WindowedTrainLoader`), and every micro-batch carries its window's
+token counts (`window_n_tokens`): the module all-reduces them over devices and divides each loss
+term by the tokens of the whole global step, so accumulating micro-batches on any number of
+devices gives exactly the gradient of one big batch however unevenly target lengths fall. With teacher signals (a
 `SignalStore`, one row per distilled row) CoT examples also carry `teacher_ids`,
 `teacher_logprobs` `[B, L, k]` and `teacher_mask` `[B, L]`; answer-only targets have none.
 """
@@ -21,21 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
-from mwp.data.formats import FORMATS, Example, build_example, build_source, sample_exemplars, token_counter
+from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
+from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
 from mwp.teachers.signals import SparseSignal, collate_sparse
 from mwp.verify.numbers import format_number
-
-ANSWER_ONLY = {"zero_shot_answer", "in_context_answer"}
-EVAL_FORMATS = ("zero_shot_cot", "zero_shot_answer")
-# Token counts each training example contributes: labelled target tokens, and target tokens that
-# carry a teacher distribution (what a sparse distillation term averages over).
-COUNT_KEYS = ("labels", "teacher")
 
 
 @dataclass
@@ -153,95 +148,16 @@ def teacher_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (batch["labels"] != -100) & batch["teacher_mask"] & has_any
 
 
-def example_token_counts(
-    items: Sequence[TrainItem],
-    tokenizer: PreTrainedTokenizerBase,
-    max_target_len: int,
-    signals: Signals | None = None,
-    k: int | None = None,
-) -> np.ndarray:
-    """`[N, len(COUNT_KEYS)]` tokens each item adds to a batch: labels, and teacher-covered labels.
-
-    Computed with the collator's own tokenization and `collate_sparse`, one item at a time (an
-    item's counts do not depend on what it is batched with)."""
-    counts = np.zeros((len(items), len(COUNT_KEYS)), dtype=np.int64)
-    if not items:
-        return counts
-    encoded = tokenizer([i.example.target for i in items], max_length=max_target_len, truncation=True)
-    for n, (item, ids) in enumerate(zip(items, encoded["input_ids"], strict=True)):
-        counts[n, 0] = len(ids)
-        signal = _signal_of(signals, item)
-        if signal is not None:
-            labels = torch.tensor([ids], dtype=torch.long)
-            counts[n, 1] = int(
-                teacher_positions({"labels": labels, **_teacher_batch([signal], labels, k)}).sum()
-            )
-    return counts
-
-
-class AccumulationBatchSampler:
-    """Micro-batches of indices, in groups of `accumulate` (one optimizer step each, as Lightning
-    groups batches from the start of every epoch; the last group may be shorter).
-
-    Every index is yielded as `(index, group_counts)`, the summed token counts of its whole group, so
-    each micro-batch knows the denominator of the group's token mean.
-    """
-
-    def __init__(
-        self, counts: np.ndarray, batch_size: int, accumulate: int = 1, *, shuffle: bool = True, seed: int = 0
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if accumulate < 1:
-            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
-        self.counts = np.asarray(counts, dtype=np.int64)
-        self.batch_size = batch_size
-        self.accumulate = accumulate
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.counts) / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
-        n = len(self.counts)
-        if self.shuffle:
-            order = torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-            )
-            order_list = order.tolist()
-        else:
-            order_list = list(range(n))
-        self.epoch += 1  # a trainer that calls set_epoch overrides this
-        micro = [order_list[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        for start in range(0, len(micro), self.accumulate):
-            group = micro[start : start + self.accumulate]
-            totals = tuple(int(x) for x in self.counts[[i for batch in group for i in batch]].sum(axis=0))
-            for batch in group:
-                yield [(i, totals) for i in batch]
-
-
-class TrainDataset(Dataset):
-    """Training items, indexed by plain indices or by the sampler's `(index, group_counts)` keys."""
-
-    def __init__(self, items: Sequence[TrainItem]) -> None:
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key: int | tuple[int, tuple[int, ...]]) -> tuple[TrainItem, tuple[int, ...] | None]:
-        if isinstance(key, tuple):
-            return self.items[key[0]], key[1]
-        return self.items[key], None
+def window_token_counts(micro_batches: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Tokens the loss terms average over in one accumulation window (this rank's share): labelled
+    target tokens, and those with a teacher distribution (what a sparse distillation term counts)."""
+    labels = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+    teacher = sum(int(teacher_positions(b).sum()) for b in micro_batches if "teacher_ids" in b)
+    return {"labels": torch.tensor(labels), "teacher": torch.tensor(teacher)}
 
 
 class TrainCollator:
-    """Seq2seq tensors, the group's token counts and, with signals, the sparse teacher `[B, L, k]`."""
+    """Seq2seq tensors and, with signals, the sparse teacher `[B, L, k]` of one micro-batch."""
 
     def __init__(
         self,
@@ -251,26 +167,121 @@ class TrainCollator:
         *,
         signals: Signals | None = None,
         k: int | None = None,
-        accumulate: int = 1,
     ) -> None:
         self.seq2seq = Seq2SeqCollator(tokenizer, max_source_len, max_target_len)
         self.signals = signals
         self.k = k
-        self.accumulate = accumulate
 
-    def __call__(self, batch: Sequence[tuple[TrainItem, tuple[int, ...] | None]]) -> dict[str, Any]:
-        items = [item for item, _ in batch]
+    def __call__(self, items: Sequence[TrainItem]) -> dict[str, Any]:
         out: dict[str, Any] = self.seq2seq([item.example for item in items])
         if self.signals is not None:
             signals = [_signal_of(self.signals, item) for item in items]
             out.update(_teacher_batch(signals, out["labels"], self.k))
-        groups = {counts for _, counts in batch}
-        if len(groups) == 1 and None not in groups:
-            (counts,) = groups
-            assert counts is not None
-            out["group_n_tokens"] = {key: torch.tensor(c) for key, c in zip(COUNT_KEYS, counts, strict=True)}
-            out["accumulate"] = self.accumulate
         return out
+
+
+class _WindowCollator:
+    """One accumulation window of items -> its micro-batches, each carrying the window's token counts."""
+
+    def __init__(self, collate: TrainCollator, batch_size: int, accumulate: int) -> None:
+        self.collate = collate
+        self.batch_size = batch_size
+        self.accumulate = accumulate
+
+    def __call__(self, items: Sequence[TrainItem]) -> list[dict[str, Any]]:
+        micro = [self.collate(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
+        counts = window_token_counts(micro)
+        for batch in micro:
+            batch["window_n_tokens"] = counts
+            batch["accumulate"] = self.accumulate
+        return micro
+
+
+class WindowedTrainLoader:
+    """Training micro-batches, grouped in accumulation windows, resumable mid-epoch.
+
+    Each window is `accumulate` micro-batches of `batch_size` items (one optimizer step, as
+    Lightning groups batches from the start of every epoch; the last window may be shorter). Every
+    micro-batch carries `window_n_tokens`, this rank's token counts of its whole window; the module
+    all-reduces them across ranks, so every loss term is an exact token mean over the global step on
+    any number of devices. Items are sharded and shuffled by a standard `DistributedSampler` (one
+    replica on a single device), seeded by `seed` and the epoch Lightning sets, so the order is a
+    function of (seed, epoch) alone. `state_dict` records how far into the epoch training got (the
+    trainer's own count of processed batches), and a restored loader skips exactly those.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[TrainItem],
+        collate: TrainCollator,
+        *,
+        batch_size: int,
+        accumulate: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        num_workers: int = 0,
+        progress: Callable[[], int] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if accumulate < 1:
+            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
+        self.items = list(items)
+        self.batch_size = batch_size
+        self.accumulate = accumulate
+        self.sampler = DistributedSampler(
+            self.items, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+        self.windows = DataLoader(
+            self.items,
+            batch_size=batch_size * accumulate,
+            sampler=self.sampler,
+            collate_fn=_WindowCollator(collate, batch_size, accumulate),
+            num_workers=num_workers,
+        )
+        self.progress = progress
+        self._yielded = 0
+        self._skip = 0
+        self._skip_epoch = -1
+
+    def __len__(self) -> int:
+        per_rank = len(self.sampler)
+        window = self.batch_size * self.accumulate
+        full, rest = divmod(per_rank, window)
+        return full * self.accumulate + math.ceil(rest / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skip, self._skip = (self._skip if self.sampler.epoch == self._skip_epoch else 0), 0
+        whole, partial = divmod(skip, self.accumulate)
+        self._yielded = whole * self.accumulate
+        windows = self._windows_after(whole) if whole else iter(self.windows)
+        for position, micro in enumerate(windows):
+            for index, batch in enumerate(micro):
+                if position == 0 and index < partial:
+                    continue  # already trained on before the checkpoint this run resumed from
+                self._yielded += 1
+                yield batch
+
+    def _windows_after(self, start: int) -> Iterator[list[dict[str, Any]]]:
+        """The epoch's windows from number `start` on; the skipped ones are never collated."""
+        indices = list(self.sampler)
+        size = self.batch_size * self.accumulate
+        collate = self.windows.collate_fn
+        for begin in range(start * size, len(indices), size):
+            yield collate([self.items[i] for i in indices[begin : begin + size]])
+
+    def state_dict(self) -> dict[str, int]:
+        consumed = self.progress() if self.progress is not None else self._yielded
+        return {"epoch": int(self.sampler.epoch), "consumed": int(consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the saved epoch after its consumed batches (a finished epoch: start the next)."""
+        self.sampler.set_epoch(int(state["epoch"]))
+        consumed = int(state["consumed"])
+        self._skip = consumed if consumed < len(self) else 0
+        self._skip_epoch = int(state["epoch"])
 
 
 class EvalCollator:
@@ -298,6 +309,13 @@ def eval_items(problems: Sequence[Problem], fmt: str) -> list[EvalItem]:
 
 
 class DistilledDataModule(pl.LightningDataModule):
+    """Distilled rows -> training items in the configured formats, plus a validation hold-out.
+
+    Built from `conf/config.yaml`'s `data` node with `hydra.utils.instantiate`; the rows, the
+    student's tokenizer and the teacher signals are only known at train time and passed then.
+    Gradient accumulation and the device count come from the Trainer the module is attached to.
+    """
+
     def __init__(
         self,
         rows: Sequence[dict[str, Any]],
@@ -311,9 +329,10 @@ class DistilledDataModule(pl.LightningDataModule):
         eval_batch_size: int = 32,
         max_source_len: int = 256,
         max_target_len: int = 192,
+        max_new_tokens: int = 128,
         num_workers: int = 0,
+        shuffle: bool = True,
         seed: int = 0,
-        accumulate: int = 1,
         signals: Signals | None = None,
     ) -> None:
         super().__init__()
@@ -321,8 +340,6 @@ class DistilledDataModule(pl.LightningDataModule):
             raise ValueError("no distilled rows to train on (did the distill stage keep anything?)")
         if signals is not None and len(signals) != len(rows):
             raise ValueError(f"teacher signals have {len(signals)} rows for {len(rows)} distilled rows")
-        if accumulate < 1:
-            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
         self.rows = list(rows)
         self.tokenizer = tokenizer
         self.formats = list(formats)
@@ -333,13 +350,13 @@ class DistilledDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
+        self.max_new_tokens = max_new_tokens
         self.num_workers = num_workers
+        self.shuffle = shuffle
         self.seed = seed
-        self.accumulate = accumulate
         self.signals = signals
         self.signal_k: int | None = getattr(signals, "k", None)
         self.train_items: list[TrainItem] = []
-        self.train_counts = np.zeros((0, len(COUNT_KEYS)), dtype=np.int64)
         self.train_examples: list[Example] = []
         self.val_items: list[EvalItem] = []
         self.train_ids: set[str] = set()
@@ -364,29 +381,36 @@ class DistilledDataModule(pl.LightningDataModule):
             count_tokens=token_counter(self.tokenizer),
         )
         self.train_examples = [item.example for item in self.train_items]
-        self.train_counts = example_token_counts(
-            self.train_items, self.tokenizer, self.max_target_len, self.signals, self.signal_k
-        )
         val_problems = [
             Problem.from_json(self.rows[by_problem[pid][0]]["problem"]) for pid in sorted(val_ids)
         ]
         self.val_items = eval_items(val_problems, self.eval_format)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            TrainDataset(self.train_items),
-            batch_sampler=AccumulationBatchSampler(
-                self.train_counts, self.batch_size, self.accumulate, shuffle=True, seed=self.seed
-            ),
-            collate_fn=TrainCollator(
-                self.tokenizer,
-                self.max_source_len,
-                self.max_target_len,
-                signals=self.signals,
-                k=self.signal_k,
-                accumulate=self.accumulate,
-            ),
+    def train_collator(self) -> TrainCollator:
+        return TrainCollator(
+            self.tokenizer, self.max_source_len, self.max_target_len, signals=self.signals, k=self.signal_k
+        )
+
+    def train_dataloader(self) -> WindowedTrainLoader:
+        trainer = self.trainer
+        progress = None
+        if trainer is not None:
+            loop = trainer.fit_loop.epoch_loop
+
+            def progress() -> int:
+                return loop.batch_progress.current.processed
+
+        return WindowedTrainLoader(
+            self.train_items,
+            self.train_collator(),
+            batch_size=self.batch_size,
+            accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             num_workers=self.num_workers,
+            progress=progress,
         )
 
     def val_dataloader(self) -> DataLoader:

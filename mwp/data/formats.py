@@ -15,14 +15,13 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
+from mwp.data.format_names import FORMATS, Format
 from mwp.data.problem import Problem
 from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
 from mwp.verify.numbers import format_number
 
-Format = Literal["zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer"]
-FORMATS: tuple[str, ...] = get_args(Format)
 COT_TRIGGER = "Let's think step by step."
 
 # A rationale already ends with its own answer sentence when its last 100 characters hold one.

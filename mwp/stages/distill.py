@@ -20,8 +20,8 @@ from mwp.data.io import append_jsonl, read_jsonl
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.teachers.base import Teacher, TeacherRequest
+from mwp.teachers.factory import build_teacher, sampling_params
 from mwp.teachers.prompts import build_requests
-from mwp.teachers.registry import build_teacher, sampling_params
 from mwp.teachers.scale import SamplingProgress, shard, teacher_usage
 from mwp.verify.compare import answers_match
 from mwp.verify.equation_checks import check_teacher_equation

@@ -1,4 +1,9 @@
-"""Train stage: fine-tune the Flan-T5 student on distilled data with Lightning."""
+"""Train stage: fine-tune the Flan-T5 student on distilled data with Lightning.
+
+The DataModule, the Trainer, its callbacks and loggers are built from their config nodes with
+`hydra.utils.instantiate` (`data`, `trainer`, `callbacks`, `logger`); the rows, the tokenizer and
+the teacher signals are only known here and are passed in.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -16,14 +22,15 @@ from transformers import T5ForConditionalGeneration
 
 from mwp.data.datamodule import DistilledDataModule, Signals
 from mwp.stages.distill import read_distilled
-from mwp.student.losses import LossTerm, terms_from_config
-from mwp.student.model import StudentBundle, build_student
+from mwp.student.model import build_student
 from mwp.student.module import StudentModule
+from mwp.student.terms import LossTerm, terms_from_config
 
 log = logging.getLogger(__name__)
 
 STUDENT_DIR = "student"
-UNSTABLE_PRECISIONS = {"16", "16-mixed", "16-true", "fp16"}
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 @dataclass
@@ -33,17 +40,20 @@ class TrainResult:
     best_val_acc: float | None
     train_problems: set[str]
     steps: int
+    is_global_zero: bool = True
 
 
-def student_from_config(cfg: DictConfig) -> StudentBundle:
-    s = cfg.student
-    return build_student(
-        s.name_or_path,
-        pretrained=s.pretrained,
-        fallback_config=s.fallback_config,
-        size=OmegaConf.to_container(s.size, resolve=True),  # type: ignore[arg-type]
-        seed=cfg.seed,
-    )
+def student_config(cfg: DictConfig) -> dict[str, Any]:
+    """`build_student`'s arguments from the `student` node (saved with the module's checkpoints)."""
+    s = OmegaConf.to_container(cfg.student, resolve=True)
+    assert isinstance(s, dict)
+    return {
+        "name_or_path": s["name_or_path"],
+        "pretrained": s["pretrained"],
+        "fallback_config": s.get("fallback_config"),
+        "size": s.get("size") or {},
+        "seed": cfg.seed,
+    }
 
 
 def loss_terms(cfg: DictConfig) -> list[LossTerm]:
@@ -97,33 +107,40 @@ def teacher_signals(
 def build_datamodule(
     cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, signals: Signals | None = None
 ) -> DistilledDataModule:
-    d = cfg.data
-    return DistilledDataModule(
-        rows,
-        tokenizer,
-        formats=list(d.formats),
-        eval_format=d.eval_format,
-        num_exemplars=d.num_exemplars,
-        val_fraction=d.val_fraction,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        max_source_len=d.max_source_len,
-        max_target_len=d.max_target_len,
-        num_workers=d.num_workers,
-        seed=cfg.seed,
-        accumulate=int(cfg.trainer.get("accumulate_grad_batches") or 1),
-        signals=signals,
+    return instantiate(
+        cfg.data, rows=rows, tokenizer=tokenizer, signals=signals, seed=cfg.seed, _convert_="all"
     )
 
 
-def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: Path) -> TrainResult:
-    precision = str(cfg.trainer.precision)
-    if precision in UNSTABLE_PRECISIONS:
-        raise ValueError(f"trainer.precision={precision}: T5 overflows in fp16; use 32-true or bf16-mixed")
+def build_callbacks(cfg: DictConfig, *, has_val: bool, has_logger: bool) -> list[pl.Callback]:
+    """The `callbacks` group's entries; those that watch validation are left out when nothing is held out."""
+    callbacks: list[pl.Callback] = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None:
+            continue
+        monitor = str(conf.get("monitor") or "")
+        if monitor.startswith("val/") and not has_val:
+            log.info("callbacks.%s: no validation problems (data.val_fraction=0), so it is not used", name)
+            continue
+        callback = instantiate(conf, _convert_="all")
+        if isinstance(callback, LearningRateMonitor) and not has_logger:
+            continue
+        callbacks.append(callback)
+    return callbacks
+
+
+def _best_checkpoint(callbacks: list[pl.Callback]) -> ModelCheckpoint | None:
+    return next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+
+
+def run_train(
+    cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: Path, *, resume: bool = False
+) -> TrainResult:
     pl.seed_everything(cfg.seed, workers=True)
     rows = read_distilled(data_path)
     terms = loss_terms(cfg)
-    bundle = student_from_config(cfg)
+    student = student_config(cfg)
+    bundle = build_student(**student)
     signals: Signals | None = None
     dense_teacher = None
     if any(t.needs_teacher for t in terms):
@@ -136,40 +153,29 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
     module = StudentModule(
         bundle.model,
         bundle.tokenizer,
+        student=student,
         lr=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
         warmup_ratio=cfg.optim.warmup_ratio,
         scheduler=cfg.optim.scheduler,
-        max_new_tokens=cfg.data.max_new_tokens,
+        max_new_tokens=datamodule.max_new_tokens,
         terms=terms,
         dense_teacher=dense_teacher,
     )
-    ckpt_dir = run_dir / "checkpoints"
     has_val = bool(datamodule.val_items)
-    checkpoint = ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="step{step}-acc{val/acc:.3f}" if has_val else "step{step}",
-        auto_insert_metric_name=False,
-        monitor="val/acc" if has_val else None,
-        mode="max",
-        save_last=True,
-        save_top_k=1,
-    )
-    callbacks: list[pl.Callback] = [checkpoint]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
-    if not has_val:
-        trainer_kwargs["limit_val_batches"] = 0
-    trainer = pl.Trainer(
-        **trainer_kwargs,
+    callbacks = build_callbacks(cfg, has_val=has_val, has_logger=bool(loggers))
+    overrides: dict[str, Any] = {} if has_val else {"limit_val_batches": 0}
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        _convert_="all",
+        **overrides,
     )
-    resume = ckpt_dir / "last.ckpt"
-    ckpt_path = str(resume) if cfg.stage.resume and resume.exists() else None
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
         log.info("resuming training from %s", ckpt_path)
     log.info(
@@ -179,22 +185,30 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
         len(datamodule.val_items),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.checkpoint_callback is not None:
+        # The final state, whatever validation said and however max_steps falls on the interval.
+        trainer.save_checkpoint(last, weights_only=False)
 
-    best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    if best and Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
     student_dir = run_dir / STUDENT_DIR
+    best_callback = _best_checkpoint(callbacks)
+    best = best_callback.best_model_path if best_callback is not None else None
+    score = best_callback.best_model_score if best_callback is not None else None
+    result = TrainResult(
+        student_dir=student_dir,
+        best_checkpoint=best or None,
+        best_val_acc=float(score) if score is not None else None,
+        train_problems=set(datamodule.train_ids),
+        steps=trainer.global_step,
+        is_global_zero=trainer.is_global_zero,
+    )
+    if not trainer.is_global_zero:
+        return result
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
     module.model.save_pretrained(student_dir)
     bundle.tokenizer.save_pretrained(student_dir)
     (student_dir / "train_problems.txt").write_text(
         "\n".join(sorted(datamodule.train_ids)) + "\n", encoding="utf-8"
     )
-    score = checkpoint.best_model_score
-    return TrainResult(
-        student_dir=student_dir,
-        best_checkpoint=best,
-        best_val_acc=float(score) if score is not None else None,
-        train_problems=set(datamodule.train_ids),
-        steps=trainer.global_step,
-    )
+    return result

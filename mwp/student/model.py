@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, T5F
 log = logging.getLogger(__name__)
 
 # Config fields a user may shrink for a faster tiny student (same tokenizer, same vocabulary).
-SIZE_KEYS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads")
+SIZE_KEYS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "dropout_rate")
 
 
 @dataclass
@@ -89,3 +89,10 @@ def build_student(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return StudentBundle(model, tokenizer, pretrained=False, source=config_source)
+
+
+def t5_block_classes() -> set[type]:
+    """The layer FSDP wraps (and checkpoints) one by one in a T5 (`conf/trainer/fsdp.yaml`)."""
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    return {T5Block}

@@ -3,46 +3,62 @@ KL/JSD to a teacher's per-token distributions), AdamW with warmup/decay, validat
 greedy generation + answer extraction.
 
 Every term is a token mean over the whole optimizer step: a batch from `DistilledDataModule`
-carries its accumulation group's token counts, each micro-batch's loss is its token sum over that
-count, and the returned loss is multiplied by `accumulate_grad_batches` (which Lightning divides
-back out), so accumulating micro-batches gives the gradient of one big batch exactly.
+carries its accumulation window's token counts, which are all-reduced over ranks; each
+micro-batch's loss is its token sum over that global count, and the returned loss is multiplied
+by `accumulate_grad_batches` × world size (which Lightning's accumulation and DDP's gradient
+averaging divide back out), so any split over micro-batches and devices gives the gradient of
+one big batch exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
-from mwp.student.losses import LossTerm, SparseTarget, combine
+from mwp.student.losses import SparseTarget, combine
+from mwp.student.terms import LossTerm
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import parse_number
 
 
 class StudentModule(pl.LightningModule):
+    """The student and its training loss.
+
+    Give it a built `model` and `tokenizer`, or a `student` config (`conf/student/*.yaml` as a dict)
+    to build them from: that config, the optimiser settings and the loss terms are saved as
+    hyperparameters, so `StudentModule.load_from_checkpoint(path)` rebuilds the module on its own.
+    """
+
     def __init__(
         self,
-        model: T5ForConditionalGeneration,
-        tokenizer: PreTrainedTokenizerBase,
+        model: T5ForConditionalGeneration | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         *,
+        student: dict[str, Any] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
         scheduler: str = "linear",
         max_new_tokens: int = 128,
-        terms: Sequence[LossTerm] | None = None,
+        terms: Sequence[LossTerm | dict[str, Any]] | None = None,
         dense_teacher: T5ForConditionalGeneration | None = None,
-        hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {lr}")
-        if not 0 <= warmup_ratio < 1:
-            raise ValueError(f"optimizer.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if model is None or tokenizer is None:
+            if student is None:
+                raise ValueError(
+                    "StudentModule needs a model and tokenizer, or a student config to build them"
+                )
+            from mwp.student.model import build_student
+
+            bundle = build_student(**student)
+            model, tokenizer = bundle.model, bundle.tokenizer
         self.model = model
         self.tokenizer = tokenizer
         self.lr = lr
@@ -50,7 +66,8 @@ class StudentModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.scheduler_name = scheduler
         self.max_new_tokens = max_new_tokens
-        self.terms = list(terms) if terms is not None else [LossTerm("ce")]
+        given = list(terms) if terms is not None else [LossTerm("ce")]
+        self.terms = [t if isinstance(t, LossTerm) else LossTerm.from_config(t) for t in given]
         if not self.terms:
             raise ValueError("loss.terms is empty: the training loss needs at least one term")
         if dense_teacher is not None:
@@ -64,7 +81,17 @@ class StudentModule(pl.LightningModule):
             dense_teacher.eval().requires_grad_(False)
         # Kept out of the module's children: not trained, not in checkpoints, not in state_dict.
         self.__dict__["dense_teacher"] = dense_teacher
-        self.save_hyperparameters(hparams or {}, ignore=["model", "tokenizer"])
+        self.save_hyperparameters(
+            {
+                "student": student,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_ratio": warmup_ratio,
+                "scheduler": scheduler,
+                "max_new_tokens": max_new_tokens,
+                "terms": [asdict(t) for t in self.terms],
+            }
+        )
         self._val_correct = 0
         self._val_total = 0
 
@@ -74,8 +101,12 @@ class StudentModule(pl.LightningModule):
         return any(t.needs_teacher for t in self.terms)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        # Decoder inputs instead of `labels=`: given labels, T5 computes its own [B, L, V]
+        # cross-entropy, which the configured loss terms would only throw away.
         return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=self.model._shift_right(batch["labels"]),
         ).logits
 
     def teacher_target(self, batch: dict[str, Any]) -> SparseTarget | torch.Tensor | None:
@@ -90,7 +121,7 @@ class StudentModule(pl.LightningModule):
                 return teacher(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
-                    labels=batch["labels"],
+                    decoder_input_ids=teacher._shift_right(batch["labels"]),
                 ).logits
         if "teacher_ids" not in batch:
             raise ValueError(
@@ -99,27 +130,34 @@ class StudentModule(pl.LightningModule):
             )
         return SparseTarget.from_batch(batch)
 
-    def _group_counts(self, batch: dict[str, Any], sparse: bool) -> dict[str, torch.Tensor] | None:
-        """Each term's token count over the batch's whole accumulation group (None: this batch alone)."""
-        group = batch.get("group_n_tokens")
-        if group is None:
+    def _step_counts(self, batch: dict[str, Any], sparse: bool) -> dict[str, torch.Tensor] | None:
+        """Each term's token count over the whole optimizer step: this window's counts, all ranks."""
+        window = batch.get("window_n_tokens")
+        if window is None:
             return None
         accumulate = self.trainer.accumulate_grad_batches
         if batch.get("accumulate") != accumulate:
             raise ValueError(
                 f"batches were grouped for {batch.get('accumulate')} micro-batches per step, but "
-                f"trainer.accumulate_grad_batches={accumulate}: build the DataModule with accumulate={accumulate}"
+                f"trainer.accumulate_grad_batches={accumulate}: use the DataModule's train_dataloader"
             )
-        return {t.name: group["teacher" if sparse and t.needs_teacher else "labels"] for t in self.terms}
+        stacked = torch.stack([window["labels"], window["teacher"]]).to(self.device, torch.float64)
+        # One all-reduce of two numbers per micro-batch: every rank divides by the global count.
+        total = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        counts = {"labels": total[0], "teacher": total[1]}
+        return {t.name: counts["teacher" if sparse and t.needs_teacher else "labels"] for t in self.terms}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
         teacher = self.teacher_target(batch)
         sparse = isinstance(teacher, SparseTarget)
-        group_counts = self._group_counts(batch, sparse)
-        combined = combine(self.terms, logits, batch["labels"], teacher, global_n_tokens=group_counts)
-        # Lightning divides the returned loss by accumulate_grad_batches; the group mean is already exact.
-        loss = combined.total * (self.trainer.accumulate_grad_batches if group_counts is not None else 1)
+        step_counts = self._step_counts(batch, sparse)
+        combined = combine(self.terms, logits, batch["labels"], teacher, global_n_tokens=step_counts)
+        loss = combined.total
+        if step_counts is not None:
+            # Lightning divides the returned loss by accumulate_grad_batches and DDP averages
+            # gradients over ranks; the step's token mean is already exact, so undo both.
+            loss = loss * (self.trainer.accumulate_grad_batches * self.trainer.world_size)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for name, part in combined.parts.items():
@@ -127,7 +165,7 @@ class StudentModule(pl.LightningModule):
             local = combined.n_tokens[name]
             if int(local) == 0:
                 continue  # e.g. a batch of answer-only targets has nothing to say about a KL term
-            value = part * group_counts[name].to(part.dtype).clamp(min=1) / local if group_counts else part
+            value = part * step_counts[name].to(part.dtype).clamp(min=1) / local if step_counts else part
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
@@ -155,8 +193,10 @@ class StudentModule(pl.LightningModule):
             self._val_total += 1
 
     def on_validation_epoch_end(self) -> None:
-        acc = self._val_correct / self._val_total if self._val_total else 0.0
-        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        # Summed over ranks before dividing: shards of different sizes weigh by their problems.
+        counts = torch.tensor([self._val_correct, self._val_total], dtype=torch.float64, device=self.device)
+        correct, total = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        self.log("val/acc", correct / total if total else 0.0, prog_bar=True)
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

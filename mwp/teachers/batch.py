@@ -191,12 +191,6 @@ class BatchFileTeacher(Teacher):
         self.name = name
         self.responses = {r.request.problem_id: r for r in import_batch(results, requests)}
 
-    @classmethod
-    def from_config(cls, conf: dict[str, Any]) -> Teacher:
-        if not conf.get("results"):
-            raise ValueError("teacher.results is not set: the Batch API / vllm run-batch output file")
-        return cls(conf["results"], conf.get("requests"), conf.get("name") or "batch")
-
     def covers(self, problem_id: str) -> bool:
         return problem_id in self.responses
 
@@ -231,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from mwp.data.loaders import load_problems
     from mwp.paths import REPO_ROOT
+    from mwp.teachers.factory import sampling_params
     from mwp.teachers.prompts import build_requests, prompt_stop
-    from mwp.teachers.registry import sampling_params
 
     def load_conf(group: str, name: str) -> Any:
         path = Path(name) if name.endswith(".yaml") else REPO_ROOT / "conf" / group / f"{name}.yaml"

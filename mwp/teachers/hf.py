@@ -276,38 +276,6 @@ class HFTeacher(Teacher):
     def close(self) -> None:
         self._loaded = None
 
-    @classmethod
-    def from_config(cls, conf: dict[str, Any]) -> Teacher:
-        from mwp.teachers.cache import with_cache
-
-        keys = [
-            "model",
-            "gguf",
-            "gguf_package",
-            "gguf_file",
-            "name",
-            "device",
-            "dtype",
-            "batch_size",
-            "chat_template",
-            "convert_dir",
-            "threads",
-        ]
-        if "???" in (conf.get("model"), conf.get("gguf"), conf.get("gguf_package")):
-            raise ValueError("teacher.model is not set: a model folder or cached name (or set teacher.gguf)")
-        teacher = cls(**{k: conf[k] for k in keys if conf.get(k) is not None})
-        return with_cache(teacher, conf)
-
-    # -- prompts -----------------------------------------------------------------------------------
-    def render(self, request: TeacherRequest) -> str:
-        """The text the model continues: the chat template around system + user turns, or plain text."""
-        if not self.use_chat_template:
-            return f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
-        return self.render_messages(
-            ([{"role": "system", "content": request.system}] if request.system else [])
-            + [{"role": "user", "content": request.prompt}]
-        )
-
     def render_messages(self, messages: list[dict[str, str]]) -> str:
         if not self.use_chat_template:
             return "\n\n".join(m["content"] for m in messages)

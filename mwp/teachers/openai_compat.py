@@ -109,33 +109,6 @@ class OpenAITeacher(Teacher):
         self.failed_requests: list[tuple[str, str]] = []  # (problem id, reason) with on_error=skip
         self._api_key()  # fail at construction, not after the first batch of problems
 
-    @classmethod
-    def from_config(cls, conf: dict[str, Any]) -> Teacher:
-        from mwp.teachers.cache import with_cache
-
-        keys = [
-            "name",
-            "base_url",
-            "endpoint",
-            "api_key_env",
-            "api_key_required",
-            "concurrency",
-            "timeout_s",
-            "max_retries",
-            "retry_base_s",
-            "retry_max_s",
-            "on_error",
-            "max_n_per_call",
-            "max_tokens_param",
-            "price_input_per_1m",
-            "price_output_per_1m",
-            "extra_body",
-        ]
-        if conf.get("model") in (None, "", "???"):
-            raise ValueError("teacher.model is not set: e.g. teacher.model=gpt-4o-mini")
-        teacher = cls(conf["model"], **{k: conf[k] for k in keys if conf.get(k) is not None})
-        return with_cache(teacher, conf)
-
     def __repr__(self) -> str:
         return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
 

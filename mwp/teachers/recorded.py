@@ -65,17 +65,6 @@ class RecordedTeacher(Teacher):
                 if text is not None:
                     self._by_id[problem.id] = text
 
-    @classmethod
-    def from_config(cls, conf: dict[str, Any]) -> RecordedTeacher:
-        return cls(
-            path=conf["path"],
-            dataset=conf["dataset"],
-            inputs=conf["inputs"],
-            completions=conf["completions"],
-            name=conf.get("name", "recorded"),
-            data_dir=conf.get("data_dir"),
-        )
-
     @staticmethod
     def _read_inputs(path: Path) -> list[dict[str, Any]]:
         rows = []

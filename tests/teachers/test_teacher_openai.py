@@ -187,5 +187,3 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match=r"teacher\.endpoint"):
         OpenAITeacher("m", endpoint="embeddings", api_key_required=False)
-    with pytest.raises(ValueError, match=r"teacher\.model"):
-        OpenAITeacher.from_config({"backend": "openai", "model": None})

@@ -1,0 +1,119 @@
+"""Checking the composed config: one call, `validate(cfg)`, before any stage does work.
+
+`validate` resolves the config, runs it through the schema (`mwp.config.schema.RunConfig`) and
+raises `ConfigError`, whose message has one line per problem: the full key, the value given and
+what is allowed. Nothing here imports torch, Lightning or transformers, so a bad config fails in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ValidationError
+
+from mwp.config.schema import TEACHER_SCHEMAS, RunConfig, TeacherConfig
+from mwp.paths import default_data_dir, default_models_dir
+
+
+class ConfigError(ValueError):
+    """A config mistake; the message names the key(s). The CLI prints it as one line per problem."""
+
+
+def register_resolvers() -> None:
+    """The `${mwp.*:}` resolvers the config files use; called by the entry points before composing."""
+    if not OmegaConf.has_resolver("mwp.data_dir"):
+        OmegaConf.register_new_resolver("mwp.data_dir", lambda: str(default_data_dir()))
+    if not OmegaConf.has_resolver("mwp.models_dir"):
+        OmegaConf.register_new_resolver("mwp.models_dir", lambda: str(default_models_dir()))
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    # pydantic names union members and dataclass/function validators in the location: drop them.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    return ".".join(parts)
+
+
+def _value_at(container: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    node = container
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+# A message that already starts with a dotted key ("loss.signal.source=dense needs ...") is kept as it is.
+_NAMES_A_KEY = re.compile(r"^[a-z_]+(\.[\w\[\]]+)+[:= ]")
+
+
+def _messages(err: ValidationError, container: dict[str, Any]) -> Iterator[str]:
+    for item in err.errors(include_url=False):
+        loc = tuple(item["loc"])
+        key = _key(loc)
+        message = str(item["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if key.startswith("loss.terms."):  # LossTerm names itself by term name; the index is clearer
+            message = re.sub(r"^loss\.terms\.[^.\s]+\.", f"{key}.", message)
+        if _NAMES_A_KEY.match(message):
+            yield message
+            continue
+        if item["type"] == "extra_forbidden":
+            yield f"{key}: unknown key"
+            continue
+        if item["type"] == "missing":
+            yield f"{key}: is required but not set"
+            continue
+        found, value = _value_at(container, tuple(p for p in loc if isinstance(p, int | str)))
+        given = f" (got {value!r})" if found and not isinstance(value, dict | list) else ""
+        yield f"{key}: {message}{given}" if key else message
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data, resolved, without the `hydra` node; a missing value names its key."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        raise ConfigError(f"{key}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """The typed, checked run config; raises `ConfigError` naming every bad key."""
+    container = to_container(cfg)
+    try:
+        return RunConfig.model_validate(container)
+    except ValidationError as err:
+        raise ConfigError("\n".join(dict.fromkeys(_messages(err, container)))) from None
+
+
+def describe(model: type[BaseModel] | BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(key, value or default, help) for every field of a schema section, nested sections expanded."""
+    cls = model if isinstance(model, type) else type(model)
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}{info.alias or name}"
+        value = getattr(model, name) if isinstance(model, BaseModel) else info.default
+        inner = value if isinstance(value, BaseModel) else None
+        annotation = info.annotation
+        if inner is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            inner = annotation
+        if inner is not None and not (
+            isinstance(value, BaseModel) and isinstance(value, TeacherConfig) and False
+        ):
+            yield from describe(inner, f"{key}.")
+            continue
+        if isinstance(value, type(...)):
+            value = "???"
+        yield key, value, info.description or ""
+
+
+__all__ = ["TEACHER_SCHEMAS", "ConfigError", "RunConfig", "describe", "register_resolvers", "validate"]

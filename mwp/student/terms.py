@@ -1,0 +1,108 @@
+"""The configured loss terms (`loss.terms` entries), free of torch so a config is checked in milliseconds.
+
+Each term is a TRL-style config dataclass: a help string per field and range checks in
+`__post_init__`; the schema (`mwp.config.schema.LossConfig`) validates `loss.terms` through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+TAILS = ("bucket", "renormalize")
+KINDS = ("ce", "forward_kl", "reverse_kl", "jsd")
+_KIND_ALIASES = {"kl": "forward_kl", "rkl": "reverse_kl", "cross_entropy": "ce"}
+
+
+def _help(text: str, default: Any = MISSING) -> Any:
+    if default is MISSING:
+        return field(metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the training loss (a `loss.terms` entry in the config)."""
+
+    name: str = _help("label for logging; also the kind when `kind` is omitted (ce, kl, ...)")
+    weight: float = _help("multiplier of this term's token-mean in the total, >= 0", 1.0)
+    kind: str | None = _help("ce | forward_kl (kl) | reverse_kl | jsd", None)
+    temperature: float = _help(
+        "softens student and teacher before comparing, > 0 (distillation terms only)", 1.0
+    )
+    beta: float = _help(
+        "jsd only: mixture weight of the teacher in [0, 1]; 0 = forward KL, 1 = reverse KL", 0.5
+    )
+    tail: str = _help(
+        "sparse teachers: 'bucket' keeps the top-k's missing mass as one outcome; 'renormalize' rescales "
+        "the top-k to sum to 1",
+        "bucket",
+    )
+
+    def __post_init__(self) -> None:
+        where = f"loss.terms.{self.name}"
+        kind = self.kind if self.kind is not None else self.name
+        kind = _KIND_ALIASES.get(kind, kind)
+        if kind not in KINDS:
+            raise ValueError(
+                f"{where}.kind: unknown loss kind {kind!r}; expected one of {KINDS} (or kl, rkl)"
+            )
+        object.__setattr__(self, "kind", kind)
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"{where}.weight must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{where}.temperature must be > 0, got {self.temperature}")
+        if kind == "ce" and self.temperature != 1.0:
+            raise ValueError(f"{where}.temperature applies to distillation terms only; cross-entropy uses 1")
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"{where}.beta must be in [0, 1], got {self.beta}")
+        if self.tail not in TAILS:
+            raise ValueError(f"{where}.tail must be one of {TAILS}, got {self.tail!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.kind != "ce"
+
+    @classmethod
+    def from_config(cls, entry: Mapping[str, Any], where: str = "loss.terms") -> LossTerm:
+        known = {f.name for f in fields(cls)}
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        if "name" not in entry:
+            raise ValueError(f"{where}: every loss term needs a name")
+        return cls(**dict(entry))
+
+    @classmethod
+    def help(cls) -> str:
+        return "\n".join(f"{f.name}: {f.metadata['help']}" for f in fields(cls))
+
+
+def terms_from_config(
+    entries: Sequence[Mapping[str, Any]] | None, where: str = "loss.terms"
+) -> list[LossTerm]:
+    """`loss.terms` as `LossTerm`s; an error names the entry as `loss.terms[i].field`."""
+    if not entries:
+        raise ValueError(f"{where} is empty: the training loss needs at least one term")
+    terms: list[LossTerm] = []
+    for index, entry in enumerate(entries):
+        here = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{here}: expected a mapping like {{name: ce, weight: 1.0}}, got {entry!r}")
+        try:
+            terms.append(LossTerm.from_config(entry, where=here))
+        except TypeError as err:  # a value of the wrong type reached the dataclass
+            raise ValueError(f"{here}: {err}") from err
+        except ValueError as err:
+            name = entry.get("name")
+            message = str(err).replace(f"loss.terms.{name}.", f"{here}.") if name is not None else str(err)
+            if message == str(err) and not message.startswith(here):
+                message = f"{here}: {message}"
+            raise ValueError(message) from err
+    names = [t.name for t in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: term names must be unique, {duplicates} repeat")
+    return terms
