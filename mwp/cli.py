@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from mwp.config import register_resolvers
 from mwp.paths import REPO_ROOT
-from mwp.runtime import USER_ERRORS, quiet_third_party, set_process_defaults
+from mwp.runtime import USER_ERRORS, discard_unclaimed_run_dir, quiet_third_party, set_process_defaults
 
 CONFIG_DIR = str(REPO_ROOT / "conf")
 log = logging.getLogger("mwp")
@@ -31,6 +31,7 @@ def _app(cfg: DictConfig) -> float | None:
             raise
         for line in str(err).strip().splitlines() or [type(err).__name__]:
             print(f"mwp: error: {line}", file=sys.stderr, flush=True)
+        discard_unclaimed_run_dir(cfg)
         sys.exit(2)
     # A scalar for sweepers that optimise (hparams_search): best validation accuracy, if trained.
     train = summary.get("train") or {}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig
 
 from mwp.config import ConfigError
 from mwp.data.io import DataError
@@ -20,6 +24,23 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     ValueError,
 )
+
+
+# What Hydra writes into a run folder before the app starts: a folder holding only these was
+# never claimed by a run (see mwp.pipeline.claim_run_dir) and is removed when the run fails at once.
+_HYDRA_ONLY = {".hydra", "cli.log"}
+
+
+def discard_unclaimed_run_dir(cfg: DictConfig) -> None:
+    """Remove the folder Hydra made for a run that failed before claiming it (a config error):
+    no orphan run folders. A folder holding anything else is left alone."""
+    try:
+        run_dir = Path(cfg.paths.output_dir)
+    except Exception:
+        return
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_ONLY:
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def set_process_defaults() -> None:

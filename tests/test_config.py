@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from mwp.config import validate
+from mwp.config import ConfigError, validate
 from tests.helpers import CONF_DIR, compose_config
 
 
@@ -91,3 +92,145 @@ def test_every_dataset_config_names_loadable_splits() -> None:
             assert test, (path, spec)
             if spec.role == "in-distribution":
                 assert not train_ids & {p.id for p in test}, f"{path.stem}: {spec.split} overlaps training"
+
+
+# --- the schema: every mistake named, before any work ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=-1"], r"^optim\.lr: .*greater than 0 \(got -1\)"),
+        (["trainer.precision=16-mixed"], r"^trainer\.precision: T5 overflows in float16"),
+        (["dataset=multiarith"], r"^teacher\.dataset: the recorded teacher 'palm-540b' covers 'svamp'"),
+        (["dataset.limit=0"], r"^dataset\.limit: .*(got 0)"),
+        (["dataset.limit=-3"], r"^dataset\.limit: .*(got -3)"),
+        (["trainer.max_steps=0"], r"^trainer\.max_steps: train for >= 1 step"),
+        (["teacher=openai", "teacher.model=null"], r"teacher\.model: "),
+        (["data.formats=[zero_shot]"], r"^data\.formats\.0: .*zero_shot_cot"),
+        (["loss=ce_kl", "loss.signal.source=dense"], r"loss\.signal\.teacher_model"),
+        (["loss.terms.0.weight=-1"], r"^loss\.terms\.0\.weight must be a finite number >= 0"),
+        (["stage=train"], r"^stage\.data: "),
+        (["stage=evaluate"], r"^stage\.student: "),
+        (["logger.wandb.mode=onlin"], r"^logger\.wandb\.mode='onlin'"),
+        (["stage.num_shards=2", "stage.shard=2"], r"stage\.shard=2 must be < stage\.num_shards=2"),
+        (["dataset.eval_sets.0.split=dev"], r"^dataset\.eval_sets\.0\.split='dev': svamp has splits"),
+        (["+trainer.max_stepz=3"], r"^trainer\.max_stepz: unknown key"),
+        (
+            ["student=flan_t5_small", "student.size.d_model=64"],
+            r"^student\.size\.d_model: .*pretrained=never",
+        ),
+        (["teacher=hf"], r"teacher\.model: "),
+    ],
+)
+def test_schema_names_the_full_key_and_the_value(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    assert any(re.search(message, line) for line in str(err.value).splitlines()), str(err.value)
+
+
+def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> None:
+    from mwp.config.show import group_options
+
+    needs = {
+        "stage": {"train": ["stage.data=x"], "evaluate": ["stage.student=x"]},
+        "teacher": {
+            "hf": ["teacher.model=x"],
+            "batch_file": ["teacher.results=x"],
+            "vllm": ["teacher.model=x"],
+        },
+        "dataset": {
+            name: ["teacher=smollm2"] for name in ("gsm8k", "multiarith", "asdiv_a", "math23k", "weak12k")
+        },
+    }
+    for group, options in group_options().items():
+        for option in options:
+            overrides = [f"{group}={option}", *needs.get(group, {}).get(option, [])]
+            settings = validate(compose_config(overrides, run_dir=tmp_path))
+            assert settings.stage.steps, overrides
+
+
+def test_trainer_options_build_their_strategies() -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    fsdp = compose_config(["trainer=fsdp"]).trainer
+    strategy = instantiate(fsdp.strategy, _convert_="all")
+    assert isinstance(strategy, FSDPStrategy)
+    assert fsdp.precision == "bf16-mixed" and fsdp.accelerator == "gpu"
+    assert validate(compose_config(["trainer=ddp"])).trainer.strategy == "ddp"
+    from mwp.student.model import t5_block_classes
+
+    assert t5_block_classes() == {T5Block}
+
+
+def test_checking_a_config_imports_no_model_library() -> None:
+    script = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from tests.helpers import compose_config\n"
+        "from mwp.config import ConfigError, validate\n"
+        "try:\n    validate(compose_config(['optim.lr=-1']))\nexcept ConfigError as e:\n    print(e)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=CONF_DIR.parent
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "optim.lr" in proc.stdout and proc.stdout.strip().endswith("[]")
+
+
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mwp.cli", *args, f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+
+
+def test_a_config_error_is_one_line_before_any_work(tmp_path: Path) -> None:
+    proc = _cli("optim.lr=-1", "dataset.limit=0", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "mwp: error: dataset.limit: Input should be greater than or equal to 1 (got 0)",
+        "mwp: error: optim.lr: Input should be greater than 0 (got -1)",
+    ]
+    assert "Traceback" not in proc.stderr and "distilled" not in proc.stderr
+    # No orphan run folder and no W&B run: nothing was claimed.
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    # The traceback is there when asked for.
+    debug = _cli("optim.lr=-1", "debug_traceback=true", tmp_path=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_help_offers_only_real_options_and_points_to_mwp_config() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mwp.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0
+    assert "stage: distill, evaluate, pipeline, train" in proc.stdout
+    assert "_base" not in proc.stdout and "mwp-config" in proc.stdout
+
+
+def test_mwp_config_lists_every_key_with_help_and_checks_overrides() -> None:
+    from mwp.config.show import main
+
+    script = Path(sys.executable).parent / "mwp-config"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mwp.config.show"]
+    listed = subprocess.run([*command, "teacher=openai"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any(
+        line.startswith("teacher.concurrency = 16") and "# requests in flight" in line for line in lines
+    )
+    assert any(line.startswith("data.batch_size = 8") and "#" in line for line in lines)
+    assert any(line.startswith("callbacks.model_checkpoint._target_ = ") for line in lines)
+    bad = subprocess.run(
+        [*command, "--check", "data.batch_size=0"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "data.batch_size" in bad.stderr
+    with pytest.raises(SystemExit):
+        main(["--check", "trainer.precision=16"])

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from mwp.config import ConfigError
 from mwp.pipeline import run
 from tests.helpers import CONF_DIR, compose_config
 
@@ -39,17 +42,39 @@ def test_demo_experiment_in_debug_mode_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "config.yaml").exists()
 
 
-def test_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: Path) -> None:
     first = compose_config(["experiment=demo", "debug=default", "stage=pipeline"], run_dir=tmp_path)
     run(first)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    assert ckpt.exists()
+    # last.ckpt holds the final step (4), though the save interval (50) never came round.
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
+    distilled = (tmp_path / "distill" / "distilled.jsonl").read_bytes()
+
+    # A new run pointed at the same folder is refused before it touches anything.
+    again = compose_config(["experiment=demo", "debug=default"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"already holds a run.*stage\.resume="):
+        run(again)
+
     more = compose_config(
-        ["experiment=demo", "debug=default", "stage=train", "trainer.max_steps=6"], run_dir=tmp_path
+        ["experiment=demo", "debug=default", f"stage.resume={tmp_path}", "trainer.max_steps=6"],
+        run_dir=tmp_path / "elsewhere",
     )
     summary = run(more)
     # 4 steps done before, 2 more after resuming: not 6 from scratch (global step continues).
     assert summary["train"]["steps"] == 6
+    assert summary["distill"] == {"reused": str(tmp_path / "distill" / "distilled.jsonl")}
+    assert (tmp_path / "distill" / "distilled.jsonl").read_bytes() == distilled
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "success"
+    assert list(tmp_path.glob("config.resume-*.yaml"))
+
+    # The checkpoint carries its hyperparameters: it rebuilds the student on its own.
+    from mwp.student.module import StudentModule
+
+    module = StudentModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    assert module.hparams["student"]["size"]["d_model"] == first.student.size.d_model
+    saved = load_file(tmp_path / "student" / "model.safetensors")
+    state = module.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items() if k in state)
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
@@ -72,6 +97,9 @@ def test_cli_runs_and_prints_the_results_table(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "strict acc" in proc.stdout and "multiarith" in proc.stdout
+    # Nothing that is not the user's business on the console.
+    for noise in ("anonymous setting", "litlogger", "LitLogger", "pytree", "is deprecated", "weights_only"):
+        assert noise not in proc.stderr + proc.stdout, noise
     runs = list((tmp_path / "demo" / "runs").iterdir())
     assert len(runs) == 1
     assert list((runs[0] / "wandb").glob("offline-run-*")), "W&B offline run expected"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from mwp.config.schema import TEACHER_SCHEMAS, RunConfig, TeacherConfig
+from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig
 from mwp.paths import default_data_dir, default_models_dir
 
 
@@ -96,24 +96,29 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError("\n".join(dict.fromkeys(_messages(err, container)))) from None
 
 
-def describe(model: type[BaseModel] | BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
-    """(key, value or default, help) for every field of a schema section, nested sections expanded."""
-    cls = model if isinstance(model, type) else type(model)
-    for name, info in cls.model_fields.items():
+def describe(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(key, value, help) for every field of a validated section, nested sections expanded."""
+    for name, info in type(section).model_fields.items():
         key = f"{prefix}{info.alias or name}"
-        value = getattr(model, name) if isinstance(model, BaseModel) else info.default
-        inner = value if isinstance(value, BaseModel) else None
-        annotation = info.annotation
-        if inner is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            inner = annotation
-        if inner is not None and not (
-            isinstance(value, BaseModel) and isinstance(value, TeacherConfig) and False
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            yield from describe(value, f"{key}.")
+        elif (
+            isinstance(value, dict) and value and all(isinstance(v, BaseModel | None) for v in value.values())
         ):
-            yield from describe(inner, f"{key}.")
-            continue
-        if isinstance(value, type(...)):
-            value = "???"
-        yield key, value, info.description or ""
+            for entry, sub in value.items():
+                if sub is None:
+                    yield f"{key}.{entry}", None, info.description or ""
+                    continue
+                yield from describe(sub, f"{key}.{entry}.")
+                for extra, extra_value in (sub.model_extra or {}).items():
+                    yield f"{key}.{entry}.{extra}", extra_value, ""
+        else:
+            yield key, value, info.description or ""
+    if prefix and section.model_extra:
+        for extra, extra_value in section.model_extra.items():
+            if not isinstance(section, OpenSection):
+                yield f"{prefix}{extra}", extra_value, "passed to the constructor"
 
 
 __all__ = ["TEACHER_SCHEMAS", "ConfigError", "RunConfig", "describe", "register_resolvers", "validate"]
