@@ -1,18 +1,22 @@
-"""Config helpers shared by the CLI and the tests: resolvers and checks Hydra cannot do itself."""
+"""Config helpers shared by the CLI and the tests: resolvers and checks Hydra cannot do itself.
+
+Importing this module has no side effects and stays light (no torch, Lightning or transformers):
+entry points call `register_resolvers()` themselves before composing a config.
+"""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from mwp.data.datamodule import EVAL_FORMATS
-from mwp.data.formats import FORMATS
+from mwp.data.formats import EVAL_FORMATS, FORMATS
 from mwp.paths import default_data_dir, default_models_dir
 
 STEPS = ("distill", "train", "evaluate")
 
 
 def register_resolvers() -> None:
+    """Register the `${mwp.data_dir:}` / `${mwp.models_dir:}` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("mwp.data_dir"):
         OmegaConf.register_new_resolver("mwp.data_dir", lambda: str(default_data_dir()))
     if not OmegaConf.has_resolver("mwp.models_dir"):
@@ -74,6 +78,3 @@ def validate_loss(cfg: DictConfig) -> None:
         raise ValueError(f"loss.signal.missing must be one of {list(MISSING_CHOICES)}, got {missing!r}")
     if source == "sparse" and missing == "score" and not signal.get("scorer"):
         raise ValueError("loss.signal.missing=score needs loss.signal.scorer (a local causal LM)")
-
-
-register_resolvers()

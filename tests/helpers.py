@@ -8,13 +8,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-import mwp.config  # noqa: F401 - registers resolvers
+from mwp.config import register_resolvers
 from mwp.paths import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"
 
 
 def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> DictConfig:
+    register_resolvers()  # idempotent; the conftest does it too
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     if run_dir is not None:

@@ -26,13 +26,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from mwp.data.formats import FORMATS, Example, build_example, build_source, sample_exemplars, token_counter
+from mwp.data.artifact import DistilledRow
+from mwp.data.formats import (
+    EVAL_FORMATS,
+    FORMATS,
+    Example,
+    build_example,
+    build_source,
+    sample_exemplars,
+    token_counter,
+)
 from mwp.data.problem import Problem
 from mwp.teachers.signals import SparseSignal, collate_sparse
 from mwp.verify.numbers import format_number
 
 ANSWER_ONLY = {"zero_shot_answer", "in_context_answer"}
-EVAL_FORMATS = ("zero_shot_cot", "zero_shot_answer")
 # Token counts each training example contributes: labelled target tokens, and target tokens that
 # carry a teacher distribution (what a sparse distillation term averages over).
 COUNT_KEYS = ("labels", "teacher")
@@ -65,7 +73,7 @@ class TrainItem:
 
 
 def build_train_items(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[DistilledRow],
     formats: Sequence[str],
     num_exemplars: int,
     seed: int,
@@ -83,7 +91,7 @@ def build_train_items(
     if unknown or not formats:
         raise ValueError(f"data.formats must be a non-empty subset of {list(FORMATS)}, got {list(formats)}")
     rng = random.Random(seed)
-    pool = [(Problem.from_json(r["problem"]), r["rationale"]) for r in rows]
+    pool = [(r.problem, r.rationale) for r in rows]
     items: list[TrainItem] = []
     answered: set[tuple[str, str]] = set()
     for position, (problem, rationale) in enumerate(pool):
@@ -300,7 +308,7 @@ def eval_items(problems: Sequence[Problem], fmt: str) -> list[EvalItem]:
 class DistilledDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[DistilledRow],
         tokenizer: PreTrainedTokenizerBase,
         *,
         formats: Sequence[str] = ("zero_shot_cot",),
@@ -349,7 +357,7 @@ class DistilledDataModule(pl.LightningDataModule):
             return
         by_problem: dict[str, list[int]] = defaultdict(list)
         for index, row in enumerate(self.rows):
-            by_problem[row["id"]].append(index)
+            by_problem[row.id].append(index)
         train_ids, val_ids = split_problem_ids(list(by_problem), self.val_fraction, self.seed)
         self.train_ids = set(train_ids)
         train_indices = [i for pid in sorted(train_ids) for i in by_problem[pid]]
@@ -367,9 +375,7 @@ class DistilledDataModule(pl.LightningDataModule):
         self.train_counts = example_token_counts(
             self.train_items, self.tokenizer, self.max_target_len, self.signals, self.signal_k
         )
-        val_problems = [
-            Problem.from_json(self.rows[by_problem[pid][0]]["problem"]) for pid in sorted(val_ids)
-        ]
+        val_problems = [self.rows[by_problem[pid][0]].problem for pid in sorted(val_ids)]
         self.val_items = eval_items(val_problems, self.eval_format)
 
     def train_dataloader(self) -> DataLoader:

@@ -23,6 +23,8 @@ from mwp.verify.numbers import format_number
 
 Format = Literal["zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer"]
 FORMATS: tuple[str, ...] = get_args(Format)
+# The formats the student is evaluated in: zero-shot only, since evaluation has no exemplar pool.
+EVAL_FORMATS: tuple[str, ...] = ("zero_shot_cot", "zero_shot_answer")
 COT_TRIGGER = "Let's think step by step."
 
 # A rationale already ends with its own answer sentence when its last 100 characters hold one.

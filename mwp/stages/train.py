@@ -14,8 +14,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from transformers import T5ForConditionalGeneration
 
+from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.datamodule import DistilledDataModule, Signals
-from mwp.stages.distill import read_distilled
 from mwp.student.losses import LossTerm, terms_from_config
 from mwp.student.model import StudentBundle, build_student
 from mwp.student.module import StudentModule
@@ -61,7 +61,7 @@ def load_dense_teacher(path: str) -> T5ForConditionalGeneration:
 
 
 def teacher_signals(
-    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, run_dir: Path, data_path: Path
+    cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, run_dir: Path, data_path: Path
 ) -> Signals:
     """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
     from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path
@@ -95,7 +95,7 @@ def teacher_signals(
 
 
 def build_datamodule(
-    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, signals: Signals | None = None
+    cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, signals: Signals | None = None
 ) -> DistilledDataModule:
     d = cfg.data
     return DistilledDataModule(
