@@ -13,7 +13,6 @@ Each input line asks for the samples `first`..`last` of one problem; its custom_
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mwp.data.io import write_jsonl
+from mwp.data.io import DataError, read_jsonl_lines, write_jsonl
 from mwp.teachers.base import (
     Completion,
     SamplingParams,
@@ -88,17 +87,11 @@ def export_batch(
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TeacherError(f"{path}:{number}: not a JSON line: {err}") from err
-            if not isinstance(row, dict):
-                raise TeacherError(f"{path}:{number}: expected a JSON object")
-            yield number, row
+    """`(line, row)` of a batch file; a bad line is a TeacherError (file:line), as every teacher failure is."""
+    try:
+        yield from read_jsonl_lines(path)
+    except DataError as err:
+        raise TeacherError(str(err)) from None
 
 
 def _requests_by_id(path: Path) -> dict[str, tuple[TeacherRequest, str, SamplingParams]]:
