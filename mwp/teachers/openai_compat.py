@@ -1,4 +1,4 @@
-"""A teacher behind any OpenAI-compatible server: OpenAI itself, vLLM, llama.cpp, `mwp.teachers.serve`.
+"""A teacher behind any OpenAI-compatible server: OpenAI itself, vLLM, llama.cpp, tests/servers/openai_server.py.
 
 Requests go out concurrently (up to `concurrency` HTTP calls in flight) on an asyncio loop that
 `generate` drives itself; responses are yielded the moment they are complete, so the caller can

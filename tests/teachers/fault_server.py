@@ -6,7 +6,7 @@ one per POST: "ok", "429" (Retry-After seconds), "429ms" (retry-after-ms), "500"
 "slow" (answers after `slow_s`), "malformed" (200 with broken JSON), "drop" (closes the
 connection without answering), "partial" (headers, then half a body, then closes).
 
-Run as a script to serve until killed: python fault_server.py PORT_FILE [latency_s]
+Run from the repository root to serve until killed: python -m tests.teachers.fault_server PORT_FILE [latency_s]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from mwp.teachers.serve import JSONHandler, LoopbackServer
+from tests.servers.loopback import JSONHandler, LoopbackServer
 
 
 def echo_text(prompt: str, sample: int, call: int) -> str:
