@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "teachers"))
+sys.path.insert(1, str(REPO))  # fault_server imports tests.servers
 
 from fault_server import FaultServer  # noqa: E402
 

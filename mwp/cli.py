@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from mwp.config import register_resolvers
 from mwp.paths import REPO_ROOT
-from mwp.runtime import USER_ERRORS, discard_unclaimed_run_dir, quiet_third_party, set_process_defaults
+from mwp.runtime import USER_ERRORS, discard_unclaimed_run_dir, quiet_third_party, set_env_defaults
 
 CONFIG_DIR = str(REPO_ROOT / "conf")
 log = logging.getLogger("mwp")
@@ -39,7 +39,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    set_process_defaults()
+    set_env_defaults()
     register_resolvers()
     quiet_third_party()
     _app()

@@ -43,9 +43,16 @@ def discard_unclaimed_run_dir(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def set_process_defaults() -> None:
-    # Tokenizers' own thread pool deadlocks in DataLoader workers and warns on every fork.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ENV_DEFAULTS = {
+    # The fast tokenizers' thread pool deadlocks (and warns) once a DataLoader forks workers.
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def set_env_defaults() -> None:
+    """Set each of `ENV_DEFAULTS` unless the user has set it already (entry points only, never at import)."""
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def quiet_third_party() -> None:

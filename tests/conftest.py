@@ -9,13 +9,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path
 
 import pytest
 
+from mwp.config import register_resolvers
 from mwp.paths import default_data_dir, default_models_dir
+from mwp.runtime import set_env_defaults
+
+# What the `mwp` entry point does before Hydra composes: nothing in mwp does it at import.
+set_env_defaults()
+register_resolvers()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ register_resolvers()
 
 
 def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> DictConfig:
+    register_resolvers()  # idempotent; the conftest does it too
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     # Outside a Hydra run there is no runtime output dir to interpolate: name one (not created here).

@@ -84,7 +84,8 @@ def test_unknown_extraction_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_shards_partition_the_problems_and_merge_back(tmp_path: Path, distilled: tuple[Path, dict]) -> None:
-    from mwp.teachers.scale import merge_shards
+    from mwp.data.artifact import read_distilled
+    from mwp.teachers.scale import main as scale_main
 
     full_dir, full_stats = distilled
     parts = []
@@ -95,8 +96,9 @@ def test_shards_partition_the_problems_and_merge_back(tmp_path: Path, distilled:
         parts.append(tmp_path / f"shard{i}" / ARTIFACT)
     ids = [{json.loads(line)["id"] for line in p.read_text().splitlines()} for p in parts]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    merged = tmp_path / "merged.jsonl"
-    merge_shards(parts, merged)
-    full = {json.loads(line)["id"] for line in (full_dir / ARTIFACT).read_text().splitlines()}
-    assert {json.loads(line)["id"] for line in merged.read_text().splitlines()} == full
-    assert len(merged.read_text().splitlines()) == full_stats["samples_kept"]
+    merged = tmp_path / "merged" / ARTIFACT
+    scale_main(["merge", str(merged), *map(str, parts)])  # shards named distilled.jsonl merge as typed rows
+    full = {row.id for row in read_distilled(full_dir)}
+    rows = read_distilled(merged)
+    assert {row.id for row in rows} == full
+    assert len(rows) == full_stats["samples_kept"]

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoTokenizer
 
 from mwp.config import validate
+from mwp.data.artifact import DistilledRow
 from mwp.data.datamodule import DistilledDataModule, WindowedTrainLoader, teacher_positions
 from mwp.data.loaders import load_problems
 from mwp.pipeline import run
@@ -29,12 +30,12 @@ MAX_TARGET = 64
 
 
 @pytest.fixture(scope="module")
-def palm_rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def palm_rows(tmp_path_factory: pytest.TempPathFactory) -> list[DistilledRow]:
     """Kept rows of the recorded PaLM SVAMP teacher (no logprobs)."""
     out = tmp_path_factory.mktemp("palm")
     run_distill(compose_config(["stage=distill", "dataset.limit=12"], run_dir=out), out / "distill")
     rows = read_distilled(out / "distill")
-    assert rows and not any("logprobs" in r for r in rows)
+    assert rows and not any(r.logprobs for r in rows)
     return rows
 
 
@@ -54,17 +55,13 @@ def scorer():
 
 
 @pytest.fixture(scope="module")
-def scored_rows(palm_rows, scorer) -> list[dict]:
+def scored_rows(palm_rows, scorer) -> list[DistilledRow]:
     """Four PaLM rows with teacher-forced SmolLM2 logprobs, as a live teacher's rows carry them."""
-    from dataclasses import asdict
+    from dataclasses import replace
 
-    from mwp.data.problem import Problem
-
-    rows = [dict(r) for r in palm_rows[:4]]
-    scored = scorer.score([Problem.from_json(r["problem"]) for r in rows], [r["rationale"] for r in rows])
-    for row, logprobs in zip(rows, scored, strict=True):
-        row["logprobs"] = asdict(logprobs)
-    return rows
+    rows = palm_rows[:4]
+    scored = scorer.score([r.problem for r in rows], [r.rationale for r in rows])
+    return [replace(row, logprobs=logprobs) for row, logprobs in zip(rows, scored, strict=True)]
 
 
 # --- config ------------------------------------------------------------------------------------------
@@ -81,9 +78,9 @@ def test_loss_groups_compose_validate_and_name_bad_entries() -> None:
         validate(cfg)
         assert [t.kind for t in terms_from_config(list(cfg.loss.terms))] == kinds
     bad = [
-        (["loss=ce_kl", "loss.terms.1.tail=drop"], r"loss\.terms\[1\]\.tail"),
-        (["loss=ce_kl", "loss.terms.1.weight=-1"], r"loss\.terms\[1\]\.weight"),
-        (["loss=ce_kl", "+loss.terms.0.temprature=2"], r"loss\.terms\[0\]: unknown keys"),
+        (["loss=ce_kl", "loss.terms.1.tail=drop"], r"loss\.terms\.1\.tail"),
+        (["loss=ce_kl", "loss.terms.1.weight=-1"], r"loss\.terms\.1\.weight"),
+        (["loss=ce_kl", "+loss.terms.0.temprature=2"], r"loss\.terms\.0\.temprature: unknown key"),
         (["loss=ce_kl", "loss.signal.source=dense"], r"loss\.signal\.teacher_model"),
         (["loss=ce_kl", "loss.signal.missing=maybe"], r"loss\.signal\.missing"),
         (["trainer.accumulate_grad_batches=0"], r"trainer\.accumulate_grad_batches"),
@@ -100,16 +97,14 @@ def test_loss_groups_compose_validate_and_name_bad_entries() -> None:
 
 @pytest.mark.slow
 def test_scorer_logprobs_are_the_models_own_likelihood(palm_rows, scorer) -> None:
-    from mwp.data.problem import Problem
-
     rows = palm_rows[:2]
-    problems = [Problem.from_json(r["problem"]) for r in rows]
-    scored = scorer.score(problems, [r["rationale"] for r in rows])
+    problems = [r.problem for r in rows]
+    scored = scorer.score(problems, [r.rationale for r in rows])
     teacher = scorer.teacher
     for problem, row, logprobs in zip(problems, rows, scored, strict=True):
-        answer = teacher.tokenizer(row["rationale"], add_special_tokens=False)["input_ids"]
+        answer = teacher.tokenizer(row.rationale, add_special_tokens=False)["input_ids"]
         assert len(logprobs.tokens) == len(answer)
-        assert teacher.tokenizer.decode(answer) == row["rationale"]
+        assert teacher.tokenizer.decode(answer) == row.rationale
         for lp, top in zip(logprobs.logprobs, logprobs.top_logprobs, strict=True):
             assert len(top) == 5 and top == sorted(top, reverse=True) and lp <= top[0] + 1e-5
         # Independent reference: the model's own cross-entropy over the rationale, one sequence alone.
@@ -254,8 +249,6 @@ def _mean(values: list[float]) -> float:
 @pytest.mark.slow
 def test_smollm2_samples_train_a_tiny_student_with_ce_and_kl(t5_tokenizer, flan_t5_dir, tmp_path) -> None:
     pytest.importorskip("gguf")
-    from dataclasses import asdict
-
     from mwp.teachers.hf import HFTeacher
 
     problems = load_problems("multiarith", "train", limit=2)
@@ -271,13 +264,13 @@ def test_smollm2_samples_train_a_tiny_student_with_ce_and_kl(t5_tokenizer, flan_
                 if completion.text.strip():
                     # Every sample, right or wrong: this test is about learning from the signal.
                     rows.append(
-                        {
-                            "id": problem.id,
-                            "sample_index": index,
-                            "rationale": completion.text.strip(),
-                            "problem": problem.to_json(),
-                            "logprobs": asdict(completion.logprobs),
-                        }
+                        DistilledRow(
+                            problem=problem,
+                            rationale=completion.text.strip(),
+                            teacher=teacher.name,
+                            sample_index=index,
+                            logprobs=completion.logprobs,
+                        )
                     )
     finally:
         teacher.close()

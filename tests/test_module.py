@@ -29,7 +29,7 @@ def uneven_items(tmp_path_factory: pytest.TempPathFactory, flan_t5_dir: Path):
     """Four real PaLM SVAMP rows whose CoT targets differ a lot in length."""
     out = tmp_path_factory.mktemp("module")
     run_distill(compose_config(["stage=distill", "dataset.limit=40"], run_dir=out), out / "distill")
-    rows = sorted(read_distilled(out / "distill"), key=lambda r: len(r["rationale"]))
+    rows = sorted(read_distilled(out / "distill"), key=lambda r: len(r.rationale))
     picked = [rows[0], rows[-1], rows[len(rows) // 2], rows[1]]
     tokenizer = build_student("x", pretrained="never", fallback_config=flan_t5_dir, size=TINY).tokenizer
     items = build_train_items(picked, ["zero_shot_cot"], 0, seed=0)

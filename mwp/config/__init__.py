@@ -64,7 +64,7 @@ def _messages(err: ValidationError, container: dict[str, Any]) -> Iterator[str]:
         if _NAMES_A_KEY.match(message):
             yield message
             continue
-        if item["type"] == "extra_forbidden":
+        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             yield f"{key}: unknown key"
             continue
         if item["type"] == "missing":

@@ -162,6 +162,9 @@ class OpenAITeacherConfig(CachedTeacherConfig):
     price_input_per_1m: float = help_field(0.0, ge=0, help="USD per 1M prompt tokens, for the cost ledger")
     price_output_per_1m: float = help_field(0.0, ge=0, help="USD per 1M completion tokens")
     extra_body: dict[str, Any] = help_field({}, help="extra JSON fields sent with every request")
+    preflight: bool = help_field(
+        True, help="GET /models once before sampling: fail at once on a wrong URL, a bad key or no server"
+    )
 
 
 class HFTeacherConfig(CachedTeacherConfig):

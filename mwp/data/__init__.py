@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from mwp.data.artifact import DistilledRow, read_distilled, write_distilled
+from mwp.data.format_names import EVAL_FORMATS, FORMATS, Format
 from mwp.data.formats import (
     COT_TRIGGER,
-    FORMATS,
     Example,
-    Format,
     answer_target,
     build_example,
     build_source,
@@ -18,9 +18,13 @@ from mwp.data.formats import (
 from mwp.data.io import (
     DataError,
     append_jsonl,
+    encode_jsonl_line,
+    parse_jsonl_line,
+    read_complete_jsonl,
     read_json,
     read_jsonl,
     read_jsonl_lines,
+    scan_jsonl,
     write_json,
     write_jsonl,
 )
@@ -40,8 +44,10 @@ from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
 __all__ = [
     "ANSWER_PREFIX",
     "COT_TRIGGER",
+    "EVAL_FORMATS",
     "FORMATS",
     "DataError",
+    "DistilledRow",
     "Example",
     "Format",
     "Problem",
@@ -54,18 +60,24 @@ __all__ = [
     "build_source",
     "canonical_name",
     "cot_target",
+    "encode_jsonl_line",
     "find_chinese_numbers",
     "gold_answer_text",
     "join_body_question",
     "load_problems",
     "match_svamp_teacher_rows",
+    "parse_jsonl_line",
+    "read_complete_jsonl",
+    "read_distilled",
     "read_json",
     "read_jsonl",
     "read_jsonl_lines",
     "resolve_data_dir",
     "sample_exemplars",
+    "scan_jsonl",
     "to_student_text",
     "token_counter",
+    "write_distilled",
     "write_json",
     "write_jsonl",
 ]

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
+from mwp.data.artifact import DistilledRow
 from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
 from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
@@ -60,7 +61,7 @@ class TrainItem:
 
 
 def build_train_items(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[DistilledRow],
     formats: Sequence[str],
     num_exemplars: int,
     seed: int,
@@ -78,7 +79,7 @@ def build_train_items(
     if unknown or not formats:
         raise ValueError(f"data.formats must be a non-empty subset of {list(FORMATS)}, got {list(formats)}")
     rng = random.Random(seed)
-    pool = [(Problem.from_json(r["problem"]), r["rationale"]) for r in rows]
+    pool = [(r.problem, r.rationale) for r in rows]
     items: list[TrainItem] = []
     answered: set[tuple[str, str]] = set()
     for position, (problem, rationale) in enumerate(pool):
@@ -318,7 +319,7 @@ class DistilledDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[DistilledRow],
         tokenizer: PreTrainedTokenizerBase,
         *,
         formats: Sequence[str] = ("zero_shot_cot",),
@@ -366,7 +367,7 @@ class DistilledDataModule(pl.LightningDataModule):
             return
         by_problem: dict[str, list[int]] = defaultdict(list)
         for index, row in enumerate(self.rows):
-            by_problem[row["id"]].append(index)
+            by_problem[row.id].append(index)
         train_ids, val_ids = split_problem_ids(list(by_problem), self.val_fraction, self.seed)
         self.train_ids = set(train_ids)
         train_indices = [i for pid in sorted(train_ids) for i in by_problem[pid]]
@@ -381,9 +382,7 @@ class DistilledDataModule(pl.LightningDataModule):
             count_tokens=token_counter(self.tokenizer),
         )
         self.train_examples = [item.example for item in self.train_items]
-        val_problems = [
-            Problem.from_json(self.rows[by_problem[pid][0]]["problem"]) for pid in sorted(val_ids)
-        ]
+        val_problems = [self.rows[by_problem[pid][0]].problem for pid in sorted(val_ids)]
         self.val_items = eval_items(val_problems, self.eval_format)
 
     def train_collator(self) -> TrainCollator:

@@ -61,34 +61,77 @@ def read_jsonl_lines(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Like `read_jsonl`, yielding `(line_number, row)` so callers can name the line in their own errors."""
     path = Path(path)
+    for line_no, _, raw in scan_jsonl(path):
+        if not raw.strip():
+            continue
+        if raw.endswith(b"\n") or not skip_partial_tail:
+            yield line_no, parse_jsonl_line(raw, path=path, line=line_no)
+            continue
+        try:  # only the last line can lack its newline
+            row = parse_jsonl_line(raw, path=path, line=line_no)
+        except DataError:
+            log.warning("%s:%d: skipping an incomplete last row (%d bytes)", path, line_no, len(raw))
+            return
+        yield line_no, row
+
+
+def read_complete_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSON-lines file that another process may still be appending to (or was killed writing).
+
+    A row counts only once its newline is written, so a last line without one is ignored (with a
+    warning) even if it parses. Returns (rows, byte offset just past the last complete line); a bad
+    complete line is corruption, not a crash, and raises a DataError naming the file and line.
+    """
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    complete_end = 0
+    for line_no, offset, raw in scan_jsonl(path):
+        if not raw.endswith(b"\n"):
+            log.warning("%s: ignoring a torn last line (%d bytes without a newline)", path, len(raw))
+            break
+        complete_end = offset + len(raw)
+        if raw.strip():
+            rows.append(parse_jsonl_line(raw, path=path, line=line_no))
+    return rows, complete_end
+
+
+def scan_jsonl(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """`(line number, byte offset, raw line)` for every line of `path`, newline included where written.
+
+    Bytes, not text: offsets stay exact (the completion cache indexes them), and a file that is not
+    UTF-8 fails in `parse_jsonl_line` with its name and line instead of a bare UnicodeDecodeError.
+    """
+    path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
     with handle:
+        offset = 0
         for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            if raw.endswith("\n") or not skip_partial_tail:
-                yield line_no, _parse_line(path, line_no, raw)
-                continue
-            try:  # only the last line can lack its newline
-                row = _parse_line(path, line_no, raw)
-            except DataError:
-                log.warning("%s:%d: skipping an incomplete last row (%d chars)", path, line_no, len(raw))
-                return
-            yield line_no, row
+            yield line_no, offset, raw
+            offset += len(raw)
 
 
-def _parse_line(path: Path, line_no: int, raw: str) -> dict[str, Any]:
+def parse_jsonl_line(
+    raw: bytes | str, *, path: str | Path | None = None, line: int | None = None
+) -> dict[str, Any]:
+    """One JSON-lines row as a dict; any defect (encoding, syntax, not an object) is a DataError at path:line."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"not UTF-8 text (byte {err.start} of the line); is this a JSON-lines file?",
+                path=path,
+                line=line,
+            ) from None
     try:
         row = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise DataError(
-            f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line_no
-        ) from None
+        raise DataError(f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line) from None
     if not isinstance(row, dict):
-        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line_no)
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line)
     return row
 
 
@@ -99,6 +142,8 @@ def read_json(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text (byte {err.start}); is this a JSON file?", path=path) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -107,10 +152,15 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
-def _dump_row(row: Any) -> str:
+def encode_jsonl_line(row: Any, *, allow_nan: bool = True) -> bytes:
+    """One row as the UTF-8 bytes of a JSON line, newline included: what every writer here appends."""
+    return (_dump_row(row, allow_nan=allow_nan) + "\n").encode("utf-8")
+
+
+def _dump_row(row: Any, *, allow_nan: bool = True) -> str:
     if not isinstance(row, dict):
         raise TypeError(f"a JSON-lines row must be a dict, got {type(row).__name__}")
-    return json.dumps(row, ensure_ascii=False)
+    return json.dumps(row, ensure_ascii=False, allow_nan=allow_nan)
 
 
 def _write_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:

@@ -5,7 +5,6 @@ Output (in `out_dir`): `distilled.jsonl`, one kept sample per row, and `stats.js
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mwp.data.io import append_jsonl, read_jsonl
+from mwp.data.artifact import ARTIFACT, DistilledRow, read_distilled
+from mwp.data.io import append_jsonl, write_json
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.teachers.base import Teacher, TeacherRequest
@@ -30,7 +30,8 @@ from mwp.verify.numbers import format_number
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "distilled.jsonl"
+__all__ = ["ARTIFACT", "STATS", "DistillStats", "distill", "read_distilled", "run_distill"]
+
 STATS = "stats.json"
 
 
@@ -133,24 +134,22 @@ def distill(
                 continue
             kept_here.add(key)
             stats.samples_kept += 1
-            row: dict[str, Any] = {
-                "id": problem.id,
-                "sample_index": index,
-                "rationale": rationale,
-                "pred": format_number(pred),
-                "teacher": teacher.name,
-                "problem": problem.to_json(),
-            }
-            if completion.logprobs is not None:
-                row["logprobs"] = asdict(completion.logprobs)
-            append_jsonl(partial, row)
+            row = DistilledRow(
+                problem=problem,
+                rationale=rationale,
+                teacher=teacher.name,
+                sample_index=index,
+                pred=format_number(pred),
+                logprobs=completion.logprobs,
+            )
+            append_jsonl(partial, row.to_json())
         progress.update(len(response.completions), kept=stats.samples_kept - kept_before, cost=usage.cost_usd)
     progress.close()
     stats.problems_kept = sum(1 for ids in seen.values() if ids)
     if not partial.exists():
         partial.touch()
     partial.replace(out_dir / ARTIFACT)
-    (out_dir / STATS).write_text(json.dumps(stats.to_json(), indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / STATS, stats.to_json())
     return stats
 
 
@@ -191,13 +190,3 @@ def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
         out_dir / ARTIFACT,
     )
     return stats
-
-
-def read_distilled(path: Path) -> list[dict[str, Any]]:
-    if path.is_dir():
-        path = path / ARTIFACT
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no distilled data at {path}: run `mwp stage=distill` first or set stage.data"
-        )
-    return list(read_jsonl(path))

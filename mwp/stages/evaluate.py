@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+from mwp.data.io import write_json
 from mwp.data.loaders import load_problems
 from mwp.evaluation.evaluate import EvalResult, evaluate_problems, format_table, save_predictions
 from mwp.loggers import log_metrics, log_table
@@ -67,8 +67,6 @@ def run_evaluate(
         )
         log_table(loggers, f"predictions/{spec.name}_{spec.split}", result.predictions)
         results.append(result)
-    (out_dir / "results.json").write_text(
-        json.dumps([r.summary() for r in results], indent=2) + "\n", encoding="utf-8"
-    )
+    write_json(out_dir / "results.json", [r.summary() for r in results])
     print(format_table(results, title=f"Evaluation of {student_dir}"), flush=True)
     return results

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from mwp.data.artifact import DistilledRow
 from mwp.data.formats import COT_TRIGGER, cot_target
 from mwp.data.problem import Problem
 from mwp.teachers.alignment import TokenAligner
@@ -53,15 +54,16 @@ def signals_path(run_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     return Path(run_dir) / SIGNALS_DIR / f"{tokenizer_id(tokenizer)}.safetensors"
 
 
-def target_text(row: Mapping[str, Any]) -> str:
+def target_text(row: DistilledRow) -> str:
     """The CoT target the student trains on for this distilled row."""
-    return cot_target(Problem.from_json(row["problem"]), row["rationale"])
+    return cot_target(row.problem, row.rationale)
 
 
-def _fingerprint(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+def _fingerprint(rows: Sequence[DistilledRow], settings: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for row in rows:
-        digest.update(json.dumps([row["id"], row["rationale"], row.get("logprobs")], sort_keys=True).encode())
+        logprobs = asdict(row.logprobs) if row.logprobs is not None else None
+        digest.update(json.dumps([row.id, row.rationale, logprobs], sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
 
@@ -191,18 +193,13 @@ class TeacherForcedScorer:
         self.teacher.close()
 
 
-def _teacher_logprobs(row: Mapping[str, Any], where: str) -> TokenLogprobs | None:
-    raw = row.get("logprobs")
-    if not raw:
-        return None
-    try:
-        return TokenLogprobs(**raw)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: malformed logprobs ({err})") from err
+def _teacher_logprobs(row: DistilledRow, where: str) -> TokenLogprobs | None:
+    # DistilledRow.from_json has validated them already, naming the artifact's file and line.
+    return row.logprobs
 
 
 def prepare_signals(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[DistilledRow],
     tokenizer: PreTrainedTokenizerBase,
     out_path: Path,
     *,
@@ -245,16 +242,16 @@ def prepare_signals(
     if unscored and missing == "error":
         raise ValueError(
             f"{source}: {len(unscored)} of {len(rows)} rows have no teacher logprobs (first: row "
-            f"{unscored[0] + 1}, {rows[unscored[0]]['id']}); distil with a teacher that reports them "
+            f"{unscored[0] + 1}, {rows[unscored[0]].id}); distil with a teacher that reports them "
             "(teacher.top_logprobs > 0) or set loss.signal.missing=score or empty"
         )
     scored = 0
     if unscored and missing == "score":
         assert scorer is not None
         log.info("scoring %d rows without logprobs through %s", len(unscored), scorer.identity)
-        problems = [Problem.from_json(rows[i]["problem"]) for i in unscored]
+        problems = [rows[i].problem for i in unscored]
         for i, logprobs in zip(
-            unscored, scorer.score(problems, [rows[i]["rationale"] for i in unscored]), strict=True
+            unscored, scorer.score(problems, [rows[i].rationale for i in unscored]), strict=True
         ):
             teacher_rows[i] = logprobs
             scored += 1

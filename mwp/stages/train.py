@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from transformers import T5ForConditionalGeneration
 
+from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.datamodule import DistilledDataModule, Signals
-from mwp.stages.distill import read_distilled
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
@@ -71,7 +71,7 @@ def load_dense_teacher(path: str) -> T5ForConditionalGeneration:
 
 
 def teacher_signals(
-    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, run_dir: Path, data_path: Path
+    cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, run_dir: Path, data_path: Path
 ) -> Signals:
     """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
     from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path
@@ -105,7 +105,7 @@ def teacher_signals(
 
 
 def build_datamodule(
-    cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, signals: Signals | None = None
+    cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, signals: Signals | None = None
 ) -> DistilledDataModule:
     return instantiate(
         cfg.data, rows=rows, tokenizer=tokenizer, signals=signals, seed=cfg.seed, _convert_="all"

@@ -1,7 +1,7 @@
 """Batch files: sampling requests as OpenAI Batch API JSONL (also what `vllm run-batch` reads), and back.
 
     python -m mwp.teachers.batch export --dataset multiarith --split train --prompt cot_fewshot \
-        --teacher openai --set model=gpt-4o-mini n=8 --out batch_input.jsonl
+        --teacher openai --out batch_input.jsonl teacher.model=gpt-4o-mini teacher.n=8
     # upload to the Batch API, or: vllm run-batch -i batch_input.jsonl -o results.jsonl --model ...
     mwp stage=distill dataset=multiarith teacher=batch_file \
         teacher.results=results.jsonl teacher.requests=batch_input.jsonl
@@ -13,7 +13,6 @@ Each input line asks for the samples `first`..`last` of one problem; its custom_
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mwp.data.io import write_jsonl
+from mwp.data.io import DataError, read_jsonl_lines, write_jsonl
 from mwp.teachers.base import (
     Completion,
     SamplingParams,
@@ -88,17 +87,11 @@ def export_batch(
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TeacherError(f"{path}:{number}: not a JSON line: {err}") from err
-            if not isinstance(row, dict):
-                raise TeacherError(f"{path}:{number}: expected a JSON object")
-            yield number, row
+    """`(line, row)` of a batch file; a bad line is a TeacherError (file:line), as every teacher failure is."""
+    try:
+        yield from read_jsonl_lines(path)
+    except DataError as err:
+        raise TeacherError(str(err)) from None
 
 
 def _requests_by_id(path: Path) -> dict[str, tuple[TeacherRequest, str, SamplingParams]]:
@@ -203,43 +196,79 @@ class BatchFileTeacher(Teacher):
                 yield TeacherResponse(request, stored.completions[: params.n])
 
 
+def compose_export_config(
+    teacher: str, prompt: str, dataset: str, overrides: Sequence[str] = (), data_dir: str | None = None
+) -> Any:
+    """The run config `mwp stage=distill teacher=... prompt=... dataset=...` would see.
+
+    Composed by Hydra from the repo's conf/, so a teacher's `defaults` (conf/teacher/vllm.yaml
+    extends openai.yaml) are inherited exactly as in a distill run; loading one YAML file by hand
+    lost them and exported n=1 at temperature 0.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from mwp.config import register_resolvers
+    from mwp.paths import REPO_ROOT
+
+    register_resolvers()
+    choices = [f"teacher={teacher}", f"prompt={prompt}", f"dataset={dataset}"]
+    if data_dir is not None:
+        choices.append(f"paths.data_dir={data_dir}")
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*choices, *overrides])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export sampling requests as an OpenAI Batch API file.")
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write batch input JSONL for a dataset split")
-    export.add_argument("--dataset", required=True)
-    export.add_argument("--split", default="train")
-    export.add_argument("--limit", type=int, default=None)
-    export.add_argument("--data-dir", default=None)
-    export.add_argument("--prompt", default="cot_zeroshot", help="conf/prompt/<name>.yaml or a path")
-    export.add_argument("--teacher", default="openai", help="conf/teacher/<name>.yaml or a path")
+    export.add_argument("--dataset", required=True, help="conf/dataset/<name>.yaml")
+    export.add_argument("--split", default=None, help="default: the dataset's train_split")
+    export.add_argument("--limit", type=int, default=None, help="default: dataset.limit")
+    export.add_argument("--data-dir", default=None, help="default: paths.data_dir")
+    export.add_argument("--prompt", default="cot_zeroshot", help="conf/prompt/<name>.yaml")
+    export.add_argument("--teacher", default="openai", help="conf/teacher/<name>.yaml")
     export.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher overrides, e.g. n=8"
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="teacher overrides, e.g. model=gpt-4o-mini n=8",
     )
     export.add_argument("--samples-per-line", type=int, default=None)
     export.add_argument("--out", required=True)
+    export.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides, as for `mwp`: teacher.n=4 prompt.system=...",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from mwp.data.loaders import load_problems
-    from mwp.paths import REPO_ROOT
     from mwp.teachers.factory import sampling_params
     from mwp.teachers.prompts import build_requests, prompt_stop
 
-    def load_conf(group: str, name: str) -> Any:
-        path = Path(name) if name.endswith(".yaml") else REPO_ROOT / "conf" / group / f"{name}.yaml"
-        if not path.is_file():
-            raise SystemExit(f"--{group}: {path} does not exist")
-        return OmegaConf.load(path)
-
-    teacher_conf = OmegaConf.merge(load_conf("teacher", args.teacher), OmegaConf.from_dotlist(args.set))
-    teacher = OmegaConf.to_container(teacher_conf, resolve=True)
+    overrides = [*(f"teacher.{kv}" for kv in args.set), *args.overrides]
+    try:
+        cfg = compose_export_config(args.teacher, args.prompt, args.dataset, overrides, args.data_dir)
+        if OmegaConf.is_missing(cfg.teacher, "model"):
+            raise SystemExit(f"teacher.model is not set for teacher={args.teacher}: pass --set model=NAME")
+        teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+        prompt = cfg.get("prompt")
+        data_dir = str(cfg.paths.data_dir)
+        split = args.split or str(cfg.dataset.train_split)
+        limit = args.limit if args.limit is not None else cfg.dataset.get("limit")
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SystemExit(f"export: {err}") from None
     assert isinstance(teacher, dict)
-    problems = load_problems(args.dataset, args.split, args.data_dir, limit=args.limit)
-    prompt = load_conf("prompt", args.prompt)
-    requests = build_requests(problems, prompt, data_dir=args.data_dir)
+    problems = load_problems(cfg.dataset.name, split, data_dir, limit=limit)
+    requests = build_requests(problems, prompt, data_dir=data_dir)
     params = sampling_params(teacher)
     params = replace(params, stop=tuple(dict.fromkeys([*params.stop, *prompt_stop(prompt)])))
     count = export_batch(

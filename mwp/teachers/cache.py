@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mwp.data.io import DataError, encode_jsonl_line, parse_jsonl_line, scan_jsonl
 from mwp.teachers.base import Completion, SamplingParams, Teacher, TeacherRequest, TeacherResponse
 from mwp.teachers.scale import UsageLedger
 
@@ -92,16 +93,13 @@ class CompletionCache:
         with self._locked():
             size = os.fstat(self._fd).st_size
             offset = 0
-            with self.path.open("rb") as f:
-                for raw in f:
-                    if not raw.endswith(b"\n"):
-                        log.warning(
-                            "%s: dropping a torn last line (%d bytes, no newline)", self.path, len(raw)
-                        )
-                        break
-                    self._lines += 1
-                    self._index(raw, offset)
-                    offset += len(raw)
+            for _, start, raw in scan_jsonl(self.path):
+                if not raw.endswith(b"\n"):
+                    log.warning("%s: dropping a torn last line (%d bytes, no newline)", self.path, len(raw))
+                    break
+                self._lines += 1
+                self._index(raw, start)
+                offset = start + len(raw)
             if offset < size:
                 os.ftruncate(self._fd, offset)
 
@@ -114,13 +112,13 @@ class CompletionCache:
             key = match.group(1).decode()
             indices = [int(x) for x in match.group(2).split(b",") if x.strip()]
         else:
+            row = parse_jsonl_line(raw, path=self.path, line=number)
             try:
-                row = json.loads(raw)
                 key, indices = str(row["key"]), [int(i) for i in row["indices"]]
                 if len(indices) != len(row["completions"]):
                     raise ValueError("indices and completions differ in length")
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{self.path}:{number}: not a cache entry: {err}") from err
+                raise DataError(f"not a cache entry: {err!r}", path=self.path, line=number) from err
         slot = self._entries.setdefault(key, {})
         for position, index in enumerate(indices):
             if index in slot:
@@ -140,14 +138,17 @@ class CompletionCache:
         found: dict[int, Completion] = {}
         for index, (number, offset, length, position) in slot.items():
             if offset not in rows:
+                raw = os.pread(self._fd, length, offset)
                 try:
-                    rows[offset] = json.loads(os.pread(self._fd, length, offset))["completions"]
-                except (KeyError, TypeError, ValueError) as err:
-                    raise ValueError(f"{self.path}:{number}: not a cache entry: {err}") from err
+                    rows[offset] = parse_jsonl_line(raw, path=self.path, line=number)["completions"]
+                except KeyError as err:
+                    raise DataError(f"not a cache entry: {err!r}", path=self.path, line=number) from err
             try:
                 found[index] = Completion.from_json(rows[offset][position])
             except (IndexError, KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{self.path}:{number}: completion {position} is malformed: {err}") from err
+                raise DataError(
+                    f"completion {position} is malformed: {err}", path=self.path, line=number
+                ) from err
         return found
 
     def indices(self, key: str) -> set[int]:
@@ -167,7 +168,7 @@ class CompletionCache:
             "problem_id": problem_id,
             "completions": [c.to_json() for c in completions],
         }
-        line = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        line = encode_jsonl_line(row, allow_nan=False)
         with self._locked():
             offset = os.lseek(self._fd, 0, os.SEEK_END)
             written = 0

@@ -1,4 +1,4 @@
-"""A teacher behind any OpenAI-compatible server: OpenAI itself, vLLM, llama.cpp, `mwp.teachers.serve`.
+"""A teacher behind any OpenAI-compatible server: OpenAI itself, vLLM, llama.cpp, tests/servers/openai_server.py.
 
 Requests go out concurrently (up to `concurrency` HTTP calls in flight) on an asyncio loop that
 `generate` drives itself; responses are yielded the moment they are complete, so the caller can
@@ -6,6 +6,11 @@ store each at once. Rate limits (429), server errors (5xx), timeouts, dropped co
 malformed bodies are retried with exponential backoff that honours `Retry-After`; when the retries
 run out a TeacherError names the server and the last status. The API key is read from the
 environment variable named by `api_key_env` and is never logged or stored.
+
+Before the first request, one `GET /models` checks that the server is there at all: a wrong
+`base_url` (connection refused, 404) or a rejected key (401/403) fails at once with a one-line error
+instead of minutes of backoff. Only an answer that no retry can fix fails it; a busy server
+(429, 5xx, a timeout) is left to the run's own retries.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 
 OPENAI_URL = "https://api.openai.com/v1"
 # A logprob the server left out (null); JSON has no -inf.
 MISSING_LOGPROB = -9999.0
+# The pre-flight GET /models waits at most this long: it is a liveness check, not a request.
+PREFLIGHT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -72,6 +79,7 @@ class OpenAITeacher(Teacher):
         price_input_per_1m: float = 0.0,
         price_output_per_1m: float = 0.0,
         extra_body: dict[str, Any] | None = None,
+        preflight: bool = True,
     ) -> None:
         if endpoint not in ("chat", "completions"):
             raise ValueError(f"teacher.endpoint must be 'chat' or 'completions', got {endpoint!r}")
@@ -103,6 +111,8 @@ class OpenAITeacher(Teacher):
         self.max_n_per_call = max_n_per_call
         self.max_tokens_param = max_tokens_param
         self.extra_body = dict(extra_body or {})
+        self.preflight = preflight
+        self._checked = False
         self.usage = UsageLedger(
             price_input_per_1m=price_input_per_1m, price_output_per_1m=price_output_per_1m
         )
@@ -133,6 +143,9 @@ class OpenAITeacher(Teacher):
         client = self._client()
         stream = self._agenerate(client, requests, params)
         try:
+            if self.preflight and not self._checked:
+                loop.run_until_complete(self._check(client))
+                self._checked = True
             while True:
                 try:
                     response = loop.run_until_complete(stream.__anext__())
@@ -145,6 +158,49 @@ class OpenAITeacher(Teacher):
                 loop.run_until_complete(client.close())
             finally:
                 loop.close()
+
+    def check(self) -> None:
+        """Fail now, with one line naming teacher.base_url, if the server cannot serve this run at all."""
+        loop = asyncio.new_event_loop()
+        client = self._client()
+        try:
+            loop.run_until_complete(self._check(client))
+            self._checked = True
+        finally:
+            try:
+                loop.run_until_complete(client.close())
+            finally:
+                loop.close()
+
+    async def _check(self, client: Any) -> None:
+        import openai
+
+        where = f"teacher.base_url={self.base_url}"
+        try:
+            await client.models.list(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in (401, 403):
+                # The server's message may echo (part of) the key: leave it out.
+                key = f"the key in ${self.api_key_env}" if self.api_key_env else "the request"
+                raise TeacherError(
+                    f"{where}: HTTP {status} on GET /models: {key} was rejected (set teacher.api_key_env "
+                    "to the variable holding a valid key)"
+                ) from None
+            if status == 404:
+                raise TeacherError(
+                    f"{where}: HTTP 404 on GET {self.base_url}/models: no OpenAI-compatible API there "
+                    "(base_url should be the API root, e.g. http://host:8000/v1)"
+                ) from None
+            log.warning("%s: GET /models answered HTTP %d; sampling anyway (retries apply)", where, status)
+        except openai.APITimeoutError:
+            log.warning("%s: GET /models timed out; sampling anyway (retries apply)", where)
+        except openai.APIConnectionError as err:
+            cause = err.__cause__ or err
+            raise TeacherError(
+                f"{where}: cannot connect ({_short(str(cause) or type(cause).__name__, 160)}); "
+                "is the server running and the URL right?"
+            ) from None
 
     def _client(self) -> Any:
         from openai import AsyncOpenAI

