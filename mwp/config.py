@@ -59,7 +59,7 @@ def validate_loss(cfg: DictConfig) -> None:
     terms = terms_from_config(OmegaConf.to_container(loss.terms, resolve=True))  # type: ignore[arg-type]
     if not any(t.needs_teacher for t in terms):
         return
-    from mwp.stages.signals import MISSING_CHOICES
+    from mwp.signals.build import MISSING_CHOICES
 
     try:
         signal = loss.signal

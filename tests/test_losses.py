@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
+from mwp.signals import DenseSignal, SparseBatch, collate_sparse
 from mwp.student.losses import (
     KINDS,
     TAIL_LOGPROB_FLOOR,
     TAILS,
     LossTerm,
-    SparseTarget,
     combine,
     count_tokens,
     cross_entropy,
@@ -27,7 +27,6 @@ from mwp.student.losses import (
     reverse_kl,
     token_mean,
 )
-from mwp.teachers.signals import DenseSignal, collate_sparse
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -37,18 +36,18 @@ def _logits(*shape: int, seed: int, scale: float = 2.0) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
 
-def _full_sparse(teacher_logits: torch.Tensor, seed: int = 0) -> SparseTarget:
+def _full_sparse(teacher_logits: torch.Tensor, seed: int = 0) -> SparseBatch:
     """All V ids of a dense teacher, in a shuffled slot order."""
     g = torch.Generator().manual_seed(seed)
     b, length, v = teacher_logits.shape
     ids = torch.stack([torch.randperm(v, generator=g) for _ in range(b * length)]).view(b, length, v)
     logprobs = teacher_logits.log_softmax(-1).gather(-1, ids)
-    return SparseTarget(ids, logprobs, torch.ones(b, length, dtype=torch.bool))
+    return SparseBatch(ids, logprobs, torch.ones(b, length, dtype=torch.bool))
 
 
-def _top_k(teacher_logits: torch.Tensor, k: int) -> SparseTarget:
+def _top_k(teacher_logits: torch.Tensor, k: int) -> SparseBatch:
     logprobs, ids = teacher_logits.log_softmax(-1).topk(k, dim=-1)
-    return SparseTarget(ids, logprobs, torch.ones(ids.shape[:2], dtype=torch.bool))
+    return SparseBatch(ids, logprobs, torch.ones(ids.shape[:2], dtype=torch.bool))
 
 
 def _kl_numpy(p: np.ndarray, q: np.ndarray) -> float:
@@ -164,7 +163,7 @@ def test_tail_bucket_and_renormalize_on_a_hand_computed_example() -> None:
     teacher_p = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
     student_q = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
     student = student_q.log().view(1, 1, 3)
-    top2 = SparseTarget(
+    top2 = SparseBatch(
         torch.tensor([[[0, 1]]]), teacher_p[:2].log().view(1, 1, 2), torch.ones(1, 1, dtype=torch.bool)
     )
     ln = math.log
@@ -203,8 +202,8 @@ def test_padding_slots_and_masked_positions_are_inert() -> None:
     mask = torch.tensor([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0]], dtype=torch.bool)
     ids[~mask] = -1
     logprobs[~mask] = float("-inf")
-    padded = SparseTarget(ids, logprobs, mask)
-    plain = SparseTarget(top.ids, top.logprobs, mask)
+    padded = SparseBatch(ids, logprobs, mask)
+    plain = SparseBatch(top.ids, top.logprobs, mask)
     for kind in DIVERGENCES:
         for tail in TAILS:
             grads = []
@@ -281,7 +280,7 @@ def test_combine_is_the_weighted_sum_of_the_functions_and_fusion_is_exact() -> N
     labels[0, 3:] = -100
     labels[2, 1:] = -100
     top = _top_k(teacher, 4)
-    top = SparseTarget(top.ids, top.logprobs, torch.tensor([[1, 0, 1, 1, 1]] * b, dtype=torch.bool))
+    top = SparseBatch(top.ids, top.logprobs, torch.tensor([[1, 0, 1, 1, 1]] * b, dtype=torch.bool))
     terms = [
         LossTerm("ce", weight=0.5),
         LossTerm("kl", weight=2.0),
@@ -409,17 +408,17 @@ def test_accumulated_micro_batches_match_one_batch(tiny_t5, data_dir) -> None:
                 input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]
             ).logits
             loss = combine(
-                terms, logits, part["labels"], SparseTarget.from_batch(part), global_n_tokens=global_counts
+                terms, logits, part["labels"], SparseBatch.from_batch(part), global_n_tokens=global_counts
             )
             loss.total.backward()
         return {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
 
     full = batch([0, 1, 2, 3])
     micro = [batch([0, 1]), batch([2, 3])]
-    per_micro = [count_tokens(terms, m["labels"], SparseTarget.from_batch(m)) for m in micro]
+    per_micro = [count_tokens(terms, m["labels"], SparseBatch.from_batch(m)) for m in micro]
     assert per_micro[0]["ce"] != per_micro[1]["ce"]
     global_counts = {name: per_micro[0][name] + per_micro[1][name] for name in per_micro[0]}
-    assert global_counts == count_tokens(terms, full["labels"], SparseTarget.from_batch(full))
+    assert global_counts == count_tokens(terms, full["labels"], SparseBatch.from_batch(full))
 
     one_batch = step([full], None)
     accumulated = step(micro, global_counts)

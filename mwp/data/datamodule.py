@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mwp.data.formats import FORMATS, Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
-from mwp.teachers.signals import SparseSignal, collate_sparse
+from mwp.signals import SparseBatch, SparseSignal, collate_sparse, supervised_positions
 from mwp.verify.numbers import format_number
 
 ANSWER_ONLY = {"zero_shot_answer", "in_context_answer"}
@@ -137,22 +137,6 @@ def _signal_of(signals: Signals | None, item: TrainItem) -> SparseSignal | None:
     return signals[item.signal_row]
 
 
-def _teacher_batch(
-    signals: Sequence[SparseSignal | None], labels: torch.Tensor, k: int | None
-) -> dict[str, torch.Tensor]:
-    empty = SparseSignal.empty(0, target_ids=torch.zeros(0, dtype=torch.int32))
-    return collate_sparse(
-        [s if s is not None else empty for s in signals], labels.shape[1], labels=labels, k=k
-    )
-
-
-def teacher_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`[B, L]` positions where a sparse distillation term counts: labelled, masked in, with some id
-    (the positions `mwp.student.losses.count_tokens` counts for such a term)."""
-    has_any = ((batch["teacher_ids"] >= 0) & (batch["teacher_logprobs"].float() > float("-inf"))).any(-1)
-    return (batch["labels"] != -100) & batch["teacher_mask"] & has_any
-
-
 def example_token_counts(
     items: Sequence[TrainItem],
     tokenizer: PreTrainedTokenizerBase,
@@ -173,9 +157,8 @@ def example_token_counts(
         signal = _signal_of(signals, item)
         if signal is not None:
             labels = torch.tensor([ids], dtype=torch.long)
-            counts[n, 1] = int(
-                teacher_positions({"labels": labels, **_teacher_batch([signal], labels, k)}).sum()
-            )
+            teacher = SparseBatch.from_batch(collate_sparse([signal], labels.shape[1], labels=labels, k=k))
+            counts[n, 1] = int(supervised_positions(labels, teacher).sum())
     return counts
 
 
@@ -263,7 +246,7 @@ class TrainCollator:
         out: dict[str, Any] = self.seq2seq([item.example for item in items])
         if self.signals is not None:
             signals = [_signal_of(self.signals, item) for item in items]
-            out.update(_teacher_batch(signals, out["labels"], self.k))
+            out.update(collate_sparse(signals, out["labels"].shape[1], labels=out["labels"], k=self.k))
         groups = {counts for _, counts in batch}
         if len(groups) == 1 and None not in groups:
             (counts,) = groups

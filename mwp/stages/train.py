@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from transformers import T5ForConditionalGeneration
 
 from mwp.data.datamodule import DistilledDataModule, Signals
+from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
 from mwp.stages.distill import read_distilled
 from mwp.student.losses import LossTerm, terms_from_config
 from mwp.student.model import StudentBundle, build_student
@@ -50,21 +50,11 @@ def loss_terms(cfg: DictConfig) -> list[LossTerm]:
     return terms_from_config(OmegaConf.to_container(cfg.loss.terms, resolve=True))  # type: ignore[arg-type]
 
 
-def load_dense_teacher(path: str) -> T5ForConditionalGeneration:
-    """A same-vocabulary T5 teacher from a local checkpoint folder (`loss.signal.teacher_model`)."""
-    try:
-        return T5ForConditionalGeneration.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"loss.signal.teacher_model={path!r}: no T5 checkpoint could be loaded ({err})"
-        ) from err
-
-
 def teacher_signals(
     cfg: DictConfig, rows: list[dict[str, Any]], tokenizer: Any, run_dir: Path, data_path: Path
 ) -> Signals:
     """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
-    from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path
+    from mwp.signals import TeacherForcedScorer, prepare_signals, signals_path
 
     signal = cfg.loss.signal
     scorer = None
@@ -125,12 +115,13 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
     terms = loss_terms(cfg)
     bundle = student_from_config(cfg)
     signals: Signals | None = None
-    dense_teacher = None
+    signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):
         if cfg.loss.signal.source == "dense":
-            dense_teacher = load_dense_teacher(str(cfg.loss.signal.teacher_model))
+            signal_source = DenseTeacherSource.from_pretrained(str(cfg.loss.signal.teacher_model))
         else:
             signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+            signal_source = StoredSparseSource()
     datamodule = build_datamodule(cfg, rows, bundle.tokenizer, signals)
     datamodule.setup("fit")
     module = StudentModule(
@@ -142,7 +133,7 @@ def run_train(cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: 
         scheduler=cfg.optim.scheduler,
         max_new_tokens=cfg.data.max_new_tokens,
         terms=terms,
-        dense_teacher=dense_teacher,
+        signal_source=signal_source,
     )
     ckpt_dir = run_dir / "checkpoints"
     has_val = bool(datamodule.val_items)
