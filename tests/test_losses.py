@@ -334,6 +334,36 @@ def test_combine_cross_entropy_alone_and_with_a_dense_teacher() -> None:
     torch.testing.assert_close(grads[1], reference.grad)
 
 
+def test_temperature_squared_scales_a_distillation_term_by_exactly_t_squared() -> None:
+    labels = torch.tensor([[3, 7, 1, -100], [2, 2, -100, -100]])
+    teacher = _logits(2, 4, 9, seed=25)
+    sparse = _top_k(teacher, 3)
+    for signal, tail in ((teacher, "bucket"), (sparse, "renormalize")):
+        values, grads = [], []
+        for scaled in (False, True):
+            student = _logits(2, 4, 9, seed=26).requires_grad_()
+            term = LossTerm("kl", temperature=2.0, tail=tail, scale_by_temperature_squared=scaled)
+            combined = combine([term], student, labels, signal)
+            combined.total.backward()
+            values.append(combined)
+            grads.append(student.grad)
+        plain, scaled = values
+        assert scaled.total.item() == 4 * plain.total.item()
+        torch.testing.assert_close(grads[1], 4 * grads[0])
+        # Logged as the divergence itself, like the weight it is not part of the term's value.
+        assert scaled.parts["kl"].item() == plain.parts["kl"].item()
+    # At T = 1 the flag changes nothing.
+    student = _logits(2, 4, 9, seed=26)
+    at_one = [
+        combine([LossTerm("kl", scale_by_temperature_squared=s)], student, labels, teacher).total
+        for s in (False, True)
+    ]
+    assert at_one[0].item() == at_one[1].item()
+    with pytest.raises(ValueError, match=r"loss\.terms\.ce\.scale_by_temperature_squared"):
+        LossTerm("ce", scale_by_temperature_squared=True)
+    assert "scale_by_temperature_squared" in LossTerm.help()
+
+
 def test_combine_rejects_bad_setups() -> None:
     logits = _logits(1, 2, 5, seed=22)
     labels = torch.tensor([[1, 2]])

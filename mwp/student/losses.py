@@ -18,6 +18,11 @@ The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, 
 Every loss returns a `LossSum` (sum over counted tokens, number of tokens); `token_mean` divides by
 the token count of the whole accumulated (and all-reduced) batch, so a sum of micro-batch losses
 equals the loss of one big batch. `LossTerm` + `combine` build the weighted training loss.
+
+Temperature T > 1 softens both distributions, which also shrinks the distillation gradient by about
+1/T^2 (Hinton et al., 2015). `LossTerm.scale_by_temperature_squared` multiplies the term by T^2 in
+`combine` (like an extra weight: the logged per-term value stays the unscaled divergence), so its
+gradient keeps its size when T changes; off by default.
 """
 
 from __future__ import annotations
@@ -309,6 +314,11 @@ class LossTerm:
         "the top-k to sum to 1",
         "bucket",
     )
+    scale_by_temperature_squared: bool = _help(
+        "distillation terms only: multiply the term by temperature^2 in the total (Hinton et al.), so "
+        "its gradient does not shrink as 1/T^2 when T > 1; the logged value stays unscaled",
+        False,
+    )
 
     def __post_init__(self) -> None:
         where = f"loss.terms.{self.name}"
@@ -325,6 +335,14 @@ class LossTerm:
             raise ValueError(f"{where}.temperature must be > 0, got {self.temperature}")
         if kind == "ce" and self.temperature != 1.0:
             raise ValueError(f"{where}.temperature applies to distillation terms only; cross-entropy uses 1")
+        if not isinstance(self.scale_by_temperature_squared, bool):
+            raise ValueError(
+                f"{where}.scale_by_temperature_squared must be true or false, got {self.scale_by_temperature_squared!r}"
+            )
+        if kind == "ce" and self.scale_by_temperature_squared:
+            raise ValueError(
+                f"{where}.scale_by_temperature_squared applies to distillation terms only; cross-entropy uses T=1"
+            )
         if not 0 <= self.beta <= 1:
             raise ValueError(f"{where}.beta must be in [0, 1], got {self.beta}")
         if self.tail not in TAILS:
@@ -333,6 +351,11 @@ class LossTerm:
     @property
     def needs_teacher(self) -> bool:
         return self.kind != "ce"
+
+    @property
+    def scale(self) -> float:
+        """The factor `combine` applies besides `weight`: T^2 with `scale_by_temperature_squared`, else 1."""
+        return self.temperature**2 if self.scale_by_temperature_squared else 1.0
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any], where: str = "loss.terms") -> LossTerm:
@@ -402,7 +425,7 @@ def combine(
     *,
     global_n_tokens: Mapping[str, Tensor | float] | None = None,
 ) -> CombinedLoss:
-    """Weighted sum of the terms' token-means over `labels != -100`.
+    """Weighted sum of the terms' token-means over `labels != -100` (each times `LossTerm.scale`).
 
     Cross-entropy and the sparse distillation terms at the same temperature share one gather of the
     student's log-probabilities: no `[B, L, V]` log-softmax is kept for backward, which builds one
@@ -464,7 +487,7 @@ def combine(
         if global_n_tokens is not None and denominator is None:
             raise ValueError(f"global_n_tokens has no count for loss term {term.name!r}")
         value = token_mean(summed.total, summed.n_tokens, denominator)
-        total = total + term.weight * value
+        total = total + term.weight * term.scale * value
         parts[term.name] = value.detach()
         counts[term.name] = summed.n_tokens
     return CombinedLoss(total=total, parts=parts, n_tokens=counts)
