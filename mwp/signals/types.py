@@ -12,8 +12,9 @@
   `mask [B, L]`), what the losses consume; `collate_sparse` builds it, as the `teacher_*` entries
   of a training batch.
 
-Logprobs stay float32 all the way (row, store, batch): float16 rounds a logprob near 0 by up to
-~5e-4, enough to keep a student identical to its teacher at a KL of ~1e-5 instead of 0.
+Logprobs stay float32 all the way (row, store, batch): float16 rounds a logprob by up to ~5e-4,
+which kept a student identical to its teacher at a KL of ~2e-4 (full-vocabulary top-k) instead of
+~1e-8.
 """
 
 from __future__ import annotations
