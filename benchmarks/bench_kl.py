@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from mwp.paths import default_data_dir, default_models_dir
-from mwp.student.losses import SparseTarget, combine
+from mwp.signals import SparseBatch, SparseSignal, collate_sparse
+from mwp.student.losses import combine
 from mwp.student.terms import LossTerm
-from mwp.teachers.signals import SparseSignal, collate_sparse
 
 VARIANTS = ("ce", "ce-lean", "ce+sparse", "ce+dense")
 TERMS = [LossTerm("ce"), LossTerm("kl", weight=0.5)]
@@ -106,12 +106,10 @@ def make_sparse_signals(
     return signals
 
 
-def make_teacher(
-    variant: str, labels: torch.Tensor, vocab: int, k: int
-) -> SparseTarget | torch.Tensor | None:
+def make_teacher(variant: str, labels: torch.Tensor, vocab: int, k: int) -> SparseBatch | torch.Tensor | None:
     if variant == "ce+sparse":
         signals = make_sparse_signals(labels, vocab, k)
-        return SparseTarget.from_batch(collate_sparse(signals, labels.shape[1], labels=labels))
+        return SparseBatch.from_batch(collate_sparse(signals, labels.shape[1], labels=labels))
     if variant == "ce+dense":
         return torch.randn(*labels.shape, vocab, generator=torch.Generator().manual_seed(2))
     return None
@@ -226,7 +224,7 @@ def smollm2_gguf() -> Path | None:
 
 def bench_alignment(args: argparse.Namespace) -> None:
     from mwp.data.text import to_student_text
-    from mwp.teachers.alignment import TokenAligner
+    from mwp.signals.alignment import TokenAligner
     from mwp.teachers.base import TokenLogprobs
 
     gguf = smollm2_gguf()

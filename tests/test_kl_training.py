@@ -15,11 +15,19 @@ from transformers import AutoTokenizer
 
 from mwp.config import validate
 from mwp.data.artifact import DistilledRow
-from mwp.data.datamodule import DistilledDataModule, WindowedTrainLoader, teacher_positions
+from mwp.data.datamodule import DistilledDataModule, WindowedTrainLoader
 from mwp.data.loaders import load_problems
 from mwp.pipeline import run
+from mwp.signals import (
+    SparseBatch,
+    StoredSparseSource,
+    TeacherForcedScorer,
+    prepare_signals,
+    signals_path,
+    supervised_positions,
+)
+from mwp.signals.build import target_text
 from mwp.stages.distill import read_distilled, run_distill
-from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path, target_text
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
@@ -108,7 +116,7 @@ def test_scorer_logprobs_are_the_models_own_likelihood(palm_rows, scorer) -> Non
         for lp, top in zip(logprobs.logprobs, logprobs.top_logprobs, strict=True):
             assert len(top) == 5 and top == sorted(top, reverse=True) and lp <= top[0] + 1e-5
         # Independent reference: the model's own cross-entropy over the rationale, one sequence alone.
-        prompt = teacher.encode(scorer._prompt(problem), teacher.use_chat_template)
+        prompt = teacher.encode(teacher.render(scorer.request(problem)), teacher.use_chat_template)
         ids = torch.tensor([prompt + answer])
         labels = ids.clone()
         labels[0, : len(prompt)] = -100
@@ -196,7 +204,9 @@ def test_batches_carry_sparse_teacher_and_exact_window_counts(
         group = batches[start : start + 2]
         measured = {
             "labels": sum(int((g["labels"] != -100).sum()) for g in group),
-            "teacher": sum(int(teacher_positions(g).sum()) for g in group),
+            "teacher": sum(
+                int(supervised_positions(g["labels"], SparseBatch.from_batch(g)).sum()) for g in group
+            ),
         }
         for g in group:
             assert {k: int(v) for k, v in g["window_n_tokens"].items()} == measured
@@ -225,7 +235,13 @@ def _train(rows, tokenizer, signals, terms, steps: int, log_dir: Path, flan_t5_d
         seed=0,
     )
     module = StudentModule(
-        bundle.model, tokenizer, lr=3e-3, warmup_ratio=0.0, scheduler="constant", terms=terms
+        bundle.model,
+        tokenizer,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        terms=terms,
+        signal_source=StoredSparseSource() if signals is not None else None,
     )
     trainer = pl.Trainer(
         accelerator="cpu",

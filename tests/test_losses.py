@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
+from mwp.signals import DenseSignal, SparseBatch, collate_sparse
 from mwp.student.losses import (
     TAIL_LOGPROB_FLOOR,
-    SparseTarget,
     combine,
     count_tokens,
     cross_entropy,
@@ -25,7 +25,6 @@ from mwp.student.losses import (
     token_mean,
 )
 from mwp.student.terms import KINDS, TAILS, LossTerm
-from mwp.teachers.signals import DenseSignal, collate_sparse
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -35,18 +34,18 @@ def _logits(*shape: int, seed: int, scale: float = 2.0) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
 
-def _full_sparse(teacher_logits: torch.Tensor, seed: int = 0) -> SparseTarget:
+def _full_sparse(teacher_logits: torch.Tensor, seed: int = 0) -> SparseBatch:
     """All V ids of a dense teacher, in a shuffled slot order."""
     g = torch.Generator().manual_seed(seed)
     b, length, v = teacher_logits.shape
     ids = torch.stack([torch.randperm(v, generator=g) for _ in range(b * length)]).view(b, length, v)
     logprobs = teacher_logits.log_softmax(-1).gather(-1, ids)
-    return SparseTarget(ids, logprobs, torch.ones(b, length, dtype=torch.bool))
+    return SparseBatch(ids, logprobs, torch.ones(b, length, dtype=torch.bool))
 
 
-def _top_k(teacher_logits: torch.Tensor, k: int) -> SparseTarget:
+def _top_k(teacher_logits: torch.Tensor, k: int) -> SparseBatch:
     logprobs, ids = teacher_logits.log_softmax(-1).topk(k, dim=-1)
-    return SparseTarget(ids, logprobs, torch.ones(ids.shape[:2], dtype=torch.bool))
+    return SparseBatch(ids, logprobs, torch.ones(ids.shape[:2], dtype=torch.bool))
 
 
 def _kl_numpy(p: np.ndarray, q: np.ndarray) -> float:
@@ -162,7 +161,7 @@ def test_tail_bucket_and_renormalize_on_a_hand_computed_example() -> None:
     teacher_p = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
     student_q = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
     student = student_q.log().view(1, 1, 3)
-    top2 = SparseTarget(
+    top2 = SparseBatch(
         torch.tensor([[[0, 1]]]), teacher_p[:2].log().view(1, 1, 2), torch.ones(1, 1, dtype=torch.bool)
     )
     ln = math.log
@@ -201,8 +200,8 @@ def test_padding_slots_and_masked_positions_are_inert() -> None:
     mask = torch.tensor([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0]], dtype=torch.bool)
     ids[~mask] = -1
     logprobs[~mask] = float("-inf")
-    padded = SparseTarget(ids, logprobs, mask)
-    plain = SparseTarget(top.ids, top.logprobs, mask)
+    padded = SparseBatch(ids, logprobs, mask)
+    plain = SparseBatch(top.ids, top.logprobs, mask)
     for kind in DIVERGENCES:
         for tail in TAILS:
             grads = []
@@ -279,7 +278,7 @@ def test_combine_is_the_weighted_sum_of_the_functions_and_fusion_is_exact() -> N
     labels[0, 3:] = -100
     labels[2, 1:] = -100
     top = _top_k(teacher, 4)
-    top = SparseTarget(top.ids, top.logprobs, torch.tensor([[1, 0, 1, 1, 1]] * b, dtype=torch.bool))
+    top = SparseBatch(top.ids, top.logprobs, torch.tensor([[1, 0, 1, 1, 1]] * b, dtype=torch.bool))
     terms = [
         LossTerm("ce", weight=0.5),
         LossTerm("kl", weight=2.0),
@@ -331,6 +330,36 @@ def test_combine_cross_entropy_alone_and_with_a_dense_teacher() -> None:
     (ce + 0.3 * kl).backward()
     assert values[1].parts["kl"].item() == pytest.approx(kl.item(), rel=1e-12)
     torch.testing.assert_close(grads[1], reference.grad)
+
+
+def test_temperature_squared_scales_a_distillation_term_by_exactly_t_squared() -> None:
+    labels = torch.tensor([[3, 7, 1, -100], [2, 2, -100, -100]])
+    teacher = _logits(2, 4, 9, seed=25)
+    sparse = _top_k(teacher, 3)
+    for signal, tail in ((teacher, "bucket"), (sparse, "renormalize")):
+        values, grads = [], []
+        for scaled in (False, True):
+            student = _logits(2, 4, 9, seed=26).requires_grad_()
+            term = LossTerm("kl", temperature=2.0, tail=tail, scale_by_temperature_squared=scaled)
+            combined = combine([term], student, labels, signal)
+            combined.total.backward()
+            values.append(combined)
+            grads.append(student.grad)
+        plain, scaled = values
+        assert scaled.total.item() == 4 * plain.total.item()
+        torch.testing.assert_close(grads[1], 4 * grads[0])
+        # Logged as the divergence itself, like the weight it is not part of the term's value.
+        assert scaled.parts["kl"].item() == plain.parts["kl"].item()
+    # At T = 1 the flag changes nothing.
+    student = _logits(2, 4, 9, seed=26)
+    at_one = [
+        combine([LossTerm("kl", scale_by_temperature_squared=s)], student, labels, teacher).total
+        for s in (False, True)
+    ]
+    assert at_one[0].item() == at_one[1].item()
+    with pytest.raises(ValueError, match=r"loss\.terms\.ce\.scale_by_temperature_squared"):
+        LossTerm("ce", scale_by_temperature_squared=True)
+    assert "scale_by_temperature_squared" in LossTerm.help()
 
 
 def test_combine_rejects_bad_setups() -> None:
@@ -407,17 +436,17 @@ def test_accumulated_micro_batches_match_one_batch(tiny_t5, data_dir) -> None:
                 input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]
             ).logits
             loss = combine(
-                terms, logits, part["labels"], SparseTarget.from_batch(part), global_n_tokens=global_counts
+                terms, logits, part["labels"], SparseBatch.from_batch(part), global_n_tokens=global_counts
             )
             loss.total.backward()
         return {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
 
     full = batch([0, 1, 2, 3])
     micro = [batch([0, 1]), batch([2, 3])]
-    per_micro = [count_tokens(terms, m["labels"], SparseTarget.from_batch(m)) for m in micro]
+    per_micro = [count_tokens(terms, m["labels"], SparseBatch.from_batch(m)) for m in micro]
     assert per_micro[0]["ce"] != per_micro[1]["ce"]
     global_counts = {name: per_micro[0][name] + per_micro[1][name] for name in per_micro[0]}
-    assert global_counts == count_tokens(terms, full["labels"], SparseTarget.from_batch(full))
+    assert global_counts == count_tokens(terms, full["labels"], SparseBatch.from_batch(full))
 
     one_batch = step([full], None)
     accumulated = step(micro, global_counts)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import T5ForConditionalGeneration
 
 from mwp.data.datamodule import TrainCollator, WindowedTrainLoader, build_train_items
+from mwp.signals import DenseTeacherSource, StoredSparseSource
 from mwp.stages.distill import read_distilled, run_distill
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
@@ -36,7 +37,7 @@ def uneven_items(tmp_path_factory: pytest.TempPathFactory, flan_t5_dir: Path):
     return items, tokenizer
 
 
-def _student(flan_t5_dir: Path, terms=None, dense_teacher=None) -> StudentModule:
+def _student(flan_t5_dir: Path, terms=None, signal_source=None) -> StudentModule:
     bundle = build_student("x", pretrained="never", fallback_config=flan_t5_dir, size=TINY, seed=0)
     # Without dropout: runs of different batch shapes must compute the same function.
     config = copy.deepcopy(bundle.model.config)
@@ -50,7 +51,7 @@ def _student(flan_t5_dir: Path, terms=None, dense_teacher=None) -> StudentModule
         warmup_ratio=0.0,
         scheduler="constant",
         terms=terms,
-        dense_teacher=dense_teacher,
+        signal_source=signal_source,
     )
 
 
@@ -140,7 +141,7 @@ def test_dense_teacher_equal_to_the_student_gives_zero_kl(
     items, tokenizer = uneven_items
     terms = [LossTerm("ce"), LossTerm("kl", weight=0.5)]
     probe = _student(flan_t5_dir)
-    module = _student(flan_t5_dir, terms=terms, dense_teacher=copy.deepcopy(probe.model))
+    module = _student(flan_t5_dir, terms=terms, signal_source=DenseTeacherSource(copy.deepcopy(probe.model)))
     _one_step(
         module, _grouped_loader(items, tokenizer, 4, 1), 1, logger=CSVLogger(tmp_path), log_every_n_steps=1
     )
@@ -149,12 +150,13 @@ def test_dense_teacher_equal_to_the_student_gives_zero_kl(
     assert float(row["train/ce"]) > 1.0  # a random init is far from the targets
     # The teacher stays frozen and outside the trained (and checkpointed) parameters.
     assert not any(k.startswith("dense_teacher") for k in module.state_dict())
-    for a, b in zip(module.dense_teacher.parameters(), probe.model.parameters(), strict=True):
+    assert all(k.startswith("model.") for k in module.state_dict())
+    for a, b in zip(module.signal_source.teacher.parameters(), probe.model.parameters(), strict=True):
         assert torch.equal(a, b) and not a.requires_grad
 
     # A different teacher gives a positive KL.
     other = build_student("x", pretrained="never", fallback_config=flan_t5_dir, size=TINY, seed=1).model
-    module = _student(flan_t5_dir, terms=terms, dense_teacher=other)
+    module = _student(flan_t5_dir, terms=terms, signal_source=DenseTeacherSource(other))
     _one_step(
         module,
         _grouped_loader(items, tokenizer, 4, 1),
@@ -172,12 +174,15 @@ def test_dense_teacher_needs_the_student_vocabulary(flan_t5_dir: Path) -> None:
     teacher.resize_token_embeddings(1000)
     with pytest.raises(ValueError, match=r"loss\.signal\.teacher_model"):
         StudentModule(
-            bundle.model, bundle.tokenizer, terms=[LossTerm("ce"), LossTerm("kl")], dense_teacher=teacher
+            bundle.model,
+            bundle.tokenizer,
+            terms=[LossTerm("ce"), LossTerm("kl")],
+            signal_source=DenseTeacherSource(teacher),
         )
 
 
 def test_a_kl_term_without_teacher_signals_is_a_clear_error(uneven_items, flan_t5_dir: Path) -> None:
     items, tokenizer = uneven_items
-    module = _student(flan_t5_dir, terms=[LossTerm("ce"), LossTerm("kl")])
+    module = _student(flan_t5_dir, terms=[LossTerm("ce"), LossTerm("kl")], signal_source=StoredSparseSource())
     with pytest.raises(ValueError, match="need teacher signals"):
         _one_step(module, _grouped_loader(items, tokenizer, 4, 1), 1)

@@ -30,7 +30,8 @@ from mwp.data.artifact import DistilledRow
 from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
 from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
-from mwp.teachers.signals import SparseSignal, collate_sparse
+from mwp.signals import SparseBatch, SparseSignal, collate_sparse, supervised_positions
+from mwp.signals.types import IGNORE_INDEX
 from mwp.verify.numbers import format_number
 
 
@@ -133,27 +134,16 @@ def _signal_of(signals: Signals | None, item: TrainItem) -> SparseSignal | None:
     return signals[item.signal_row]
 
 
-def _teacher_batch(
-    signals: Sequence[SparseSignal | None], labels: torch.Tensor, k: int | None
-) -> dict[str, torch.Tensor]:
-    empty = SparseSignal.empty(0, target_ids=torch.zeros(0, dtype=torch.int32))
-    return collate_sparse(
-        [s if s is not None else empty for s in signals], labels.shape[1], labels=labels, k=k
-    )
-
-
-def teacher_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`[B, L]` positions where a sparse distillation term counts: labelled, masked in, with some id
-    (the positions `mwp.student.losses.count_tokens` counts for such a term)."""
-    has_any = ((batch["teacher_ids"] >= 0) & (batch["teacher_logprobs"].float() > float("-inf"))).any(-1)
-    return (batch["labels"] != -100) & batch["teacher_mask"] & has_any
-
-
 def window_token_counts(micro_batches: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Tokens the loss terms average over in one accumulation window (this rank's share): labelled
-    target tokens, and those with a teacher distribution (what a sparse distillation term counts)."""
-    labels = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
-    teacher = sum(int(teacher_positions(b).sum()) for b in micro_batches if "teacher_ids" in b)
+    target tokens, and those with a teacher distribution (what a sparse distillation term counts),
+    by the one definition the losses use (`mwp.signals.supervised_positions`)."""
+    labels = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
+    teacher = sum(
+        int(supervised_positions(b["labels"], SparseBatch.from_batch(b)).sum())
+        for b in micro_batches
+        if "teacher_ids" in b
+    )
     return {"labels": torch.tensor(labels), "teacher": torch.tensor(teacher)}
 
 
@@ -177,7 +167,7 @@ class TrainCollator:
         out: dict[str, Any] = self.seq2seq([item.example for item in items])
         if self.signals is not None:
             signals = [_signal_of(self.signals, item) for item in items]
-            out.update(_teacher_batch(signals, out["labels"], self.k))
+            out.update(collate_sparse(signals, out["labels"].shape[1], labels=out["labels"], k=self.k))
         return out
 
 

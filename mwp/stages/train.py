@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from transformers import T5ForConditionalGeneration
 
 from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.datamodule import DistilledDataModule, Signals
+from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
@@ -60,21 +60,11 @@ def loss_terms(cfg: DictConfig) -> list[LossTerm]:
     return terms_from_config(OmegaConf.to_container(cfg.loss.terms, resolve=True))  # type: ignore[arg-type]
 
 
-def load_dense_teacher(path: str) -> T5ForConditionalGeneration:
-    """A same-vocabulary T5 teacher from a local checkpoint folder (`loss.signal.teacher_model`)."""
-    try:
-        return T5ForConditionalGeneration.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"loss.signal.teacher_model={path!r}: no T5 checkpoint could be loaded ({err})"
-        ) from err
-
-
 def teacher_signals(
     cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, run_dir: Path, data_path: Path
 ) -> Signals:
     """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
-    from mwp.stages.signals import TeacherForcedScorer, prepare_signals, signals_path
+    from mwp.signals import TeacherForcedScorer, prepare_signals, signals_path
 
     signal = cfg.loss.signal
     scorer = None
@@ -142,12 +132,13 @@ def run_train(
     student = student_config(cfg)
     bundle = build_student(**student)
     signals: Signals | None = None
-    dense_teacher = None
+    signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):
         if cfg.loss.signal.source == "dense":
-            dense_teacher = load_dense_teacher(str(cfg.loss.signal.teacher_model))
+            signal_source = DenseTeacherSource.from_pretrained(str(cfg.loss.signal.teacher_model))
         else:
             signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+            signal_source = StoredSparseSource()
     datamodule = build_datamodule(cfg, rows, bundle.tokenizer, signals)
     datamodule.setup("fit")
     module = StudentModule(
@@ -160,7 +151,7 @@ def run_train(
         scheduler=cfg.optim.scheduler,
         max_new_tokens=datamodule.max_new_tokens,
         terms=terms,
-        dense_teacher=dense_teacher,
+        signal_source=signal_source,
     )
     has_val = bool(datamodule.val_items)
     callbacks = build_callbacks(cfg, has_val=has_val, has_logger=bool(loggers))

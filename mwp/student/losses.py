@@ -1,9 +1,10 @@
 """Token-level training losses as pure tensor functions: cross-entropy and teacher-matching divergences.
 
-Student logits are `[B, L, V]`. A teacher is either dense (`teacher_logits [B, L, V]`, same
-vocabulary) or sparse (`SparseTarget`: `ids [B, L, k]`, `logprobs [B, L, k]`, `mask [B, L]`,
-from `mwp.teachers.signals.collate_sparse`). Sparse targets are never expanded to `[B, L, V]`: the
-student's log-probabilities are gathered at the k ids, and its remaining mass is one number.
+Student logits are `[B, L, V]`. A teacher (`mwp.signals.TeacherSignal`) is either dense
+(`teacher_logits [B, L, V]`, same vocabulary) or sparse (`mwp.signals.SparseBatch`: `ids [B, L, k]`,
+`logprobs [B, L, k]`, `mask [B, L]`, from `mwp.signals.collate_sparse`). Sparse targets are never
+expanded to `[B, L, V]`: the student's log-probabilities are gathered at the k ids, and its
+remaining mass is one number. Which positions a term counts is `mwp.signals.supervised_positions`.
 
 The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, `tail`:
 * `"bucket"`: outcomes are the k ids plus one "rest" bucket; teacher rest = 1 - sum(p), student
@@ -17,6 +18,11 @@ The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, 
 Every loss returns a `LossSum` (sum over counted tokens, number of tokens); `token_mean` divides by
 the token count of the whole accumulated (and all-reduced) batch, so a sum of micro-batch losses
 equals the loss of one big batch. `LossTerm` + `combine` build the weighted training loss.
+
+Temperature T > 1 softens both distributions, which also shrinks the distillation gradient by about
+1/T^2 (Hinton et al., 2015). `LossTerm.scale_by_temperature_squared` multiplies the term by T^2 in
+`combine` (like an extra weight: the logged per-term value stays the unscaled divergence), so its
+gradient keeps its size when T changes; off by default.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from mwp.signals.positions import covered_positions, has_distribution, supervised_positions
+from mwp.signals.types import IGNORE_INDEX, SparseBatch, TeacherSignal
 from mwp.student.terms import TAILS, LossTerm
 
-IGNORE_INDEX = -100
 TAIL_LOGPROB_FLOOR = math.log(1e-8)
 # The student's rest mass is kept >= ~1e-7 so its log (and gradient) stay finite when its
 # top-k mass rounds to 1.
@@ -62,33 +69,6 @@ def token_mean(
     denominator = n_tokens if global_n_tokens is None else global_n_tokens
     denominator = torch.as_tensor(denominator, dtype=loss_sum.dtype, device=loss_sum.device)
     return loss_sum / denominator.clamp(min=1)
-
-
-@dataclass(frozen=True)
-class SparseTarget:
-    """A batch of sparse teacher distributions (see `mwp.teachers.signals.collate_sparse`)."""
-
-    ids: Tensor
-    logprobs: Tensor
-    mask: Tensor
-
-    def __post_init__(self) -> None:
-        if (
-            self.ids.dim() != 3
-            or self.logprobs.shape != self.ids.shape
-            or self.mask.shape != self.ids.shape[:2]
-        ):
-            raise ValueError(
-                "SparseTarget needs ids and logprobs [B, L, k] and mask [B, L]; got "
-                f"{tuple(self.ids.shape)}, {tuple(self.logprobs.shape)}, {tuple(self.mask.shape)}"
-            )
-
-    @classmethod
-    def from_batch(cls, batch: Mapping[str, Tensor], prefix: str = "teacher_") -> SparseTarget:
-        return cls(batch[f"{prefix}ids"], batch[f"{prefix}logprobs"], batch[f"{prefix}mask"])
-
-
-Teacher = Tensor | SparseTarget
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -183,13 +163,13 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 
 def _sparse_distributions(
-    student_at_ids: Tensor, target: SparseTarget, temperature: float, tail: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher and student log-distributions over (k ids + rest), and the positions that have any id."""
+    student_at_ids: Tensor, target: SparseBatch, temperature: float, tail: str
+) -> tuple[Tensor, Tensor]:
+    """Teacher and student log-distributions over (k ids + rest)."""
     neg_inf = float("-inf")
     teacher_lp = target.logprobs.to(student_at_ids.dtype)
     valid = (target.ids >= 0) & (teacher_lp > neg_inf)
-    has_any = valid.any(dim=-1)
+    has_any = has_distribution(target)
     # Positions without any id are dropped by the caller; give them one certain outcome in slot 0
     # so every log-sum-exp below stays finite (an all -inf one has a NaN gradient).
     empty = torch.zeros_like(valid)
@@ -210,7 +190,8 @@ def _sparse_distributions(
                 "unseen tail is unknown (use tail='renormalize' or temperature=1)"
             )
         mass = torch.logsumexp(teacher_lp, dim=-1, keepdim=True)
-        # float16 storage can push the top-k mass a hair over 1: scale it back, leaving no tail.
+        # Rounding (of the teacher's reported logprobs, or of a full-vocabulary top-k's sum) can push
+        # the top-k mass a hair over 1: scale it back, leaving no tail.
         excess = mass.clamp(min=0.0)
         teacher_lp = teacher_lp - excess
         teacher_rest = _log1mexp(mass.clamp(max=0.0))
@@ -219,7 +200,6 @@ def _sparse_distributions(
     return (
         torch.cat([teacher_lp, teacher_rest], dim=-1),
         torch.cat([student_lp, student_rest], dim=-1),
-        has_any,
     )
 
 
@@ -239,7 +219,7 @@ def _reduce(per_position: Tensor, mask: Tensor) -> LossSum:
 def distill_loss(
     kind: str,
     student_logits: Tensor,
-    teacher: Teacher,
+    teacher: TeacherSignal,
     *,
     mask: Tensor | None = None,
     temperature: float = 1.0,
@@ -256,13 +236,13 @@ def distill_loss(
     _check(temperature, beta, tail)
     shape = student_logits.shape[:-1]
     positions = _position_mask(mask, shape, student_logits.device)
-    if isinstance(teacher, SparseTarget):
+    if isinstance(teacher, SparseBatch):
         if teacher.mask.shape != shape:
             raise ValueError(f"sparse teacher is {tuple(teacher.mask.shape)}, student logits {tuple(shape)}")
         if student_at_ids is None:
             student_at_ids = gathered_log_softmax(student_logits, teacher.ids.clamp(min=0), temperature)
-        teacher_lp, student_lp, has_any = _sparse_distributions(student_at_ids, teacher, temperature, tail)
-        positions = positions & teacher.mask.to(torch.bool) & has_any
+        teacher_lp, student_lp = _sparse_distributions(student_at_ids, teacher, temperature, tail)
+        positions = positions & covered_positions(teacher)
     else:
         if teacher.shape != student_logits.shape:
             raise ValueError(
@@ -273,17 +253,19 @@ def distill_loss(
     return _reduce(_divergence(kind, teacher_lp, student_lp, beta), positions)
 
 
-def forward_kl(student_logits: Tensor, teacher: Teacher, **kwargs: Any) -> LossSum:
+def forward_kl(student_logits: Tensor, teacher: TeacherSignal, **kwargs: Any) -> LossSum:
     """KL(teacher || student): mode-covering; what `F.kl_div(student_logp, teacher_logp, log_target=True)` sums."""
     return distill_loss("forward_kl", student_logits, teacher, **kwargs)
 
 
-def reverse_kl(student_logits: Tensor, teacher: Teacher, **kwargs: Any) -> LossSum:
+def reverse_kl(student_logits: Tensor, teacher: TeacherSignal, **kwargs: Any) -> LossSum:
     """KL(student || teacher): mode-seeking."""
     return distill_loss("reverse_kl", student_logits, teacher, **kwargs)
 
 
-def generalized_jsd(student_logits: Tensor, teacher: Teacher, *, beta: float = 0.5, **kwargs: Any) -> LossSum:
+def generalized_jsd(
+    student_logits: Tensor, teacher: TeacherSignal, *, beta: float = 0.5, **kwargs: Any
+) -> LossSum:
     """Generalised Jensen-Shannon divergence, in TRL's GKD convention.
 
     With M = beta * teacher + (1 - beta) * student:
@@ -312,31 +294,23 @@ class CombinedLoss:
     n_tokens: dict[str, Tensor]
 
 
-def _term_positions(term: LossTerm, labels: Tensor, teacher: Teacher | None) -> Tensor:
-    positions = labels != IGNORE_INDEX
-    if isinstance(teacher, SparseTarget):
-        has_any = ((teacher.ids >= 0) & (teacher.logprobs.float() > float("-inf"))).any(dim=-1)
-        positions = positions & teacher.mask.to(torch.bool) & has_any
-    return positions
-
-
 def count_tokens(
-    terms: Sequence[LossTerm], labels: Tensor, teacher: Teacher | None = None
+    terms: Sequence[LossTerm], labels: Tensor, teacher: TeacherSignal | None = None
 ) -> dict[str, Tensor]:
     """Tokens each term counts in one micro-batch; sum these over an accumulation window (and
     all-reduce over devices) to get `combine`'s `global_n_tokens`."""
-    return {t.name: _term_positions(t, labels, teacher if t.needs_teacher else None).sum() for t in terms}
+    return {t.name: supervised_positions(labels, teacher if t.needs_teacher else None).sum() for t in terms}
 
 
 def combine(
     terms: Sequence[LossTerm],
     student_logits: Tensor,
     labels: Tensor,
-    teacher: Teacher | None = None,
+    teacher: TeacherSignal | None = None,
     *,
     global_n_tokens: Mapping[str, Tensor | float] | None = None,
 ) -> CombinedLoss:
-    """Weighted sum of the terms' token-means over `labels != -100`.
+    """Weighted sum of the terms' token-means over `labels != -100` (each times `LossTerm.scale`).
 
     Cross-entropy and the sparse distillation terms at the same temperature share one gather of the
     student's log-probabilities: no `[B, L, V]` log-softmax is kept for backward, which builds one
@@ -362,7 +336,7 @@ def combine(
 
     # One gather per temperature over [label (cross-entropy, temperature 1), sparse ids...].
     has_ce = any(t.kind == "ce" for t in terms)
-    sparse_index = teacher.ids.clamp(min=0).long() if isinstance(teacher, SparseTarget) else None
+    sparse_index = teacher.ids.clamp(min=0).long() if isinstance(teacher, SparseBatch) else None
     gathered: dict[float, Tensor] = {}
     for temperature in sorted({t.temperature for t in terms}):
         pieces = [safe_labels] if temperature == 1.0 and has_ce else []
@@ -382,7 +356,7 @@ def combine(
         else:
             assert teacher is not None
             student_at_ids = None
-            if isinstance(teacher, SparseTarget):
+            if isinstance(teacher, SparseBatch):
                 student_at_ids = gathered[term.temperature][..., -teacher.ids.shape[-1] :]
             summed = distill_loss(
                 term.kind,
@@ -398,7 +372,7 @@ def combine(
         if global_n_tokens is not None and denominator is None:
             raise ValueError(f"global_n_tokens has no count for loss term {term.name!r}")
         value = token_mean(summed.total, summed.n_tokens, denominator)
-        total = total + term.weight * value
+        total = total + term.weight * term.scale * value
         parts[term.name] = value.detach()
         counts[term.name] = summed.n_tokens
     return CombinedLoss(total=total, parts=parts, n_tokens=counts)

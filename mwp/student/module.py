@@ -20,7 +20,8 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
-from mwp.student.losses import SparseTarget, combine
+from mwp.signals import SignalSource, SparseBatch
+from mwp.student.losses import combine
 from mwp.student.terms import LossTerm
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
@@ -47,7 +48,7 @@ class StudentModule(pl.LightningModule):
         scheduler: str = "linear",
         max_new_tokens: int = 128,
         terms: Sequence[LossTerm | dict[str, Any]] | None = None,
-        dense_teacher: T5ForConditionalGeneration | None = None,
+        signal_source: SignalSource | None = None,
     ) -> None:
         super().__init__()
         if model is None or tokenizer is None:
@@ -70,17 +71,10 @@ class StudentModule(pl.LightningModule):
         self.terms = [t if isinstance(t, LossTerm) else LossTerm.from_config(t) for t in given]
         if not self.terms:
             raise ValueError("loss.terms is empty: the training loss needs at least one term")
-        if dense_teacher is not None:
-            student_vocab = model.get_output_embeddings().weight.shape[0]
-            teacher_vocab = dense_teacher.get_output_embeddings().weight.shape[0]
-            if student_vocab != teacher_vocab:
-                raise ValueError(
-                    f"loss.signal.teacher_model has a vocabulary of {teacher_vocab}, the student {student_vocab}: "
-                    "a dense teacher must share the student's vocabulary"
-                )
-            dense_teacher.eval().requires_grad_(False)
-        # Kept out of the module's children: not trained, not in checkpoints, not in state_dict.
-        self.__dict__["dense_teacher"] = dense_teacher
+        if signal_source is not None:
+            signal_source.check_student(model)
+        # A plain object, not a child module: a teacher it holds is not trained, checkpointed or in state_dict.
+        self.signal_source = signal_source
         self.save_hyperparameters(
             {
                 "student": student,
@@ -109,27 +103,6 @@ class StudentModule(pl.LightningModule):
             decoder_input_ids=self.model._shift_right(batch["labels"]),
         ).logits
 
-    def teacher_target(self, batch: dict[str, Any]) -> SparseTarget | torch.Tensor | None:
-        """The batch's teacher: dense logits of `dense_teacher`, the collated sparse top-k, or None."""
-        if not self.needs_teacher:
-            return None
-        teacher = self.__dict__["dense_teacher"]
-        if teacher is not None:
-            if next(teacher.parameters()).device != self.device:
-                teacher.to(self.device)
-            with torch.no_grad():
-                return teacher(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    decoder_input_ids=teacher._shift_right(batch["labels"]),
-                ).logits
-        if "teacher_ids" not in batch:
-            raise ValueError(
-                f"loss.terms {[t.name for t in self.terms if t.needs_teacher]} need teacher signals, but the "
-                "batch has none (set loss.signal.source, or use loss=ce)"
-            )
-        return SparseTarget.from_batch(batch)
-
     def _step_counts(self, batch: dict[str, Any], sparse: bool) -> dict[str, torch.Tensor] | None:
         """Each term's token count over the whole optimizer step: this window's counts, all ranks."""
         window = batch.get("window_n_tokens")
@@ -149,8 +122,8 @@ class StudentModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        teacher = self.teacher_target(batch)
-        sparse = isinstance(teacher, SparseTarget)
+        teacher = self.signal_source.signal(batch) if self.needs_teacher and self.signal_source else None
+        sparse = isinstance(teacher, SparseBatch)
         step_counts = self._step_counts(batch, sparse)
         combined = combine(self.terms, logits, batch["labels"], teacher, global_n_tokens=step_counts)
         loss = combined.total

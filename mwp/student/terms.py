@@ -40,6 +40,11 @@ class LossTerm:
         "the top-k to sum to 1",
         "bucket",
     )
+    scale_by_temperature_squared: bool = _help(
+        "distillation terms only: multiply the term by temperature^2 in the total (Hinton et al.), so "
+        "its gradient does not shrink as 1/T^2 when T > 1; the logged value stays unscaled",
+        False,
+    )
 
     def __post_init__(self) -> None:
         where = f"loss.terms.{self.name}"
@@ -56,6 +61,14 @@ class LossTerm:
             raise ValueError(f"{where}.temperature must be > 0, got {self.temperature}")
         if kind == "ce" and self.temperature != 1.0:
             raise ValueError(f"{where}.temperature applies to distillation terms only; cross-entropy uses 1")
+        if not isinstance(self.scale_by_temperature_squared, bool):
+            raise ValueError(
+                f"{where}.scale_by_temperature_squared must be true or false, got {self.scale_by_temperature_squared!r}"
+            )
+        if kind == "ce" and self.scale_by_temperature_squared:
+            raise ValueError(
+                f"{where}.scale_by_temperature_squared applies to distillation terms only; cross-entropy uses T=1"
+            )
         if not 0 <= self.beta <= 1:
             raise ValueError(f"{where}.beta must be in [0, 1], got {self.beta}")
         if self.tail not in TAILS:
@@ -64,6 +77,11 @@ class LossTerm:
     @property
     def needs_teacher(self) -> bool:
         return self.kind != "ce"
+
+    @property
+    def scale(self) -> float:
+        """The factor `combine` applies besides `weight`: T^2 with `scale_by_temperature_squared`, else 1."""
+        return self.temperature**2 if self.scale_by_temperature_squared else 1.0
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any], where: str = "loss.terms") -> LossTerm:

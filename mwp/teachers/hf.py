@@ -319,6 +319,88 @@ class HFTeacher(Teacher):
                 ],
             )
 
+    def score(
+        self,
+        requests: Sequence[TeacherRequest],
+        completions: Sequence[str],
+        *,
+        top_logprobs: int = 5,
+        batch_size: int | None = None,
+        max_completion_tokens: int | None = None,
+    ) -> list[TokenLogprobs]:
+        """Teacher-forced logprobs of given completions: one `TokenLogprobs` per (request, completion).
+
+        Each completion is tokenized on its own and read as the model's answer to the request,
+        rendered as `generate` renders it (the chat template when the model has one); every
+        completion token gets its logprob and the model's `top_logprobs` alternatives there, from
+        the raw distribution as `generate` reports them. A completion is cut to
+        `max_completion_tokens` and to what fits the context after its prompt (completions are
+        untrusted text). `batch_size` defaults to `teacher.batch_size`.
+        """
+        if len(requests) != len(completions):
+            raise ValueError(
+                f"score needs one completion per request, got {len(completions)} for {len(requests)}"
+            )
+        if top_logprobs < 1:
+            raise ValueError(f"top_logprobs must be >= 1, got {top_logprobs}")
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        templated = self.use_chat_template
+        limit = self.context_length
+        encoded: list[tuple[list[int], list[int]]] = []
+        for request, completion in zip(requests, completions, strict=True):
+            prompt = self.encode(self.render(request), templated)
+            answer = list(self.tokenizer(completion, add_special_tokens=False)["input_ids"])
+            if max_completion_tokens is not None:
+                answer = answer[:max_completion_tokens]
+            if limit is not None and len(prompt) + len(answer) > limit:
+                answer = answer[: max(0, limit - len(prompt))]
+            encoded.append((prompt, answer))
+        return self._score_encoded(encoded, top_logprobs, batch_size)
+
+    def _score_encoded(
+        self, encoded: Sequence[tuple[list[int], list[int]]], top_k: int, batch_size: int
+    ) -> list[TokenLogprobs]:
+        import torch
+        from tqdm.auto import tqdm
+
+        model, device = self.model, self.device
+        results: list[TokenLogprobs] = []
+        starts = range(0, len(encoded), batch_size)
+        with torch.no_grad():
+            for start in tqdm(
+                starts, desc="score rationales", unit="batch", mininterval=1.0, disable=len(starts) < 2
+            ):
+                chunk = encoded[start : start + batch_size]
+                width = max(len(p) + len(a) for p, a in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, (prompt, answer) in enumerate(chunk):
+                    sequence = prompt + answer
+                    ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+                    mask[row, : len(sequence)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                for row, (prompt, answer) in enumerate(chunk):
+                    if not answer:
+                        results.append(TokenLogprobs(tokens=[], logprobs=[]))
+                        continue
+                    # The logits at position i predict token i + 1.
+                    span = logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1].float()
+                    logprobs = torch.log_softmax(span, dim=-1)
+                    answer_ids = torch.tensor(answer, device=logprobs.device)
+                    picked = logprobs.gather(-1, answer_ids[:, None])[:, 0].tolist()
+                    top_values, top_indices = logprobs.topk(top_k, dim=-1)
+                    results.append(
+                        TokenLogprobs(
+                            tokens=[self.token_text(t) for t in answer],
+                            logprobs=picked,
+                            top_tokens=[[self.token_text(t) for t in alts] for alts in top_indices.tolist()],
+                            top_logprobs=top_values.tolist(),
+                        )
+                    )
+        return results
+
     def _check_fits(self, prompt_tokens: int, max_tokens: int, where: str) -> None:
         if self.context_length and prompt_tokens + max_tokens > self.context_length:
             raise TeacherError(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mwp.teachers.signals import (
+from mwp.signals import (
     DenseSignal,
     SignalStore,
     SignalStoreError,
@@ -38,7 +38,7 @@ def test_dense_to_sparse_keeps_the_top_k_in_order() -> None:
         torch.testing.assert_close(
             sparse.logprobs[position].float(), log_probs[position, best], atol=2e-3, rtol=1e-3
         )
-    assert sparse.ids.dtype == torch.int32 and sparse.logprobs.dtype == torch.float16
+    assert sparse.ids.dtype == torch.int32 and sparse.logprobs.dtype == torch.float32
     assert sparse.mask.all()
     with pytest.raises(ValueError, match="k must be"):
         DenseSignal(logits).to_sparse(51)
@@ -50,7 +50,7 @@ def test_sparse_signal_is_compact_and_consistent() -> None:
         logprobs=torch.tensor([[-0.1, -2.0, float("-inf")], [-0.5, -1.0, -3.0]], dtype=torch.float64),
         mask=torch.tensor([1, 0]),
     )
-    assert signal.ids.dtype == torch.int32 and signal.logprobs.dtype == torch.float16
+    assert signal.ids.dtype == torch.int32 and signal.logprobs.dtype == torch.float32
     assert signal.mask.dtype == torch.bool
     # An unused slot is unused on both sides, whichever side marked it.
     assert signal.ids[0].tolist() == [5, -1, -1]
@@ -89,10 +89,10 @@ def test_store_round_trip_reads_rows_lazily(tmp_path) -> None:
 
     # Plain tensors any safetensors reader understands: no pickles, compact dtypes.
     tensors = load_file(path)
-    assert tensors["ids"].dtype == torch.int32 and tensors["logprobs"].dtype == torch.float16
+    assert tensors["ids"].dtype == torch.int32 and tensors["logprobs"].dtype == torch.float32
     assert tensors["mask"].dtype == torch.bool
     assert tensors["offsets"].tolist() == [0, 17, 18, 58, 58, 67]
-    assert path.stat().st_size < 67 * 5 * 6 + 2000  # ~6 bytes per slot plus a small header
+    assert path.stat().st_size < 67 * 5 * 8 + 2000  # ~8 bytes per slot (int32 + float32) and a header
 
     # DataLoader workers get a picklable handle that reopens the file.
     clone = pickle.loads(pickle.dumps(store))
@@ -159,7 +159,7 @@ def test_collate_pads_cuts_and_checks_labels() -> None:
         row.mask[:] = True
     batch = collate_sparse(rows, target_len=7)
     assert batch["teacher_ids"].shape == (3, 7, 5)
-    assert batch["teacher_logprobs"].shape == (3, 7, 5) and batch["teacher_logprobs"].dtype == torch.float16
+    assert batch["teacher_logprobs"].shape == (3, 7, 5) and batch["teacher_logprobs"].dtype == torch.float32
     assert batch["teacher_mask"].tolist() == [[True] * 6 + [False], [True] * 3 + [False] * 4, [True] * 7]
     assert (batch["teacher_ids"][1, 3:] == -1).all() and (batch["teacher_ids"][0, :, 3:] == -1).all()
     assert batch["teacher_ids"][2, :, :2].tolist() == rows[2].ids[:7].tolist()

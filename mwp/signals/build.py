@@ -1,4 +1,4 @@
-"""Teacher signals for training: each kept sample's teacher top-k, aligned to the student's target.
+"""Build step of the sparse signal: each kept sample's teacher top-k, aligned to the student's target.
 
 The distilled rows of a live teacher carry `logprobs` (a `TokenLogprobs` as a dict). For every row
 the student trains on, its CoT target text (`formats.cot_target(problem, rationale)`, exactly what
@@ -8,8 +8,9 @@ resulting `SparseSignal`s are written, one per distilled row in row order, to
 same rows, tokenizer and settings reuses the file.
 
 Rows without logprobs (a recorded teacher such as PaLM) get an empty signal (cross-entropy only)
-unless a scorer is given: `TeacherForcedScorer` teacher-forces the rationale through a local causal
-LM and reads its top-k logprobs at every rationale token, which then align like sampled ones.
+unless a scorer is given: `TeacherForcedScorer` (`mwp.signals.scoring`) teacher-forces the rationale
+through a local causal LM and reads its top-k logprobs at every rationale token, which then align
+like sampled ones.
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mwp.data.artifact import DistilledRow
-from mwp.data.formats import COT_TRIGGER, cot_target
-from mwp.data.problem import Problem
-from mwp.teachers.alignment import TokenAligner
-from mwp.teachers.base import TeacherRequest, TokenLogprobs
-from mwp.teachers.signals import SignalStore, SignalStoreError, SparseSignal
+from mwp.data.formats import cot_target
+from mwp.signals.alignment import TokenAligner
+from mwp.signals.scoring import TeacherForcedScorer
+from mwp.signals.store import SignalStore, SignalStoreError
+from mwp.signals.types import SparseSignal
+from mwp.teachers.base import TokenLogprobs
 
 log = logging.getLogger(__name__)
 
 SIGNALS_DIR = "signals"
 MISSING_CHOICES = ("empty", "score", "error")
-# Teacher text is untrusted: a rationale longer than this is cut before scoring.
-MAX_SCORED_TOKENS = 1024
 
 
 def tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -94,103 +93,6 @@ class SignalReport:
             "coverage": round(self.coverage, 4),
             "rows_with_signal": self.rows_with_signal,
         }
-
-
-class TeacherForcedScorer:
-    """Top-k logprobs of given rationales under a local causal LM (an `HFTeacher`), by teacher forcing.
-
-    Each rationale is scored as the answer to the zero-shot CoT prompt of its problem, rendered the
-    way the teacher renders requests (its chat template when it has one).
-    """
-
-    def __init__(self, teacher: Any, *, top_logprobs: int = 5, batch_size: int = 4) -> None:
-        if not 1 <= top_logprobs <= 20:
-            raise ValueError(f"loss.signal.scorer.top_logprobs must be in [1, 20], got {top_logprobs}")
-        if batch_size < 1:
-            raise ValueError(f"loss.signal.scorer.batch_size must be >= 1, got {batch_size}")
-        self.teacher = teacher
-        self.top_logprobs = top_logprobs
-        self.batch_size = batch_size
-
-    @classmethod
-    def from_config(cls, conf: Mapping[str, Any]) -> TeacherForcedScorer:
-        from mwp.teachers.hf import HFTeacher
-
-        conf = dict(conf)
-        top = int(conf.pop("top_logprobs", 5))
-        batch_size = int(conf.get("batch_size") or 4)
-        allowed = {"model", "gguf", "gguf_package", "gguf_file", "name", "device", "dtype", "batch_size"}
-        allowed |= {"chat_template", "convert_dir", "threads"}
-        unknown = set(conf) - allowed
-        if unknown:
-            raise ValueError(
-                f"loss.signal.scorer: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
-        kwargs = {k: v for k, v in conf.items() if v is not None}
-        teacher = HFTeacher(**kwargs)
-        return cls(teacher, top_logprobs=top, batch_size=batch_size)
-
-    @property
-    def identity(self) -> str:
-        return f"{getattr(self.teacher, 'identity', type(self.teacher).__name__)}:top{self.top_logprobs}"
-
-    def _prompt(self, problem: Problem) -> str:
-        request = TeacherRequest(problem.id, f"Q: {problem.question.strip()}\nA: {COT_TRIGGER}")
-        return self.teacher.render(request)
-
-    @torch.no_grad()
-    @torch.no_grad()
-    def score(self, problems: Sequence[Problem], rationales: Sequence[str]) -> list[TokenLogprobs]:
-        """One `TokenLogprobs` per rationale: each token, its logprob and the model's top-k there."""
-        teacher = self.teacher
-        model, device = teacher.model, teacher.device
-        templated = teacher.use_chat_template
-        encoded: list[tuple[list[int], list[int]]] = []
-        limit = teacher.context_length
-        for problem, rationale in zip(problems, rationales, strict=True):
-            prompt = teacher.encode(self._prompt(problem), templated)
-            answer = list(teacher.tokenizer(rationale, add_special_tokens=False)["input_ids"])[
-                :MAX_SCORED_TOKENS
-            ]
-            if limit is not None and len(prompt) + len(answer) > limit:
-                answer = answer[: max(0, limit - len(prompt))]
-            encoded.append((prompt, answer))
-        results: list[TokenLogprobs] = []
-        starts = range(0, len(encoded), self.batch_size)
-        for start in tqdm(
-            starts, desc="score rationales", unit="batch", mininterval=1.0, disable=len(starts) < 2
-        ):
-            chunk = encoded[start : start + self.batch_size]
-            width = max(len(p) + len(a) for p, a in chunk)
-            ids = torch.full((len(chunk), width), teacher.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (prompt, answer) in enumerate(chunk):
-                sequence = prompt + answer
-                ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-                mask[row, : len(sequence)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, (prompt, answer) in enumerate(chunk):
-                if not answer:
-                    results.append(TokenLogprobs(tokens=[], logprobs=[]))
-                    continue
-                # The logits at position i predict token i + 1.
-                span = logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1].float()
-                logprobs = torch.log_softmax(span, dim=-1)
-                answer_ids = torch.tensor(answer, device=logprobs.device)
-                picked = logprobs.gather(-1, answer_ids[:, None])[:, 0].tolist()
-                top_values, top_indices = logprobs.topk(self.top_logprobs, dim=-1)
-                results.append(
-                    TokenLogprobs(
-                        tokens=[teacher.token_text(t) for t in answer],
-                        logprobs=picked,
-                        top_tokens=[[teacher.token_text(t) for t in alts] for alts in top_indices.tolist()],
-                        top_logprobs=top_values.tolist(),
-                    )
-                )
-        return results
-
-    def close(self) -> None:
-        self.teacher.close()
 
 
 def _teacher_logprobs(row: DistilledRow, where: str) -> TokenLogprobs | None:

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mwp.data.text import to_student_text
-from mwp.teachers.alignment import (
+from mwp.signals import SignalStore, collate_sparse
+from mwp.signals.alignment import (
     TokenAligner,
     dtw_align,
     levenshtein_cost,
@@ -23,7 +24,6 @@ from mwp.teachers.alignment import (
     teacher_token_text,
 )
 from mwp.teachers.base import TokenLogprobs
-from mwp.teachers.signals import SignalStore, collate_sparse
 
 SPM = "▁"
 
@@ -363,7 +363,8 @@ def test_real_teacher_top_k_to_student_loss(
 ) -> None:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from mwp.student.losses import SparseTarget, combine
+    from mwp.signals import SparseBatch
+    from mwp.student.losses import combine
     from mwp.student.terms import LossTerm
 
     with open(data_dir / "teacher" / "svamp_palm" / "svamp_train.json") as handle:
@@ -415,7 +416,7 @@ def test_real_teacher_top_k_to_student_loss(
     sources = t5_tokenizer(questions, padding=True, return_tensors="pt")
     logits = student(**sources, labels=labels).logits
     loss = combine(
-        [LossTerm("ce"), LossTerm("kl", weight=0.5)], logits, labels, SparseTarget.from_batch(batch)
+        [LossTerm("ce"), LossTerm("kl", weight=0.5)], logits, labels, SparseBatch.from_batch(batch)
     )
     loss.total.backward()
     assert torch.isfinite(loss.total) and loss.parts["kl"].item() > 0

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mwp.signals.types import SparseSignal
 from mwp.teachers.base import TokenLogprobs
-from mwp.teachers.signals import SparseSignal
 
 SPM_SPACE = "▁"
 # GPT-2 style byte-level BPE: the printable stand-ins of space, newline, tab.

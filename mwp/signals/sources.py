@@ -1,0 +1,103 @@
+"""Where a training batch's teacher signal comes from, behind one interface.
+
+The LightningModule asks its `SignalSource` for the signal of each collated batch and hands the
+result to the losses, whatever the teacher is (DistillKit's split between signal sources and the
+trainer):
+
+* `StoredSparseSource` - the sparse top-k the collator already put in the batch from a
+  `SignalStore` (`teacher_ids`, `teacher_logprobs`, `teacher_mask`). Rows a recorded teacher left
+  without logprobs were scored into that store at build time (`mwp.signals.scoring`), so a
+  "scored by a local causal LM" teacher is this source too.
+* `DenseTeacherSource` - a same-vocabulary T5 teacher run beside the student: logits `[B, L, V]`.
+* `NoSignal` - cross-entropy only (a module may also be given no source at all).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mwp.signals.types import BATCH_KEYS, SparseBatch, TeacherSignal
+
+
+class SignalSource(ABC):
+    """The teacher signal of a collated training batch (see the module doc)."""
+
+    @abstractmethod
+    def signal(self, batch: Mapping[str, Any]) -> TeacherSignal | None:
+        """Dense logits `[B, L, V]`, a `SparseBatch`, or None (no teacher for this batch)."""
+
+    def check_student(self, student: nn.Module) -> None:
+        """Raise if this source cannot supervise `student` (called once, when the module is built)."""
+        del student
+
+
+class NoSignal(SignalSource):
+    """No teacher: every term is cross-entropy."""
+
+    def signal(self, batch: Mapping[str, Any]) -> None:
+        return None
+
+
+class StoredSparseSource(SignalSource):
+    """The sparse teacher the DataModule collated into the batch from its `SignalStore`."""
+
+    def signal(self, batch: Mapping[str, Any]) -> SparseBatch:
+        missing = [key for key in BATCH_KEYS if key not in batch]
+        if missing:
+            raise ValueError(
+                f"loss.terms need teacher signals, but the batch has none ({', '.join(missing)} missing): "
+                "build the DataModule with signals (set loss.signal.source), or use loss=ce"
+            )
+        return SparseBatch.from_batch(batch)
+
+
+class DenseTeacherSource(SignalSource):
+    """A frozen T5 teacher with the student's vocabulary; its logits are the signal.
+
+    The teacher is held here, not by the LightningModule, so it is no child module of the student:
+    not trained, not in `state_dict` or checkpoints. It moves to the batch's device on first use and
+    always runs in eval mode without autograd.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> DenseTeacherSource:
+        """A teacher from a local T5 checkpoint folder (`loss.signal.teacher_model`)."""
+        from transformers import T5ForConditionalGeneration
+
+        try:
+            return cls(T5ForConditionalGeneration.from_pretrained(str(path)))
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"loss.signal.teacher_model={str(path)!r}: no T5 checkpoint could be loaded ({err})"
+            ) from err
+
+    def check_student(self, student: nn.Module) -> None:
+        student_vocab = student.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
+        teacher_vocab = self.teacher.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"loss.signal.teacher_model has a vocabulary of {teacher_vocab}, the student {student_vocab}: "
+                "a dense teacher must share the student's vocabulary"
+            )
+
+    def signal(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        self.teacher.eval()
+        with torch.no_grad():
+            # Decoder inputs, not `labels=`: T5 would compute a [B, L, V] cross-entropy nobody reads.
+            return self.teacher(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=self.teacher._shift_right(batch["labels"]),
+            ).logits
