@@ -241,6 +241,9 @@ class StudentSizeConfig(Section):
 
 
 class StudentConfig(Section):
+    target: str = help_field(
+        "mwp.student.model.build_student", alias="_target_", help="what builds the student and its tokenizer"
+    )
     name_or_path: str = help_field(help="checkpoint folder or hub name, loaded with from_pretrained")
     pretrained: Literal["auto", "required", "never"] = help_field(
         "auto", help="auto: weights if found, else random init; required: fail without; never: random init"

@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.datamodule import DistilledDataModule, Signals
 from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
-from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
 
@@ -44,16 +43,10 @@ class TrainResult:
 
 
 def student_config(cfg: DictConfig) -> dict[str, Any]:
-    """`build_student`'s arguments from the `student` node (saved with the module's checkpoints)."""
-    s = OmegaConf.to_container(cfg.student, resolve=True)
-    assert isinstance(s, dict)
-    return {
-        "name_or_path": s["name_or_path"],
-        "pretrained": s["pretrained"],
-        "fallback_config": s.get("fallback_config"),
-        "size": s.get("size") or {},
-        "seed": cfg.seed,
-    }
+    """The `student` node with the run's seed: what builds the student (saved with its checkpoints)."""
+    conf = OmegaConf.to_container(cfg.student, resolve=True)
+    assert isinstance(conf, dict)
+    return {**conf, "seed": cfg.seed}
 
 
 def loss_terms(cfg: DictConfig) -> list[LossTerm]:
@@ -130,7 +123,7 @@ def run_train(
     rows = read_distilled(data_path)
     terms = loss_terms(cfg)
     student = student_config(cfg)
-    bundle = build_student(**student)
+    bundle = instantiate(student, _convert_="all")
     signals: Signals | None = None
     signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):

@@ -56,9 +56,9 @@ class StudentModule(pl.LightningModule):
                 raise ValueError(
                     "StudentModule needs a model and tokenizer, or a student config to build them"
                 )
-            from mwp.student.model import build_student
+            from hydra.utils import instantiate
 
-            bundle = build_student(**student)
+            bundle = instantiate(student, _convert_="all")
             model, tokenizer = bundle.model, bundle.tokenizer
         self.model = model
         self.tokenizer = tokenizer
