@@ -75,6 +75,32 @@ def student(cfg):
     )
 
 
+def datamodule(cfg, rows, tokenizer, signals=None) -> DistilledDataModule:
+    dm = DistilledDataModule(
+        rows,
+        tokenizer,
+        val_fraction=0.0,
+        batch_size=BATCH,
+        max_source_len=cfg.data.max_source_len,
+        max_target_len=cfg.data.max_target_len,
+        signals=signals,
+        seed=0,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def micro_batches(cfg, rows, tokenizer, shuffle: bool = True) -> WindowedTrainLoader:
+    dm = datamodule(cfg, rows, tokenizer)
+    return WindowedTrainLoader(dm.train_items, dm.train_collator(), batch_size=BATCH, shuffle=shuffle, seed=0)
+
+
+def forward(model, batch, with_labels: bool = False) -> torch.Tensor:
+    labels = batch["labels"]
+    inputs = {"labels": labels} if with_labels else {"decoder_input_ids": model._shift_right(labels)}
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **inputs).logits
+
+
 def sparse_signals(rows, tokenizer, max_len: int, k: int = 20) -> list[SparseSignal]:
     g = torch.Generator().manual_seed(0)
     vocab = len(tokenizer)

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -90,9 +90,12 @@ def teacher_signals(
 def build_datamodule(
     cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, signals: Signals | None = None
 ) -> DistilledDataModule:
-    return instantiate(
-        cfg.data, rows=rows, tokenizer=tokenizer, signals=signals, seed=cfg.seed, _convert_="all"
-    )
+    # The class from `_target_`, called directly: instantiate would turn the typed rows it is
+    # given into config nodes (plain dicts).
+    conf = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(conf, dict)
+    datamodule_class = get_class(conf.pop("_target_"))
+    return datamodule_class(rows=rows, tokenizer=tokenizer, signals=signals, seed=cfg.seed, **conf)
 
 
 def build_callbacks(cfg: DictConfig, *, has_val: bool, has_logger: bool) -> list[pl.Callback]:
@@ -149,13 +152,11 @@ def run_train(
     has_val = bool(datamodule.val_items)
     callbacks = build_callbacks(cfg, has_val=has_val, has_logger=bool(loggers))
     overrides: dict[str, Any] = {} if has_val else {"limit_val_batches": 0}
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
+    trainer: pl.Trainer = instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        _convert_="all",
         **overrides,
     )
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT

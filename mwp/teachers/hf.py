@@ -276,6 +276,16 @@ class HFTeacher(Teacher):
     def close(self) -> None:
         self._loaded = None
 
+    # -- prompts -----------------------------------------------------------------------------------
+    def render(self, request: TeacherRequest) -> str:
+        """The text the model continues: the chat template around system + user turns, or plain text."""
+        if not self.use_chat_template:
+            return f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        return self.render_messages(
+            ([{"role": "system", "content": request.system}] if request.system else [])
+            + [{"role": "user", "content": request.prompt}]
+        )
+
     def render_messages(self, messages: list[dict[str, str]]) -> str:
         if not self.use_chat_template:
             return "\n\n".join(m["content"] for m in messages)
