@@ -118,16 +118,7 @@ def sparse_signals(rows, tokenizer, max_len: int, k: int = 20) -> list[SparseSig
 
 def lightning_steps(cfg, rows, terms, signals, steps: int, warmup: int) -> list[float]:
     bundle = student(cfg)
-    dm = DistilledDataModule(
-        rows,
-        bundle.tokenizer,
-        val_fraction=0.0,
-        batch_size=BATCH,
-        max_source_len=cfg.data.max_source_len,
-        max_target_len=cfg.data.max_target_len,
-        signals=signals,
-        seed=0,
-    )
+    dm = datamodule(cfg, rows, bundle.tokenizer, signals)
     module = StudentModule(
         bundle.model,
         bundle.tokenizer,
@@ -156,17 +147,7 @@ def lightning_steps(cfg, rows, terms, signals, steps: int, warmup: int) -> list[
 def plain_steps(cfg, rows, terms, steps: int, warmup: int) -> list[float]:
     bundle = student(cfg)
     model = bundle.model.train()
-    dm = DistilledDataModule(
-        rows,
-        bundle.tokenizer,
-        val_fraction=0.0,
-        batch_size=BATCH,
-        max_source_len=cfg.data.max_source_len,
-        max_target_len=cfg.data.max_target_len,
-        seed=0,
-    )
-    dm.setup("fit")
-    loader = WindowedTrainLoader(dm.train_items, dm.train_collator(), batch_size=BATCH, seed=0)
+    loader = micro_batches(cfg, rows, bundle.tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=steps + warmup)
     times: list[float] = []
@@ -174,13 +155,7 @@ def plain_steps(cfg, rows, terms, steps: int, warmup: int) -> list[float]:
     for step in range(steps + warmup):
         batch = next(batches)
         start = time.perf_counter()
-        labels = batch["labels"]
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=model._shift_right(labels),
-        ).logits
-        loss = combine(terms, logits, labels).total
+        loss = combine(terms, forward(model, batch), batch["labels"]).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -197,34 +172,11 @@ def step_peak(cfg, rows, with_labels: bool) -> int:
 
     bundle = student(cfg)
     model = bundle.model.train()
-    dm = DistilledDataModule(
-        rows,
-        bundle.tokenizer,
-        val_fraction=0.0,
-        batch_size=BATCH,
-        max_source_len=cfg.data.max_source_len,
-        max_target_len=cfg.data.max_target_len,
-        seed=0,
-    )
-    dm.setup("fit")
-    batch = next(
-        iter(WindowedTrainLoader(dm.train_items, dm.train_collator(), batch_size=BATCH, shuffle=False))
-    )
+    batch = next(iter(micro_batches(cfg, rows, bundle.tokenizer, shuffle=False)))
     terms = [LossTerm("ce")]
 
     def step() -> None:
-        labels = batch["labels"]
-        if with_labels:
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
-            ).logits
-        else:
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=model._shift_right(labels),
-            ).logits
-        combine(terms, logits, labels).total.backward()
+        combine(terms, forward(model, batch, with_labels), batch["labels"]).total.backward()
         model.zero_grad(set_to_none=False)
 
     step()
