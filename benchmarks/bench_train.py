@@ -215,7 +215,7 @@ def main() -> None:
     register_resolvers()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(["experiment=demo", "stage=distill", "dataset.limit=200"], run_dir=Path(tmp))
+        cfg = compose_config(["experiment=demo", "stage=distill"], run_dir=Path(tmp))
         run_distill(cfg, Path(tmp) / "distill")
         rows = read_distilled(Path(tmp) / "distill")
     ce = [LossTerm("ce")]
