@@ -272,13 +272,13 @@ class ScorerConfig(Section):
 
 
 class SignalConfig(Section):
-    source: Literal["sparse", "dense"] = help_field(
+    source: Literal[SIGNAL_SOURCES] = help_field(  # type: ignore[valid-type]
         "sparse", help="sparse: the rows' top-k (aligned to the student); dense: a same-vocabulary T5 teacher"
     )
     teacher_model: str | None = help_field(
         None, help="dense only: T5 checkpoint with the student's vocabulary"
     )
-    missing: Literal["empty", "score", "error"] = help_field(
+    missing: Literal[MISSING_SIGNAL] = help_field(  # type: ignore[valid-type]
         "empty",
         help="rows without logprobs: train on CE only, teacher-force them through the scorer, or fail",
     )

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mwp.config.schema import MISSING_SIGNAL
 from mwp.data.artifact import DistilledRow
 from mwp.data.formats import cot_target
 from mwp.signals.alignment import TokenAligner
@@ -37,7 +38,7 @@ from mwp.teachers.base import TokenLogprobs
 log = logging.getLogger(__name__)
 
 SIGNALS_DIR = "signals"
-MISSING_CHOICES = ("empty", "score", "error")
+MISSING_CHOICES = MISSING_SIGNAL
 
 
 def tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mwp.config.schema import EXTRACTIONS
 from mwp.data.artifact import ARTIFACT, DistilledRow, read_distilled
 from mwp.data.io import append_jsonl, write_json
 from mwp.data.loaders import load_problems
@@ -59,9 +60,6 @@ class DistillStats:
 
 def _dedup_key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
-
-
-EXTRACTIONS = ("auto", "strict", "flexible", "equation")
 
 
 def predict(text: str, problem: Problem, extraction: str) -> Fraction | None:
