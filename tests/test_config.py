@@ -133,7 +133,7 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
     from mwp.config.show import group_options
 
     needs = {
-        "stage": {"train": ["stage.data=x"], "evaluate": ["stage.student=x"]},
+        "stage": {"train": [f"stage.data={tmp_path}"], "evaluate": [f"stage.student={tmp_path}"]},
         "teacher": {
             "hf": ["teacher.model=x"],
             "batch_file": ["teacher.results=x"],
@@ -234,3 +234,20 @@ def test_mwp_config_lists_every_key_with_help_and_checks_overrides() -> None:
     assert bad.returncode == 2 and "data.batch_size" in bad.stderr
     with pytest.raises(SystemExit):
         main(["--check", "trainer.precision=16"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["paths.data_dir=/nonexistent/data"], "paths.data_dir"),
+        (["stage=train", "stage.data=/nonexistent/distill"], "stage.data"),
+        (["stage=evaluate", "stage.student=/nonexistent/student"], "stage.student"),
+        (["stage.resume=/nonexistent/run"], "stage.resume"),
+        (["student=flan_t5_tiny", "student.fallback_config=/nonexistent/t5"], "student.fallback_config"),
+    ],
+)
+def test_missing_inputs_fail_at_validation_naming_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(key)}='/nonexistent/[a-z0-9]+': no such file or folder"
+    ):
+        validate(compose_config(overrides))

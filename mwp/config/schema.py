@@ -493,6 +493,7 @@ class RunConfig(Section):
             raise ValueError(
                 "stage.student: evaluating without the train step needs stage.student=<student folder>"
             )
+        self._paths_exist()
         teacher = self.teacher
         if "distill" in steps and isinstance(teacher, RecordedTeacherConfig):
             from mwp.data.loaders import canonical_name
@@ -510,3 +511,25 @@ class RunConfig(Section):
         if "train" in steps and self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
             raise ValueError("trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends")
         return self
+
+    def _paths_exist(self) -> None:
+        """Inputs a stage will read exist: checked now, not after a teacher was paid or a model loaded."""
+        from pathlib import Path
+
+        checks = [
+            (
+                "paths.data_dir",
+                self.paths.data_dir,
+                "set $MWP_DATA_DIR or paths.data_dir to the bundled data",
+            ),
+            ("stage.data", self.stage.data, "a distill folder or its distilled.jsonl"),
+            ("stage.student", self.stage.student, "a trained student folder"),
+            ("stage.resume", self.stage.resume, "the folder of the run to continue"),
+        ]
+        if self.student.pretrained == "never":
+            checks.append(
+                ("student.fallback_config", self.student.fallback_config, "a config + tokenizer folder")
+            )
+        for key, value, what in checks:
+            if value is not None and not Path(value).exists():
+                raise ValueError(f"{key}={value!r}: no such file or folder ({what})")

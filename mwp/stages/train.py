@@ -141,10 +141,7 @@ def run_train(
         bundle.model,
         bundle.tokenizer,
         student=student,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        warmup_ratio=cfg.optim.warmup_ratio,
-        scheduler=cfg.optim.scheduler,
+        **OmegaConf.to_container(cfg.optim, resolve=True),  # type: ignore[arg-type]
         max_new_tokens=datamodule.max_new_tokens,
         terms=terms,
         signal_source=signal_source,
