@@ -251,3 +251,11 @@ def test_missing_inputs_fail_at_validation_naming_the_key(overrides: list[str], 
         ConfigError, match=rf"^{re.escape(key)}='/nonexistent/[a-z0-9]+': no such file or folder"
     ):
         validate(compose_config(overrides))
+
+
+def test_experiments_compose_with_every_logger_option(tmp_path: Path) -> None:
+    for logger in ("default", "csv", "wandb"):
+        settings = validate(compose_config(["experiment=demo", f"logger={logger}"], run_dir=tmp_path))
+        assert settings.tags == ["demo"]
+        entries = {name for name, entry in settings.logger.items() if entry is not None}
+        assert entries == {"default": {"csv", "wandb"}, "csv": {"csv"}, "wandb": {"wandb"}}[logger]

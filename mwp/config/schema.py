@@ -445,6 +445,7 @@ class RunConfig(Section):
 
     task_name: str = help_field(help="name of the run folder's parent")
     seed: int = help_field(42, help="seed of everything (splits, shuffling, random init)")
+    tags: list[str] = help_field([], help="labels of this run in the loggers (W&B tags)")
     debug_traceback: bool = help_field(False, help="print full tracebacks for project errors")
     paths: PathsConfig
     dataset: DatasetConfig
