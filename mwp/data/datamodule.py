@@ -486,7 +486,11 @@ class DistilledDataModule(pl.LightningDataModule):
         self.train_examples = [item.example for item in self.train_items]
 
         target_lengths = token_lengths(self.tokenizer, [e.target for e in self.train_examples])
-        needed = min(quantile(target_lengths, COVERAGE), self.max_target_len)
+        # Per format: short answer-only targets must not hide the chain-of-thought ones' length.
+        by_format: dict[str, list[int]] = defaultdict(list)
+        for example, length in zip(self.train_examples, target_lengths, strict=True):
+            by_format[example.format].append(length)
+        needed = min(max(quantile(v, COVERAGE) for v in by_format.values()), self.max_target_len)
         if self.new_tokens_setting == AUTO:
             self.max_new_tokens = max(1, min(max(target_lengths, default=1), self.max_target_len))
         elif self.max_new_tokens < needed:
@@ -495,9 +499,11 @@ class DistilledDataModule(pl.LightningDataModule):
                 f"targets ({needed} tokens; data.max_target_len={self.max_target_len}): generation would stop "
                 f"before their answer sentence. Raise it, or set data.max_new_tokens={AUTO} to derive it"
             )
-        self.stats = self._stats(source_lengths, target_lengths, len(val_problems))
+        self.stats = self._stats(source_lengths, target_lengths, needed, len(val_problems))
 
-    def _stats(self, source_lengths: list[int], target_lengths: list[int], n_val: int) -> dict[str, Any]:
+    def _stats(
+        self, source_lengths: list[int], target_lengths: list[int], needed: int, n_val: int
+    ) -> dict[str, Any]:
         """What setup derived and kept: written to the run's `student/train_stats.json`."""
         kept = [len(e.exemplar_ids) for e in self.train_examples if e.format.startswith("in_context")]
         return {
@@ -514,6 +520,8 @@ class DistilledDataModule(pl.LightningDataModule):
             "max_new_tokens_setting": self.new_tokens_setting,
             "target_tokens": {
                 "p95": quantile(target_lengths, COVERAGE),
+                # the largest per-format 95th percentile, at most max_target_len: what generation must cover
+                "needed": needed,
                 "max": max(target_lengths, default=0),
             },
             "exemplars": {
