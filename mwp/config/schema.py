@@ -319,6 +319,13 @@ class LossConfig(Section):
 
 
 class DataConfig(Section):
+    @field_validator("max_source_len", "max_new_tokens")
+    @classmethod
+    def _token_count(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 16384:
+            raise ValueError("a token count in [1, 16384], or auto")
+        return value
+
     target: str = help_field(alias="_target_", help="the LightningDataModule class")
     formats: list[Literal[FORMATS]] = help_field(  # type: ignore[valid-type]
         ["zero_shot_cot"], min_length=1, help=f"training formats, any of {list(FORMATS)}"
@@ -334,10 +341,16 @@ class DataConfig(Section):
     )
     batch_size: int = help_field(8, ge=1, help="micro-batch size per device")
     eval_batch_size: int = help_field(32, ge=1, help="batch size of validation generation")
-    max_source_len: int = help_field(256, ge=1, le=16384, help="source tokens (longer sources are cut)")
+    max_source_len: int | Literal["auto"] = help_field(
+        "auto",
+        help="source tokens; auto = the longest training source with all its exemplars (a number that "
+        "drops exemplars from over 5% of in-context examples is an error naming the length needed)",
+    )
     max_target_len: int = help_field(192, ge=1, le=16384, help="target tokens (longer targets are cut)")
-    max_new_tokens: int = help_field(
-        128, ge=1, le=16384, help="generation length for validation and evaluation"
+    max_new_tokens: int | Literal["auto"] = help_field(
+        "auto",
+        help="generation length for validation and evaluation; auto = the longest training target "
+        "(up to max_target_len); a number below the 95th-percentile target is an error",
     )
     num_workers: int = help_field(0, ge=0, le=64, help="DataLoader worker processes")
     shuffle: bool = help_field(
@@ -415,6 +428,10 @@ class TrainerConfig(Section):
 class EvaluationConfig(Section):
     limit: int | None = help_field(None, ge=1, help="problems per evaluation set (null = the whole split)")
     batch_size: int = help_field(32, ge=1, help="generation batch size")
+    select_extraction: Literal["strict", "flexible"] = help_field(
+        "strict",
+        help="answer extraction of val/acc, which picks the checkpoint (strict = the headline metric)",
+    )
 
 
 class StageConfig(Section):

@@ -1,7 +1,14 @@
 """Lightning DataModule serving distilled data in Fu et al.'s four formats.
 
-Validation problems are held out by problem (all their samples leave the training set), so the
-checkpoint chosen on validation accuracy was never selected on data the student trained on.
+Validation problems are held out by normalised question (`mwp.data.dedup`: all samples of every
+problem with that question leave the training set, whatever its id), so the checkpoint chosen on
+validation accuracy was never selected on data the student trained on.
+
+`max_source_len` and `max_new_tokens` default to "auto": derived in `setup` from the sources
+(in-context exemplars included) and the tokenized targets, so exemplars are never silently dropped
+and generation never stops before the answer sentence. An explicit number that is too short for
+them is a `ConfigError` naming the key and the length needed; `stats` records what was derived
+and how many exemplars each in-context example kept.
 
 Training batches come in accumulation windows of `trainer.accumulate_grad_batches` micro-batches,
 one window per optimizer step (`WindowedTrainLoader`), and every micro-batch carries its window's
@@ -27,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from mwp.data.artifact import DistilledRow
+from mwp.data.dedup import normalize_question
 from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
 from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
@@ -53,6 +61,52 @@ def split_problem_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tup
     return ordered[n_val:], ordered[:n_val]
 
 
+def split_problems_by_question(
+    problems: Sequence[Problem], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids), split by normalised question: ids with one question stay together.
+
+    MultiArith, for one, holds the same question under two ids; a split by id would put one copy
+    in validation and train on the other.
+    """
+    ids_by_key: dict[str, set[str]] = defaultdict(set)
+    for problem in problems:
+        ids_by_key[normalize_question(problem.question)].add(problem.id)
+    train_keys, val_keys = split_problem_ids(list(ids_by_key), val_fraction, seed)
+    train = sorted(i for key in train_keys for i in ids_by_key[key])
+    val = sorted(i for key in val_keys for i in ids_by_key[key])
+    if set(train) & set(val):
+        raise ValueError(f"problem ids with different questions: {sorted(set(train) & set(val))[:5]}")
+    return train, val
+
+
+AUTO = "auto"
+# An explicit data.max_source_len must keep every exemplar in this share of in-context examples,
+# and data.max_new_tokens must cover this quantile of training target lengths.
+COVERAGE = 0.95
+
+
+def quantile(values: Sequence[int], q: float) -> int:
+    """The smallest value with at least a share `q` of `values` at or below it (0 for none)."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
+    """Token counts of `texts` as the model sees them (end-of-sequence token included)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+
+def _config_error(message: str) -> Exception:
+    from mwp.config import ConfigError  # mwp.config imports mwp.data: import it late
+
+    return ConfigError(message)
+
+
 @dataclass(frozen=True)
 class TrainItem:
     """A training example and the distilled row whose teacher signal applies to its target (or None)."""
@@ -70,10 +124,15 @@ def build_train_items(
     row_indices: Sequence[int] | None = None,
     max_source_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    require_split: str | None = None,
 ) -> list[TrainItem]:
     """One item per kept sample and CoT format, one per problem and answer-only format. CoT items
     carry their row's index (`row_indices[i]` for `rows[i]`, default i): the teacher signal covers
-    the target only, whatever the source format."""
+    the target only, whatever the source format.
+
+    In-context exemplars come from `rows` (the training side of the hold-out), never a problem with
+    the example's own normalised question; `require_split` is the dataset's training split (e.g.
+    Weak12K's "valid"), which every exemplar must come from (None: not checked)."""
     if row_indices is not None and len(row_indices) != len(rows):
         raise ValueError(f"row_indices has {len(row_indices)} entries for {len(rows)} rows")
     unknown = set(formats) - set(FORMATS)
@@ -91,7 +150,14 @@ def build_train_items(
                     continue
                 answered.add((problem.id, fmt))
             exemplars = (
-                sample_exemplars(pool, num_exemplars, rng, exclude_id=problem.id)
+                sample_exemplars(
+                    pool,
+                    num_exemplars,
+                    rng,
+                    exclude_id=problem.id,
+                    exclude_question=problem.question,
+                    require_split=require_split,
+                )
                 if fmt.startswith("in_context")
                 else ()
             )
@@ -107,8 +173,10 @@ def build_train_items(
     return items
 
 
-def encode_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> Any:
-    """Tokenise a batch of texts, truncated to `max_len` and padded to the longest, as tensors."""
+def encode_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int | None) -> Any:
+    """Tokenise a batch of texts, truncated to `max_len` (None: never cut) and padded to the longest, as tensors."""
+    if max_len is None:
+        return tokenizer(list(texts), truncation=False, padding=True, return_tensors="pt")
     return tokenizer(list(texts), max_length=max_len, truncation=True, padding=True, return_tensors="pt")
 
 
@@ -318,13 +386,14 @@ class DistilledDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         batch_size: int = 8,
         eval_batch_size: int = 32,
-        max_source_len: int = 256,
+        max_source_len: int | str = AUTO,
         max_target_len: int = 192,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | str = AUTO,
         num_workers: int = 0,
         shuffle: bool = True,
         seed: int = 0,
         signals: Signals | None = None,
+        train_split: str | None = None,
     ) -> None:
         super().__init__()
         if not rows:
@@ -339,9 +408,17 @@ class DistilledDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.max_source_len = max_source_len
+        for key, value in (("max_source_len", max_source_len), ("max_new_tokens", max_new_tokens)):
+            if value != AUTO and not (isinstance(value, int) and value >= 1):
+                raise _config_error(f"data.{key}={value!r}: a token count >= 1 or {AUTO!r}")
+        # Resolved to token counts in setup (an "auto" value is derived from the data).
+        self.max_source_len: int = max_source_len if isinstance(max_source_len, int) else 0
+        self.max_new_tokens: int = max_new_tokens if isinstance(max_new_tokens, int) else 0
+        self.source_len_setting = max_source_len
+        self.new_tokens_setting = max_new_tokens
         self.max_target_len = max_target_len
-        self.max_new_tokens = max_new_tokens
+        self.train_split = train_split
+        self.stats: dict[str, Any] = {}
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
@@ -358,22 +435,105 @@ class DistilledDataModule(pl.LightningDataModule):
         by_problem: dict[str, list[int]] = defaultdict(list)
         for index, row in enumerate(self.rows):
             by_problem[row.id].append(index)
-        train_ids, val_ids = split_problem_ids(list(by_problem), self.val_fraction, self.seed)
+        problems = [self.rows[indices[0]].problem for indices in by_problem.values()]
+        train_ids, val_ids = split_problems_by_question(problems, self.val_fraction, self.seed)
         self.train_ids = set(train_ids)
         train_indices = [i for pid in sorted(train_ids) for i in by_problem[pid]]
-        # In-context sources drop exemplars to fit max_source_len rather than lose the question to truncation.
-        self.train_items = build_train_items(
-            [self.rows[i] for i in train_indices],
-            self.formats,
-            self.num_exemplars,
-            self.seed,
-            row_indices=train_indices,
-            max_source_tokens=self.max_source_len,
-            count_tokens=token_counter(self.tokenizer),
-        )
-        self.train_examples = [item.example for item in self.train_items]
-        val_problems = [self.rows[by_problem[pid][0]].problem for pid in sorted(val_ids)]
+        train_rows = [self.rows[i] for i in train_indices]
+        val_problems: list[Problem] = []
+        val_keys: set[str] = set()
+        for pid in sorted(val_ids):
+            problem = self.rows[by_problem[pid][0]].problem
+            key = normalize_question(problem.question)
+            if key not in val_keys:  # one validation item per question, however many ids repeat it
+                val_keys.add(key)
+                val_problems.append(problem)
         self.val_items = eval_items(val_problems, self.eval_format)
+
+        def items(budget: int | None) -> list[TrainItem]:
+            return build_train_items(
+                train_rows,
+                self.formats,
+                self.num_exemplars,
+                self.seed,
+                row_indices=train_indices,
+                max_source_tokens=budget,
+                count_tokens=token_counter(self.tokenizer),
+                require_split=self.train_split,
+            )
+
+        # Built with every exemplar first: the sources' real lengths decide the source budget.
+        self.train_items = items(None)
+        source_lengths = token_lengths(self.tokenizer, [i.example.source for i in self.train_items])
+        val_lengths = token_lengths(self.tokenizer, [i.source for i in self.val_items])
+        in_context = [
+            n for n, i in zip(source_lengths, self.train_items, strict=True) if i.example.exemplar_ids
+        ]
+        if self.source_len_setting == AUTO:
+            self.max_source_len = max([*source_lengths, *val_lengths, 1])
+        elif in_context:
+            fits = sum(n <= self.max_source_len for n in in_context) / len(in_context)
+            if fits < COVERAGE:
+                raise _config_error(
+                    f"data.max_source_len={self.max_source_len} keeps all {self.num_exemplars} exemplars in only "
+                    f"{100 * fits:.0f}% of the {len(in_context)} in-context training examples; they need "
+                    f"{quantile(in_context, COVERAGE)} tokens for {100 * COVERAGE:.0f}% of them "
+                    f"({max(in_context)} for all). Raise it, or set data.max_source_len={AUTO} to derive it"
+                )
+            if fits < 1:
+                # The few longest drop trailing exemplars rather than lose the question to truncation.
+                self.train_items = items(self.max_source_len)
+        self.train_examples = [item.example for item in self.train_items]
+
+        target_lengths = token_lengths(self.tokenizer, [e.target for e in self.train_examples])
+        # Per format: short answer-only targets must not hide the chain-of-thought ones' length.
+        by_format: dict[str, list[int]] = defaultdict(list)
+        for example, length in zip(self.train_examples, target_lengths, strict=True):
+            by_format[example.format].append(length)
+        needed = min(max(quantile(v, COVERAGE) for v in by_format.values()), self.max_target_len)
+        if self.new_tokens_setting == AUTO:
+            self.max_new_tokens = max(1, min(max(target_lengths, default=1), self.max_target_len))
+        elif self.max_new_tokens < needed:
+            raise _config_error(
+                f"data.max_new_tokens={self.max_new_tokens} is shorter than {100 * COVERAGE:.0f}% of the training "
+                f"targets ({needed} tokens; data.max_target_len={self.max_target_len}): generation would stop "
+                f"before their answer sentence. Raise it, or set data.max_new_tokens={AUTO} to derive it"
+            )
+        self.stats = self._stats(source_lengths, target_lengths, needed, len(val_problems))
+
+    def _stats(
+        self, source_lengths: list[int], target_lengths: list[int], needed: int, n_val: int
+    ) -> dict[str, Any]:
+        """What setup derived and kept: written to the run's `student/train_stats.json`."""
+        kept = [len(e.exemplar_ids) for e in self.train_examples if e.format.startswith("in_context")]
+        return {
+            "train_problems": len(self.train_ids),
+            "train_examples": len(self.train_examples),
+            "val_problems": n_val,
+            "max_source_len": self.max_source_len,
+            "max_source_len_setting": self.source_len_setting,
+            "source_tokens": {
+                "p95": quantile(source_lengths, COVERAGE),
+                "max": max(source_lengths, default=0),
+            },
+            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens_setting": self.new_tokens_setting,
+            "target_tokens": {
+                "p95": quantile(target_lengths, COVERAGE),
+                # the largest per-format 95th percentile, at most max_target_len: what generation must cover
+                "needed": needed,
+                "max": max(target_lengths, default=0),
+            },
+            "exemplars": {
+                "requested": self.num_exemplars if kept else 0,
+                "in_context_examples": len(kept),
+                "kept_mean": round(sum(kept) / len(kept), 4) if kept else None,
+                "kept_min": min(kept, default=None),
+                "all_kept_share": round(sum(k == self.num_exemplars for k in kept) / len(kept), 4)
+                if kept
+                else None,
+            },
+        }
 
     def train_collator(self) -> TrainCollator:
         return TrainCollator(

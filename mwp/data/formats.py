@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mwp.data.dedup import normalize_question
 from mwp.data.format_names import FORMATS, Format
 from mwp.data.problem import Problem
 from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
@@ -148,8 +149,9 @@ def _source(
         raise ValueError(f"format {fmt} needs at least one exemplar")
     if not in_context and exemplars:
         raise ValueError(f"format {fmt} takes no exemplars, got {len(exemplars)}")
+    key = normalize_question(problem.question)
     for exemplar, _ in exemplars:
-        if exemplar.id == problem.id or exemplar.question.strip() == problem.question.strip():
+        if exemplar.id == problem.id or normalize_question(exemplar.question) == key:
             raise ValueError(f"{problem.id}: an exemplar is the problem itself ({exemplar.id})")
 
     query = _query(problem.question, chain_of_thought)
@@ -173,31 +175,50 @@ def sample_exemplars(
     exclude_question: str | None = None,
     require_split: str | None = "train",
 ) -> list[tuple[Problem, str]]:
-    """Draw k distinct (problem, rationale) pairs from a training pool, never the excluded problem.
+    """Draw k (problem, rationale) pairs of k different problems from a training pool, never the excluded one.
 
-    A pool entry is also skipped when its question equals `exclude_question` (datasets such as
-    MultiArith repeat questions under different ids). With `require_split`, every drawn problem must
+    Problems are told apart by normalised question (`mwp.data.dedup`), not by id: datasets such as
+    MultiArith repeat questions under different ids, and a pool of several samples per problem
+    holds each question several times. An entry is skipped when its question matches
+    `exclude_question` or an exemplar already drawn. With `require_split`, every drawn problem must
     come from that split (`meta["split"]`), so test problems never leak into prompts.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k == 0:
         return []
-    question = exclude_question.strip() if exclude_question is not None else None
+    excluded = normalize_question(exclude_question) if exclude_question is not None else None
+    keys: dict[int, str] = {}
 
-    def allowed(index: int) -> bool:
-        problem = pool[index][0]
-        return problem.id != exclude_id and (question is None or problem.question.strip() != question)
+    def key_of(index: int) -> str:
+        if index not in keys:
+            keys[index] = normalize_question(pool[index][0].question)
+        return keys[index]
+
+    def pick(order: Sequence[int]) -> list[int]:
+        chosen: list[int] = []
+        taken: set[str] = set()
+        for index in order:
+            key = key_of(index)
+            if pool[index][0].id == exclude_id or key == excluded or key in taken:
+                continue
+            chosen.append(index)
+            taken.add(key)
+            if len(chosen) == k:
+                break
+        return chosen
 
     # Rejection sampling: a uniform draw of slightly more than k, minus the excluded, is uniform over
-    # the rest; only a pool too small for that falls back to filtering all of it.
-    draw = rng.sample(range(len(pool)), min(len(pool), k + 4))
-    chosen = [index for index in draw if allowed(index)][:k]
+    # the rest; only when that falls short is the whole pool shuffled and scanned.
+    chosen = pick(rng.sample(range(len(pool)), min(len(pool), k + 4)))
     if len(chosen) < k:
-        candidates = [index for index in range(len(pool)) if allowed(index)]
-        if len(candidates) < k:
-            raise ValueError(f"the exemplar pool has {len(candidates)} usable entries, fewer than k={k}")
-        chosen = rng.sample(candidates, k)
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        chosen = pick(order)
+        if len(chosen) < k:
+            raise ValueError(
+                f"the exemplar pool has {len(chosen)} usable distinct problems, fewer than k={k}"
+            )
     exemplars = [pool[index] for index in chosen]
     if require_split is not None:
         for problem, _ in exemplars:

@@ -27,7 +27,8 @@ class EvalResult:
     size: int
     strict_correct: int = 0
     flexible_correct: int = 0
-    excluded_overlap: int = 0
+    # problems of the split not scored because their normalised question was seen in training
+    dropped: int = 0
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -46,7 +47,7 @@ class EvalResult:
             "size": self.size,
             "strict_acc": round(self.strict_acc, 4),
             "flexible_acc": round(self.flexible_acc, 4),
-            "excluded_overlap": self.excluded_overlap,
+            "dropped": self.dropped,
         }
 
 
@@ -61,13 +62,18 @@ def evaluate_problems(
     role: str,
     fmt: str = "zero_shot_cot",
     batch_size: int = 32,
-    max_source_len: int = 256,
+    max_source_len: int | None = 256,
     max_new_tokens: int = 128,
     exclude_ids: set[str] | frozenset[str] = frozenset(),
+    dropped: int = 0,
 ) -> EvalResult:
-    """Greedy-decode every problem; `exclude_ids` (the student's training problems) are never scored."""
+    """Greedy-decode every problem; `exclude_ids` (training ids) are never scored.
+
+    Content overlap is the caller's job (`mwp.data.dedup.drop_seen`, before any limit): `dropped`
+    is what it removed, added to the id overlap in the result. `max_source_len=None` never cuts a source.
+    """
     kept = [p for p in problems if p.id not in exclude_ids]
-    result = EvalResult(dataset, split, role, size=len(kept), excluded_overlap=len(problems) - len(kept))
+    result = EvalResult(dataset, split, role, size=len(kept), dropped=dropped + len(problems) - len(kept))
     items = eval_items(kept, fmt)
     was_training = model.training
     model.eval()
@@ -109,13 +115,14 @@ def save_predictions(result: EvalResult, out_dir: Path) -> Path:
 
 
 def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> str:
-    header = ("dataset", "split", "role", "size", "strict acc", "flexible acc")
+    header = ("dataset", "split", "role", "size", "dropped", "strict acc", "flexible acc")
     rows = [
         (
             r.dataset,
             r.split,
             r.role,
             str(r.size),
+            str(r.dropped),
             f"{100 * r.strict_acc:.1f}%",
             f"{100 * r.flexible_acc:.1f}%",
         )

@@ -21,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.datamodule import DistilledDataModule, Signals
+from mwp.data.dedup import question_keys
+from mwp.data.io import write_json
+from mwp.loggers import log_metrics
 from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+TRAIN_IDS = "train_problems.txt"
+SEEN_QUESTIONS = "seen_questions.txt"
+TRAIN_STATS = "train_stats.json"
 
 
 @dataclass
@@ -95,7 +101,27 @@ def build_datamodule(
     conf = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(conf, dict)
     datamodule_class = get_class(conf.pop("_target_"))
-    return datamodule_class(rows=rows, tokenizer=tokenizer, signals=signals, seed=cfg.seed, **conf)
+    return datamodule_class(
+        rows=rows,
+        tokenizer=tokenizer,
+        signals=signals,
+        seed=cfg.seed,
+        train_split=cfg.dataset.train_split,
+        **conf,
+    )
+
+
+def _flat_stats(stats: dict[str, Any]) -> dict[str, float]:
+    """The numeric train stats as `train_stats/...` metrics (the W&B summary keeps the last value)."""
+    flat: dict[str, float] = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                if isinstance(inner, int | float) and not isinstance(inner, bool):
+                    flat[f"train_stats/{key}_{sub}"] = float(inner)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"train_stats/{key}"] = float(value)
+    return flat
 
 
 def build_callbacks(cfg: DictConfig, *, has_val: bool, has_logger: bool) -> list[pl.Callback]:
@@ -143,6 +169,7 @@ def run_train(
         student=student,
         **OmegaConf.to_container(cfg.optim, resolve=True),  # type: ignore[arg-type]
         max_new_tokens=datamodule.max_new_tokens,
+        val_extraction=cfg.evaluation.select_extraction,
         terms=terms,
         signal_source=signal_source,
     )
@@ -161,11 +188,13 @@ def run_train(
     if ckpt_path:
         log.info("resuming training from %s", ckpt_path)
     log.info(
-        "training on %d examples from %d problems (%d held out for validation)",
+        "training on %d examples from %d problems (%d held out for validation); %s",
         len(datamodule.train_examples),
         len(datamodule.train_ids),
         len(datamodule.val_items),
+        datamodule.stats,
     )
+    log_metrics(loggers, _flat_stats(datamodule.stats))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.checkpoint_callback is not None:
         # The final state, whatever validation said and however max_steps falls on the interval.
@@ -190,7 +219,19 @@ def run_train(
         module.load_state_dict(state)
     module.model.save_pretrained(student_dir)
     bundle.tokenizer.save_pretrained(student_dir)
-    (student_dir / "train_problems.txt").write_text(
-        "\n".join(sorted(datamodule.train_ids)) + "\n", encoding="utf-8"
-    )
+    write_seen(student_dir, datamodule)
     return result
+
+
+def write_seen(student_dir: Path, datamodule: DistilledDataModule) -> None:
+    """What the evaluate stage needs to keep test sets clean, and what setup derived.
+
+    `train_problems.txt` lists the training ids; `seen_questions.txt` the normalised questions of
+    every distilled problem (training and validation hold-out), which evaluation drops by content;
+    `train_stats.json` the derived lengths and the exemplars kept per in-context example.
+    """
+    student_dir.mkdir(parents=True, exist_ok=True)
+    (student_dir / TRAIN_IDS).write_text("\n".join(sorted(datamodule.train_ids)) + "\n", encoding="utf-8")
+    seen = sorted(question_keys(row.problem for row in datamodule.rows))
+    (student_dir / SEEN_QUESTIONS).write_text("\n".join(seen) + "\n", encoding="utf-8")
+    write_json(student_dir / TRAIN_STATS, datamodule.stats)

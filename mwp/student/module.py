@@ -1,6 +1,7 @@
 """LightningModule wrapping the Flan-T5 student: the configured loss terms (cross-entropy, optionally
 KL/JSD to a teacher's per-token distributions), AdamW with warmup/decay, validation accuracy by
-greedy generation + answer extraction.
+greedy generation + answer extraction (`val_extraction`, strict by default: the checkpoint is chosen
+on the same reading of answers as the headline test accuracy and distillation's filter).
 
 Every term is a token mean over the whole optimizer step: a batch from `DistilledDataModule`
 carries its accumulation window's token counts, which are all-reduced over ranks; each
@@ -47,6 +48,7 @@ class StudentModule(pl.LightningModule):
         warmup_ratio: float = 0.05,
         scheduler: str = "linear",
         max_new_tokens: int = 128,
+        val_extraction: str = "strict",
         terms: Sequence[LossTerm | dict[str, Any]] | None = None,
         signal_source: SignalSource | None = None,
     ) -> None:
@@ -67,6 +69,11 @@ class StudentModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.scheduler_name = scheduler
         self.max_new_tokens = max_new_tokens
+        if val_extraction not in ("strict", "flexible"):
+            raise ValueError(
+                f"evaluation.select_extraction must be strict or flexible, got {val_extraction!r}"
+            )
+        self.val_extraction = val_extraction
         given = list(terms) if terms is not None else [LossTerm("ce")]
         self.terms = [t if isinstance(t, LossTerm) else LossTerm.from_config(t) for t in given]
         if not self.terms:
@@ -83,6 +90,7 @@ class StudentModule(pl.LightningModule):
                 "warmup_ratio": warmup_ratio,
                 "scheduler": scheduler,
                 "max_new_tokens": max_new_tokens,
+                "val_extraction": val_extraction,
                 "terms": [asdict(t) for t in self.terms],
             }
         )
@@ -161,7 +169,7 @@ class StudentModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
         for text, gold in zip(texts, batch["answers"], strict=True):
-            pred = extract_answer(text, mode="flexible")
+            pred = extract_answer(text, mode=self.val_extraction)
             self._val_correct += int(answers_match(pred, parse_number(gold)))
             self._val_total += 1
 
