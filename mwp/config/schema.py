@@ -331,7 +331,8 @@ class DataConfig(Section):
         ["zero_shot_cot"], min_length=1, help=f"training formats, any of {list(FORMATS)}"
     )
     eval_format: Literal[EVAL_FORMATS] = help_field(  # type: ignore[valid-type]
-        "zero_shot_cot", help="format of validation and test sources"
+        "zero_shot_cot",
+        help="format of validation sources during training (evaluation.formats: the evaluate stage)",
     )
     num_exemplars: int = help_field(
         2, ge=0, le=32, help="exemplars per in-context source (training problems only)"
@@ -432,6 +433,44 @@ class EvaluationConfig(Section):
         "strict",
         help="answer extraction of val/acc, which picks the checkpoint (strict = the headline metric)",
     )
+    formats: list[Literal[FORMATS]] = help_field(  # type: ignore[valid-type]
+        ["zero_shot_cot"],
+        min_length=1,
+        help=f"source formats every model is evaluated in, any of {list(FORMATS)}",
+    )
+    num_exemplars: int = help_field(
+        2, ge=1, le=32, help="exemplars per in-context source (from dataset.name's train split)"
+    )
+    exemplar_seed: int = help_field(0, help="seed of the exemplar draw (per problem: seed and problem id)")
+    models: list[str] = help_field(
+        ["student"],
+        min_length=1,
+        help="models to evaluate: student, teacher (the configured live teacher), hf:<local model folder>",
+    )
+
+    @field_validator("formats", "models")
+    @classmethod
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} repeat")
+        return values
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        from pathlib import Path
+
+        for index, entry in enumerate(models):
+            if entry in ("student", "teacher"):
+                continue
+            if not entry.startswith("hf:") or not entry[3:]:
+                raise ValueError(
+                    f"evaluation.models.{index}={entry!r}: use student, teacher or hf:<local model folder>"
+                )
+            if not (Path(entry[3:]).expanduser() / "config.json").is_file():
+                raise ValueError(f"evaluation.models.{index}={entry!r}: no config.json in {entry[3:]}")
+        return models
 
 
 class StageConfig(Section):
@@ -507,12 +546,25 @@ class RunConfig(Section):
             raise ValueError(
                 "stage.data: training without the distill step needs stage.data=<distill folder>"
             )
-        if "evaluate" in steps and "train" not in steps and not (self.stage.student or self.stage.resume):
+        if (
+            "evaluate" in steps
+            and "student" in self.evaluation.models
+            and "train" not in steps
+            and not (self.stage.student or self.stage.resume)
+        ):
             raise ValueError(
                 "stage.student: evaluating without the train step needs stage.student=<student folder>"
             )
         self._paths_exist()
         teacher = self.teacher
+        if "evaluate" in steps and "teacher" in self.evaluation.models:
+            index = self.evaluation.models.index("teacher")
+            if isinstance(teacher, RecordedTeacherConfig | BatchFileTeacherConfig):
+                raise ValueError(
+                    f"evaluation.models.{index}=teacher: {teacher.name!r} replays completions recorded "
+                    "for other prompts and cannot answer new ones; evaluate a live teacher "
+                    "(teacher=smollm2, openai, vllm) or drop it from evaluation.models"
+                )
         if "distill" in steps and isinstance(teacher, RecordedTeacherConfig):
             from mwp.data.loaders import canonical_name
 

@@ -125,8 +125,22 @@ def build_source(
     count_tokens: Callable[[str], int] | None = None,
 ) -> str:
     """The source `build_example` would make, without needing a rationale or a gold answer (for evaluation)."""
+    return build_source_kept(
+        problem, fmt, exemplars, max_source_tokens=max_source_tokens, count_tokens=count_tokens
+    )[0]
+
+
+def build_source_kept(
+    problem: Problem,
+    fmt: Format,
+    exemplars: Sequence[tuple[Problem, str]] = (),
+    *,
+    max_source_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[str, tuple[str, ...]]:
+    """`build_source` plus the ids of the exemplars that fit: evaluation records what the model saw."""
     _check_format(fmt)
-    return _source(problem, fmt, exemplars, max_source_tokens, count_tokens)[0]
+    return _source(problem, fmt, exemplars, max_source_tokens, count_tokens)
 
 
 def _check_format(fmt: str) -> None:

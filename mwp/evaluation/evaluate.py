@@ -1,4 +1,9 @@
-"""Greedy evaluation of a student on benchmark sets: accuracy with strict and flexible extraction."""
+"""Greedy evaluation on benchmark sets: accuracy with strict and flexible extraction, per model and format.
+
+`score_problems` is the one scoring loop: any `Generator` (student, teacher, HF folder) completes
+the sources, and every answer is read with the same extraction. `evaluate_problems` is the
+student's zero-shot shortcut kept for callers that hold a model and a tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from mwp.data.datamodule import encode_padded, eval_items
+from mwp.data.format_names import Format
+from mwp.data.formats import build_source_kept
 from mwp.data.io import write_jsonl
 from mwp.data.problem import Problem
+from mwp.evaluation.exemplars import ExemplarPool
+from mwp.evaluation.models import Generator, Seq2SeqGenerator
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number
@@ -29,6 +35,9 @@ class EvalResult:
     flexible_correct: int = 0
     # problems of the split not scored because their normalised question was seen in training
     dropped: int = 0
+    model: str = "student"
+    format: str = "zero_shot_cot"
+    exemplars_shown: int = 0  # exemplars in all sources together (sources that were too long keep fewer)
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -41,17 +50,95 @@ class EvalResult:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "model": self.model,
             "dataset": self.dataset,
             "split": self.split,
             "role": self.role,
+            "format": self.format,
             "size": self.size,
+            "mean_exemplars": round(self.exemplars_shown / self.size, 2) if self.size else 0.0,
             "strict_acc": round(self.strict_acc, 4),
             "flexible_acc": round(self.flexible_acc, 4),
             "dropped": self.dropped,
         }
 
 
-@torch.no_grad()
+def score_problems(
+    generator: Generator,
+    problems: Sequence[Problem],
+    *,
+    dataset: str,
+    split: str,
+    role: str,
+    fmt: Format = "zero_shot_cot",
+    pool: ExemplarPool | None = None,
+    num_exemplars: int = 0,
+    exemplar_seed: int = 0,
+    exclude_ids: set[str] | frozenset[str] = frozenset(),
+    dropped: int = 0,
+) -> EvalResult:
+    """Complete every problem's source in format `fmt` and score it; `exclude_ids` are never scored.
+
+    `dropped` counts problems the caller already removed by content (`mwp.data.dedup.drop_seen`);
+    the id overlap with `exclude_ids` is added to it.
+
+    In-context formats draw `num_exemplars` from `pool` per problem (fixed by `exemplar_seed`); when a
+    model has a source length limit, trailing exemplars are dropped until the source fits (the
+    question itself is never cut), and each prediction row lists the exemplars actually shown.
+    """
+    kept = [p for p in problems if p.id not in exclude_ids]
+    result = EvalResult(
+        dataset,
+        split,
+        role,
+        size=len(kept),
+        dropped=dropped + len(problems) - len(kept),
+        model=generator.label,
+        format=fmt,
+    )
+    in_context = fmt.startswith("in_context")
+    if in_context and pool is None:
+        raise ValueError(f"format {fmt} needs an exemplar pool")
+    sources: list[tuple[Problem, str, tuple[str, ...]]] = []
+    for problem in kept:
+        shots = pool.draw(problem, num_exemplars, exemplar_seed) if in_context and pool is not None else []
+        source, shown = build_source_kept(
+            problem,
+            fmt,
+            shots,
+            max_source_tokens=generator.max_source_tokens if shots else None,
+            count_tokens=generator.count_tokens if shots else None,
+        )
+        sources.append((problem, source, shown))
+    texts = generator.complete(
+        [s for _, s, _ in sources], desc=f"eval {generator.label} {dataset}/{split} {fmt}"
+    )
+    for (problem, _, shown), text in zip(sources, texts, strict=True):
+        strict = extract_answer(text, mode="strict")
+        flexible = extract_answer(text, mode="flexible")
+        ok_strict = answers_match(strict, problem.answer)
+        ok_flexible = answers_match(flexible, problem.answer)
+        result.strict_correct += ok_strict
+        result.flexible_correct += ok_flexible
+        result.exemplars_shown += len(shown)
+        result.predictions.append(
+            {
+                "id": problem.id,
+                "model": generator.label,
+                "format": fmt,
+                "exemplar_ids": list(shown),
+                "question": problem.question,
+                "answer": format_number(problem.answer),
+                "completion": text,
+                "pred_strict": format_number(strict),
+                "pred_flexible": format_number(flexible),
+                "correct_strict": ok_strict,
+                "correct_flexible": ok_flexible,
+            }
+        )
+    return result
+
+
 def evaluate_problems(
     model: T5ForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
@@ -60,67 +147,71 @@ def evaluate_problems(
     dataset: str,
     split: str,
     role: str,
-    fmt: str = "zero_shot_cot",
+    fmt: Format = "zero_shot_cot",
     batch_size: int = 32,
     max_source_len: int | None = 256,
     max_new_tokens: int = 128,
     exclude_ids: set[str] | frozenset[str] = frozenset(),
     dropped: int = 0,
 ) -> EvalResult:
-    """Greedy-decode every problem; `exclude_ids` (training ids) are never scored.
+    """Greedy-decode every problem with a seq2seq student in a zero-shot format (see `score_problems`).
 
     Content overlap is the caller's job (`mwp.data.dedup.drop_seen`, before any limit): `dropped`
     is what it removed, added to the id overlap in the result. `max_source_len=None` never cuts a source.
     """
-    kept = [p for p in problems if p.id not in exclude_ids]
-    result = EvalResult(dataset, split, role, size=len(kept), dropped=dropped + len(problems) - len(kept))
-    items = eval_items(kept, fmt)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    bar = tqdm(total=len(items), desc=f"eval {dataset}/{split}", unit="problem", dynamic_ncols=True)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        enc = encode_padded(tokenizer, [i.source for i in chunk], max_source_len).to(device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        for item, text in zip(chunk, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
-            strict = extract_answer(text, mode="strict")
-            flexible = extract_answer(text, mode="flexible")
-            ok_strict = answers_match(strict, item.problem.answer)
-            ok_flexible = answers_match(flexible, item.problem.answer)
-            result.strict_correct += ok_strict
-            result.flexible_correct += ok_flexible
-            result.predictions.append(
-                {
-                    "id": item.problem.id,
-                    "question": item.problem.question,
-                    "answer": format_number(item.problem.answer),
-                    "completion": text,
-                    "pred_strict": format_number(strict),
-                    "pred_flexible": format_number(flexible),
-                    "correct_strict": ok_strict,
-                    "correct_flexible": ok_flexible,
-                }
-            )
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
-    return result
+    generator = Seq2SeqGenerator(
+        "student",
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        max_source_len=max_source_len,
+        max_new_tokens=max_new_tokens,
+    )
+    return score_problems(
+        generator,
+        problems,
+        dataset=dataset,
+        split=split,
+        role=role,
+        fmt=fmt,
+        exclude_ids=exclude_ids,
+        dropped=dropped,
+    )
+
+
+def result_slug(result: EvalResult) -> str:
+    """`{dataset}_{split}`, plus the format and the model where they differ from the defaults.
+
+    The student's zero-shot CoT files keep their historical names; every other row names itself.
+    """
+    parts = [result.dataset, result.split]
+    if result.format != "zero_shot_cot":
+        parts.append(result.format)
+    if result.model != "student":
+        parts.append(model_slug(result.model))
+    return "_".join(parts)
+
+
+def model_slug(label: str) -> str:
+    """A file-name-safe form of a model label ("teacher:gpt-4o-mini" -> "teacher-gpt-4o-mini")."""
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in label).strip("-") or "model"
 
 
 def save_predictions(result: EvalResult, out_dir: Path) -> Path:
-    path = out_dir / f"predictions_{result.dataset}_{result.split}.jsonl"
+    path = out_dir / f"predictions_{result_slug(result)}.jsonl"
     write_jsonl(path, result.predictions)
     return path
 
 
 def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> str:
-    header = ("dataset", "split", "role", "size", "dropped", "strict acc", "flexible acc")
+    header = ("model", "dataset", "split", "role", "format", "size", "dropped", "strict acc", "flexible acc")
     rows = [
         (
+            r.model,
             r.dataset,
             r.split,
             r.role,
+            r.format,
             str(r.size),
             str(r.dropped),
             f"{100 * r.strict_acc:.1f}%",

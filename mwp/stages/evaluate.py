@@ -1,4 +1,9 @@
-"""Evaluate stage: greedy generation on the in-distribution and out-of-distribution sets.
+"""Evaluate stage: every configured model, in every configured format, on every evaluation set.
+
+`evaluation.models` names the models (the trained student, the configured live teacher, local HF
+folders) and `evaluation.formats` Fu et al.'s source formats, so one table puts e.g. the student's
+zero-shot and in-context accuracy beside the teacher's. All rows share the same sources and the same
+answer extraction; in-context exemplars come from the training dataset's train split only.
 
 A test problem whose normalised question the student saw (its distilled problems, listed in
 `student/seen_questions.txt`) or that is in the dataset's training split is dropped before
@@ -9,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,16 @@ from mwp.data.dedup import drop_seen, question_keys
 from mwp.data.io import write_json
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
-from mwp.evaluation.evaluate import EvalResult, evaluate_problems, format_table, save_predictions
+from mwp.evaluation.evaluate import (
+    EvalResult,
+    format_table,
+    model_slug,
+    result_slug,
+    save_predictions,
+    score_problems,
+)
+from mwp.evaluation.exemplars import ExemplarPool
+from mwp.evaluation.models import Generator, Seq2SeqGenerator, TeacherGenerator, load_hf_folder
 from mwp.loggers import log_metrics, log_table
 
 log = logging.getLogger(__name__)
@@ -67,53 +83,107 @@ def generation_lengths(cfg: DictConfig, student_dir: Path) -> tuple[int | None, 
     return (None if source == "auto" else int(source)), int(new)
 
 
-def run_evaluate(
-    cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_dir: Path
-) -> list[EvalResult]:
-    model, tokenizer, train_ids = load_trained_student(student_dir)
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def open_model(
+    entry: str, cfg: DictConfig, student_dir: Path, max_source_len: int | None, max_new_tokens: int
+) -> Iterator[tuple[Generator, set[str]]]:
+    """The generator of one `evaluation.models` entry and the problem ids it must not be scored on."""
     ev = cfg.evaluation
-    seen = seen_questions(cfg, student_dir)
-    max_source_len, max_new_tokens = generation_lengths(cfg, student_dir)
-    results: list[EvalResult] = []
-    for spec in cfg.dataset.eval_sets:
-        problems, dropped = select_eval_problems(spec.name, spec.split, cfg.paths.data_dir, seen, ev.limit)
-        result = evaluate_problems(
+    generator: Generator
+    exclude: set[str] = set()
+    if entry == "student":
+        model, tokenizer, exclude = load_trained_student(student_dir)
+        generator = Seq2SeqGenerator(
+            "student",
             model,
             tokenizer,
-            problems,
-            dataset=spec.name,
-            split=spec.split,
-            role=spec.role,
-            fmt=cfg.data.eval_format,
             batch_size=ev.batch_size,
             max_source_len=max_source_len,
             max_new_tokens=max_new_tokens,
-            exclude_ids=train_ids,
-            dropped=dropped,
         )
-        if result.dropped:
-            log.warning(
-                "%s/%s: %d problems seen in training were not scored (%d scored)",
+    elif entry == "teacher":
+        from mwp.teachers.factory import build_teacher
+
+        generator = TeacherGenerator(
+            f"teacher:{cfg.teacher.name}", build_teacher(cfg.teacher), max_new_tokens
+        )
+    else:
+        generator = load_hf_folder(
+            entry.removeprefix("hf:"),
+            batch_size=ev.batch_size,
+            max_source_len=max_source_len,
+            max_new_tokens=max_new_tokens,
+        )
+    try:
+        yield generator, exclude
+    finally:
+        generator.close()
+
+
+def run_evaluate(
+    cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_dir: Path
+) -> list[EvalResult]:
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = cfg.evaluation
+    formats = list(ev.formats)
+    seen = seen_questions(cfg, student_dir)
+    max_source_len, max_new_tokens = generation_lengths(cfg, student_dir)
+    sets = []
+    for spec in cfg.dataset.eval_sets:
+        problems, dropped = select_eval_problems(spec.name, spec.split, cfg.paths.data_dir, seen, ev.limit)
+        if dropped:
+            log.warning("%s/%s: %d problems seen in training are not scored", spec.name, spec.split, dropped)
+        sets.append((spec, problems, dropped))
+    pools: dict[int, ExemplarPool] = {}
+    if any(f.startswith("in_context") for f in formats):
+        train: list[Problem] = load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir)
+        for index, (spec, problems, _) in enumerate(sets):
+            pools[index] = pool = ExemplarPool.build(train, problems)
+            log.info(
+                "%s/%s: %d exemplar candidates from %s/%s (%d with a question of the set removed)",
                 spec.name,
                 spec.split,
-                result.dropped,
-                result.size,
+                len(pool.entries),
+                cfg.dataset.name,
+                cfg.dataset.train_split,
+                pool.removed_overlap,
             )
-        save_predictions(result, out_dir)
-        prefix = f"test/{spec.name}_{spec.split}"
-        log_metrics(
-            loggers,
-            {
-                f"{prefix}/strict_acc": result.strict_acc,
-                f"{prefix}/flexible_acc": result.flexible_acc,
-                f"{prefix}/size": result.size,
-                f"{prefix}/dropped": result.dropped,
-            },
-        )
-        log_table(loggers, f"predictions/{spec.name}_{spec.split}", result.predictions)
-        results.append(result)
+    results: list[EvalResult] = []
+    for entry in ev.models:
+        with open_model(entry, cfg, student_dir, max_source_len, max_new_tokens) as (generator, exclude):
+            for index, (spec, problems, dropped) in enumerate(sets):
+                for fmt in formats:
+                    result = score_problems(
+                        generator,
+                        problems,
+                        dataset=spec.name,
+                        split=spec.split,
+                        role=spec.role,
+                        fmt=fmt,
+                        pool=pools.get(index),
+                        num_exemplars=ev.num_exemplars,
+                        exemplar_seed=ev.exemplar_seed,
+                        exclude_ids=exclude,
+                        dropped=dropped,
+                    )
+                    save_predictions(result, out_dir)
+                    prefix = f"test/{result_slug(result)}"
+                    log_metrics(
+                        loggers,
+                        {
+                            f"{prefix}/strict_acc": result.strict_acc,
+                            f"{prefix}/flexible_acc": result.flexible_acc,
+                            f"{prefix}/size": result.size,
+                            f"{prefix}/dropped": result.dropped,
+                        },
+                    )
+                    log_table(loggers, f"predictions/{result_slug(result)}", result.predictions)
+                    results.append(result)
+            usage = generator.usage()
+            if usage is not None:
+                usage.write(out_dir / f"usage_{model_slug(generator.label)}.json")
     write_json(out_dir / "results.json", [r.summary() for r in results])
-    print(format_table(results, title=f"Evaluation of {student_dir}"), flush=True)
+    models = ", ".join(f"{e} = {student_dir}" if e == "student" else e for e in ev.models)
+    print(format_table(results, title=f"Evaluation of {models}"), flush=True)
     return results
