@@ -412,9 +412,38 @@ class TrainerConfig(Section):
         return value
 
 
+class BBHEvalConfig(Section):
+    tasks: str | list[str] = help_field("all", help="BIG-Bench Hard tasks: all, or a list of task names")
+    prompt: Literal["cot", "answer_only"] = help_field(
+        "cot", help="3-shot chain of thought, or the same exemplars answer-only"
+    )
+    limit_per_task: int | None = help_field(None, ge=1, help="first N examples of each task (null = all)")
+    max_source_len: int = help_field(
+        1024, ge=1, le=16384, help="source tokens; longer prompts drop exemplars from the front"
+    )
+    max_new_tokens: int = help_field(256, ge=1, le=16384, help="generation length")
+    batch_size: int = help_field(16, ge=1, help="generation batch size")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: str | list[str]) -> str | list[str]:
+        from mwp.verify.bbh_answers import TASK_ANSWER_TYPES
+
+        names = [tasks] if isinstance(tasks, str) else tasks
+        if tasks == "all":
+            return tasks
+        unknown = [t for t in names if t not in TASK_ANSWER_TYPES]
+        if unknown or not names:
+            raise ValueError(f"unknown BBH task(s) {unknown}; use 'all' or some of {list(TASK_ANSWER_TYPES)}")
+        return tasks
+
+
 class EvaluationConfig(Section):
     limit: int | None = help_field(None, ge=1, help="problems per evaluation set (null = the whole split)")
     batch_size: int = help_field(32, ge=1, help="generation batch size")
+    bbh: BBHEvalConfig | None = help_field(
+        None, help="BIG-Bench Hard after the math sets (evaluation=bbh; null = skip)"
+    )
 
 
 class StageConfig(Section):
