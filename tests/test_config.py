@@ -78,10 +78,14 @@ def test_cli_rejects_a_mistyped_key(tmp_path: Path) -> None:
 
 
 def test_every_dataset_config_names_loadable_splits() -> None:
-    from mwp.data.loaders import load_problems
+    from omegaconf import OmegaConf
+
+    from mwp.data.loaders import load_problems, register_dataset
 
     for path in sorted((CONF_DIR / "dataset").glob("*.yaml")):
         cfg = compose_config([f"dataset={path.stem}"])
+        if cfg.dataset.get("source") is not None:  # a custom dataset: what validation registers
+            register_dataset(cfg.dataset.name, OmegaConf.to_container(cfg.dataset.source, resolve=True))
         train = load_problems(cfg.dataset.name, cfg.dataset.train_split, cfg.paths.data_dir, limit=2)
         assert len(train) == 2, path
         train_ids = {
@@ -140,7 +144,8 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
             "vllm": ["teacher.model=x"],
         },
         "dataset": {
-            name: ["teacher=smollm2"] for name in ("gsm8k", "multiarith", "asdiv_a", "math23k", "weak12k")
+            name: ["teacher=smollm2"]
+            for name in ("gsm8k", "multiarith", "asdiv_a", "math23k", "weak12k", "example_custom")
         },
     }
     for group, options in group_options().items():

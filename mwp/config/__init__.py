@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig
-from mwp.paths import default_data_dir, default_models_dir
+from mwp.paths import REPO_ROOT, default_data_dir, default_models_dir
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,8 @@ def register_resolvers() -> None:
     """The `${mwp.*:}` resolvers the config files use; called by the entry points before composing."""
     if not OmegaConf.has_resolver("mwp.data_dir"):
         OmegaConf.register_new_resolver("mwp.data_dir", lambda: str(default_data_dir()))
+    if not OmegaConf.has_resolver("mwp.repo_root"):  # files shipped with the repository (fixtures)
+        OmegaConf.register_new_resolver("mwp.repo_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("mwp.models_dir"):
         OmegaConf.register_new_resolver("mwp.models_dir", lambda: str(default_models_dir()))
 

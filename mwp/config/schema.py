@@ -82,15 +82,60 @@ class EvalSetConfig(Section):
     role: Literal["in-distribution", "out-of-distribution"] = help_field(help="how the table labels it")
 
 
+class SourceFieldsConfig(Section):
+    id: str | None = help_field(None, help="column/key of a row's id (null = <split>/<row index>)")
+    question: str | None = help_field(
+        None, help="column/key of the question (the whole problem, or after body)"
+    )
+    body: str | None = help_field(None, help="column/key of the body, joined before the question")
+    answer: str = help_field(help="column/key of the numeric answer")
+    equation: str | None = help_field(None, help="column/key of an equation (optional)")
+    solution: str | None = help_field(None, help="column/key of a worked solution (optional)")
+
+    @model_validator(mode="after")
+    def _some_question(self) -> SourceFieldsConfig:
+        if self.question is None and self.body is None:
+            raise ValueError("dataset.source.fields: set question (or body, or both)")
+        return self
+
+
+class DatasetSourceConfig(Section):
+    format: Literal["json", "jsonl", "csv"] = help_field(help="file format: a JSON array, JSON lines or CSV")
+    files: dict[str, str] = help_field(
+        min_length=1, help="split -> file (relative paths are under paths.data_dir)"
+    )
+    fields: SourceFieldsConfig = help_field(help="which column/key holds each Problem field")
+    language: Literal["en", "zh"] = help_field("en", help="language of the questions")
+    split_field: str | None = help_field(
+        None, help="a column naming each row's split (then every file is read and filtered)"
+    )
+    splits: list[str] = help_field([], help="split names when split_field is set")
+
+    @model_validator(mode="after")
+    def _splits_given(self) -> DatasetSourceConfig:
+        if self.split_field and not self.splits:
+            raise ValueError("dataset.source.splits: list the split names when split_field is set")
+        return self
+
+
 class DatasetConfig(Section):
     name: str = help_field(help="training dataset: svamp, gsm8k, multiarith, asdiv_a, math23k, weak12k")
+    source: DatasetSourceConfig | None = help_field(
+        None, help="files and field mapping of a custom dataset (null = a built-in loader)"
+    )
     train_split: str = help_field("train", help="split the teacher is sampled on and the student trains on")
     limit: int | None = help_field(None, ge=1, help="first N training problems only (null = all)")
     eval_sets: list[EvalSetConfig] = help_field(min_length=1, help="sets the student is evaluated on")
 
     @model_validator(mode="after")
     def _known_splits(self) -> DatasetConfig:
-        from mwp.data.loaders import available_splits, canonical_name
+        from mwp.data.loaders import available_splits, canonical_name, register_dataset
+
+        if self.source is not None:
+            try:
+                register_dataset(self.name, self.source.model_dump())
+            except ValueError as err:
+                raise ValueError(f"dataset.name: {err}") from None
 
         for where, name, split in [
             ("dataset", self.name, self.train_split),
@@ -426,6 +471,32 @@ class TrainerConfig(Section):
         return value
 
 
+class BBHEvalConfig(Section):
+    tasks: str | list[str] = help_field("all", help="BIG-Bench Hard tasks: all, or a list of task names")
+    prompt: Literal["cot", "answer_only"] = help_field(
+        "cot", help="3-shot chain of thought, or the same exemplars answer-only"
+    )
+    limit_per_task: int | None = help_field(None, ge=1, help="first N examples of each task (null = all)")
+    max_source_len: int = help_field(
+        1024, ge=1, le=16384, help="source tokens; longer prompts drop exemplars from the front"
+    )
+    max_new_tokens: int = help_field(256, ge=1, le=16384, help="generation length")
+    batch_size: int = help_field(16, ge=1, help="generation batch size")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: str | list[str]) -> str | list[str]:
+        from mwp.verify.bbh_answers import TASK_ANSWER_TYPES
+
+        names = [tasks] if isinstance(tasks, str) else tasks
+        if tasks == "all":
+            return tasks
+        unknown = [t for t in names if t not in TASK_ANSWER_TYPES]
+        if unknown or not names:
+            raise ValueError(f"unknown BBH task(s) {unknown}; use 'all' or some of {list(TASK_ANSWER_TYPES)}")
+        return tasks
+
+
 class EvaluationConfig(Section):
     limit: int | None = help_field(None, ge=1, help="problems per evaluation set (null = the whole split)")
     batch_size: int = help_field(32, ge=1, help="generation batch size")
@@ -471,6 +542,9 @@ class EvaluationConfig(Section):
             if not (Path(entry[3:]).expanduser() / "config.json").is_file():
                 raise ValueError(f"evaluation.models.{index}={entry!r}: no config.json in {entry[3:]}")
         return models
+    bbh: BBHEvalConfig | None = help_field(
+        None, help="BIG-Bench Hard after the math sets (evaluation=bbh; null = skip)"
+    )
 
 
 class StageConfig(Section):

@@ -12,6 +12,9 @@ Datasets and splits (ids are stable and unique within a dataset):
 | `math23k`    | train 21,162 / valid 1,000 / test 1,000  | `math23k/35`            |
 | `weak12k`    | valid 1,000 / test 1,000 (no public train split) | `weak12k/1562`  |
 
+Any other dataset is a `dataset.source` mapping in one YAML file (`register_dataset`,
+`conf/dataset/example_custom.yaml`): JSON, JSON-lines or CSV files with a field mapping.
+
 ASDiv rule: a problem whose answer is not one number ("3 (red); 4 (blue)", "2:3", "3:30 p.m.",
 "Yes") is skipped with one counted warning per load. ASDiv-A has no such problem; the full ASDiv
 has 213. Every other unparseable row raises `DataError` naming the file, row and field.
@@ -19,12 +22,14 @@ has 213. Every other unparseable row raises `DataError` naming the file, row and
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +410,113 @@ def _load_weak12k(data_dir: Path, split: str) -> list[Problem]:
     return problems
 
 
+# ---------------------------------------------------------------------------------------------- generic
+
+GENERIC_FORMATS = ("json", "jsonl", "csv")
+GENERIC_FIELDS = ("id", "question", "body", "answer", "equation", "solution")
+
+
+def _generic_rows(path: Path, fmt: str) -> Iterable[tuple[int | None, int, dict[str, Any]]]:
+    """(line, row index, row) for every row; JSON arrays have no line per row, so their errors name the index."""
+    if fmt == "jsonl":
+        for index, (line, row) in enumerate(read_jsonl_lines(path)):
+            yield line, index, row
+    elif fmt == "json":
+        for index, row in enumerate(_json_list(path)):
+            if not isinstance(row, dict):
+                raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
+            yield None, index, row
+    else:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            try:
+                for index, row in enumerate(reader):
+                    if None in row or any(v is None for v in row.values()):
+                        raise DataError(
+                            f"expected {len(reader.fieldnames or [])} columns",
+                            path=path,
+                            line=reader.line_num,
+                        )
+                    yield reader.line_num, index, {k: (v if v != "" else None) for k, v in row.items()}
+            except csv.Error as err:
+                raise DataError(f"malformed CSV ({err})", path=path, line=reader.line_num) from None
+
+
+def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -> list[Problem]:
+    """Problems of a dataset described by a `dataset.source` mapping (see `register_dataset`)."""
+    fields: dict[str, str | None] = {k: spec["fields"].get(k) for k in GENERIC_FIELDS}
+    split_field = spec.get("split_field")
+    files = spec["files"]
+    paths = list(files.values()) if split_field else [files[split]]
+    language = spec.get("language", "en")
+    problems = []
+    for relative in paths:
+        path = Path(relative).expanduser()
+        path = path if path.is_absolute() else data_dir / path
+        if not path.is_file():
+            raise DataError(f"missing data file of dataset {name!r}", path=path)
+        for line, index, row in _generic_rows(path, spec["format"]):
+            where = {"line": line} if line is not None else {"index": index}
+            if split_field and str(_field(row, split_field, path, **where)) != split:
+                continue
+
+            def text(key: str, row: dict[str, Any] = row, path: Path = path, where=where) -> str | None:
+                column = fields[key]
+                if column is None:
+                    return None
+                if key in ("equation", "solution") and row.get(column) is None:
+                    return None  # optional per row
+                value = _field(row, column, path, **where)
+                return value if isinstance(value, str) else str(value)
+
+            question = text("question") or ""
+            body = text("body")
+            question = join_body_question(body, question) if body is not None else question.strip()
+            if not question:
+                raise DataError(
+                    "empty question", path=path, field=fields["question"] or fields["body"], **where
+                )
+            raw_answer = _field(row, fields["answer"] or "answer", path, **where)
+            numbers = find_chinese_numbers(question) if language == "zh" else find_numbers(question)
+            row_id = text("id") if fields["id"] else f"{split}/{index}"
+            problems.append(
+                Problem(
+                    id=f"{name}/{row_id}",
+                    question=question,
+                    answer=_parse_answer(raw_answer, path, field=fields["answer"] or "answer", **where),
+                    answer_text=str(raw_answer),
+                    numbers=tuple(numbers),
+                    equation=(text("equation") or "").strip() or None,
+                    solution=text("solution"),
+                    language=language,
+                    source=name,
+                    meta={"split": split, "index": index, "file": str(path)},
+                )
+            )
+    return problems
+
+
+def register_dataset(name: str, source: dict[str, Any]) -> str:
+    """Make `load_problems(name, split)` read the files a `dataset.source` mapping describes; returns the key.
+
+    `source`: `format` (json, jsonl or csv), `files` ({split: path}; a path relative to the data
+    folder is under `paths.data_dir`), `fields` ({id, question or body + question, answer,
+    equation, solution}: the column or key of each, id optional), `language`, and optionally
+    `split_field` (a column naming each row's split; then `files` are read whole and `splits` lists
+    the split names). Validating a config with a `dataset.source` registers it, so every stage of
+    the run can load it by name. Re-registering the same name replaces its mapping.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key in _BUILTIN:
+        raise DataError(f"dataset {name!r} is built in; give the custom dataset another name")
+    spec = dict(source)
+    splits = list(spec.get("splits") or []) if spec.get("split_field") else list(spec["files"])
+    if not splits:
+        raise DataError(f"dataset {name!r}: split_field needs a list of `splits`")
+    _DATASETS[key] = {split: partial(_load_generic, spec, key) for split in splits}
+    return key
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 Loader = Callable[[Path, str], list[Problem]]
@@ -422,6 +534,7 @@ _DATASETS: dict[str, dict[str, Loader]] = {
     "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},
     "weak12k": {"valid": _load_weak12k, "test": _load_weak12k},
 }
+_BUILTIN = frozenset(_DATASETS)
 _NOT_PUBLIC = {
     ("weak12k", "train"): "Weak12K's train split is not public (only valid and test were released); "
     "use split 'valid' or 'test', or train on another dataset",
@@ -457,7 +570,7 @@ def load_problems(
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0 or None, got {limit}")
     root = resolve_data_dir(data_dir)
-    problems = loaders[split](root, split)
+    problems = loaders[split](root, split)  # a generic loader is partial(_load_generic, spec, key)
     return problems if limit is None else problems[:limit]
 
 

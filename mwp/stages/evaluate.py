@@ -186,4 +186,48 @@ def run_evaluate(
     write_json(out_dir / "results.json", [r.summary() for r in results])
     models = ", ".join(f"{e} = {student_dir}" if e == "student" else e for e in ev.models)
     print(format_table(results, title=f"Evaluation of {models}"), flush=True)
+    if ev.get("bbh") is not None:
+        # BIG-Bench Hard measures what specialisation costs the student in generality.
+        model, tokenizer, _ = load_trained_student(student_dir)
+        run_bbh(model, tokenizer, ev.bbh, cfg.paths.data_dir, out_dir, loggers, model_name=str(student_dir))
     return results
+
+
+def run_bbh(
+    model: Any,
+    tokenizer: Any,
+    bbh: DictConfig,
+    data_dir: str,
+    out_dir: Path,
+    loggers: list[Logger],
+    *,
+    model_name: str,
+) -> None:
+    """BIG-Bench Hard (`evaluation=bbh`): eval/bbh_results.json, the predictions and the per-task table."""
+    from mwp.evaluation.bbh import evaluate_bbh, format_bbh_table, save_bbh_predictions
+
+    tasks = bbh.tasks if isinstance(bbh.tasks, str) else list(bbh.tasks)
+    result = evaluate_bbh(
+        model,
+        tokenizer,
+        tasks,
+        prompt=bbh.prompt,
+        limit_per_task=bbh.limit_per_task,
+        batch_size=bbh.batch_size,
+        max_source_len=bbh.max_source_len,
+        max_new_tokens=bbh.max_new_tokens,
+        data_dir=data_dir,
+        model_name=model_name,
+    )
+    write_json(out_dir / "bbh_results.json", result.summary())
+    save_bbh_predictions(result, out_dir)
+    prefix = f"bbh_{result.prompt}"
+    log_metrics(
+        loggers,
+        {
+            f"{prefix}/macro_strict_acc": result.macro_strict_acc,
+            f"{prefix}/macro_flexible_acc": result.macro_flexible_acc,
+        }
+        | {f"{prefix}/{t.task}/strict_acc": t.strict_acc for t in result.tasks},
+    )
+    print(format_bbh_table(result), flush=True)
