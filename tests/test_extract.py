@@ -93,8 +93,9 @@ def test_recorded_palm_completions_are_judged_like_the_paper_reports(data_dir: P
     assert correct_flexible >= correct_strict
     # Flexible only differs where strict finds no answer phrase with a number.
     assert all(s == f for s, f in zip(strict, flexible, strict=True) if s is not None)
-    # The run-on exercises have answer phrases of their own: not cutting them costs many points.
-    assert correct_uncut < correct_strict - 50
+    # The run-on exercises have answer phrases of their own: extract_answer cuts them itself, so
+    # a caller that forgets `cut_run_on` gets the same answers (it used to lose ~150 of them).
+    assert correct_uncut == correct_strict
 
 
 @pytest.mark.parametrize(
@@ -142,9 +143,6 @@ def test_hard_cases_strict(text: str, expected: int | Fraction) -> None:
         ("It is -5 degrees outside.", -5),
         ("So he has 30 - 28 = 2 bottle caps left.", 2),
         ("She has 7 apples and 3 pears", 3),
-        ("The answer is (some - 5).", 5),  # strict refuses an expression with a word in it
-        ("The answer is (2 * x).", 2),
-        ("The answer is ((25 - 15", 15),  # cut off mid-expression
         ("no numbers at all", None),
     ],
 )
@@ -173,7 +171,7 @@ def test_span_is_the_answer_as_written() -> None:
     assert extract_answer_span("The answer is -5 degrees.", "strict") == "-5"
     assert extract_answer_span("It is 3/8 of 24.", "strict") is None
     assert extract_answer_span("It is 3/8 of 24.", "flexible") == "24"
-    assert extract_answer_span("The answer is (some - 5).", "flexible") == "5"
+    assert extract_answer_span("The answer is (some - 5).", "flexible") is None
 
 
 def test_large_text_is_handled_quickly() -> None:

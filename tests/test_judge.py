@@ -46,7 +46,10 @@ def test_tolerance_is_configurable() -> None:
     assert answers_match(Fraction("0.333"), Fraction(1, 3), rel_tol=1e-3)
     assert answers_match(Fraction("0.667"), Fraction(2, 3), rel_tol=1e-3)
     assert not answers_match(Fraction("0.33"), Fraction(1, 3), rel_tol=1e-3)
-    assert answers_match(Fraction("0.0000001"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
+    # 0.00000003 is 1/(3e7) to its own eight places; abs_tol admits its relative error of 0.1.
+    assert answers_match(Fraction("0.00000003"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
+    # 0.0000001 is not 1/(3e7) rounded to seven places (that is 0.0000000), whatever abs_tol says.
+    assert not answers_match(Fraction("0.0000001"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
 
 
 def test_decimal_places() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from mwp.verify.compare import gold_matches
-from mwp.verify.extract import cut_run_on, extract_answer
+from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number, parse_number
 
 __all__ = ["JudgeInputError", "JudgeSummary", "judge_rows", "main"]
@@ -82,8 +82,7 @@ def judge_rows(
     """
     summary = summary if summary is not None else JudgeSummary()
     for _line_number, row in _read_rows(stream, source):
-        completion = cut_run_on(row["completion"]) if cut else row["completion"]
-        pred = extract_answer(completion, mode=mode)  # type: ignore[arg-type]
+        pred = extract_answer(row["completion"], mode=mode, cut=cut)  # type: ignore[arg-type]
         correct = gold_matches(pred, row["answer"])
         summary.n += 1
         summary.correct += correct
