@@ -19,9 +19,12 @@ The rules, in order (`mwp-judge --help` prints the same list):
    "(5x = 30)" -> 6).
 5. Integers in words: when the answer sentence has no digit at all, number words are read
    ("two hundred and eighty" -> 280, "fifty-six dollars" -> 56). Only integers; no ordinals.
-6. Hedges: "3 or 5", "either 3 or 4", "between 3 and 5" give no answer when the two values
-   differ; a restatement of the same value ("0.5 or 1/2", "3/8 or .375") is that value. Two
-   values joined by a plain "and" ("(30 - 28) and (5 + 2)") are not a hedge: the first is read.
+6. Hedges and double answers: "3 or 5", "either 3 or 4", "between 3 and 5", "7 hours, or maybe
+   8" and two values joined by "and" ("(53 + 17) and (14 - 10)", PaLM's answer to "how many
+   push-ups and crunches") give no answer when the values differ: the text does not say which
+   one answers the question. A restatement of the same value ("0.5 or 1/2", "3/8 or .375",
+   "3 apples and 3 pears") is that value. Prose after "and" ("12, and she has 3 left") is not a
+   second answer: the second value must follow "and" at once.
 7. Percent: a "50%" answer reads as 50 with `percent="strip"` (the default, the figure a question
    asking for a percentage wants) and as 1/2 with `percent="fraction"`; inside an expression "%"
    is always /100 ("100*(1+20%)" -> 120). `gold_matches` accepts either reading of a "%" gold.
@@ -153,7 +156,14 @@ _A_LINE_ANSWER = re.compile(
 _NEGATION_AFTER = re.compile(r"\s*not(?![A-Za-z])", re.IGNORECASE)
 _HEDGE_BEFORE = re.compile(r"(?<![A-Za-z])(?:either|between)(?![A-Za-z])", re.IGNORECASE)
 _HEDGE_AFTER = re.compile(r"[ \t]*,?[ \t]*(?:or|and/or|and)(?![A-Za-z])", re.IGNORECASE)
-_OR_AFTER = re.compile(r"[ \t]*,?[ \t]*(?:or|and/or|或者?)(?![A-Za-z])", re.IGNORECASE)
+# "3 or 5", "7 hours, or maybe 8": up to two unit words may sit between a value and its "or".
+_OR_AFTER = re.compile(
+    r"(?:[ \t]+[A-Za-z][A-Za-z'’-]*){0,2}[ \t]*,?[ \t]*(?:or|and/or|或者?)(?![A-Za-z])", re.IGNORECASE
+)
+# "(53 + 17) and (14 - 10)": a second value straight after "and" makes two answers, not one.
+_AND_AFTER = re.compile(
+    r"(?:[ \t]+[A-Za-z][A-Za-z'’-]*){0,2}[ \t]*,?[ \t]*(?:and|和)[ \t]*(?=[-+(\[$€£¥\d.])", re.IGNORECASE
+)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[;。！？；]")
 
 
@@ -428,7 +438,7 @@ def _phrase_reading(text: str, percent: PercentMode) -> _Reading | None:
         return _Reading()
     end = _SENTENCE_END.search(span, run.end)
     suffix = span[run.end : end.start() if end else len(span)]
-    joined = _OR_AFTER.match(suffix)
+    joined = _OR_AFTER.match(suffix) or _AND_AFTER.match(suffix)
     if joined is None and _HEDGE_BEFORE.search(span, 0, run.start):
         joined = _HEDGE_AFTER.match(suffix)  # "between 3 and 5", "either 3 or 4"
     if joined is not None:
