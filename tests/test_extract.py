@@ -325,3 +325,18 @@ def test_hostile_phrase_markers_are_bounded() -> None:
     # Past 1000 look-alikes of one marker the search gives up (a documented bound), quickly.
     assert extract_answer("The answer is 5. " + "answers " * 500_000, mode="strict") is None
     assert time.perf_counter() - started < 3
+
+
+def test_smollm2_samples_agree_with_the_hand_reading() -> None:
+    # SmolLM2-135M zero-shot CoT samples (temperature 0.7, 128 tokens): most are cut off before
+    # committing to a number, and a careful reader then finds no answer.
+    rows = _fixture("judge_smollm2.jsonl")
+    assert len(rows) >= 30
+    strict = [_agrees(extract_answer(r["completion"], mode="strict"), r["expected"]) for r in rows]
+    flexible = [_agrees(extract_answer(r["completion"], mode="flexible"), r["expected"]) for r in rows]
+    assert sum(strict) >= len(rows) - 2
+    assert sum(flexible) < sum(strict)  # the last-number fallback guesses where the text gave up
+    answered = [r for r in rows if r["expected"] is not None and "answer is" in r["completion"]]
+    assert answered and all(
+        extract_answer(r["completion"], mode="strict") == _read(r["expected"]) for r in answered
+    )
