@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,10 @@ def test_format_correction_refuses_what_it_cannot_fix() -> None:
         correct_equation_format("x=")  # "x = ?" with the question mark gone
     with pytest.raises(EquationFormatError, match="empty side"):
         correct_equation_format("=5=x")
+
+
+def test_extract_equation_is_bounded_on_hostile_text() -> None:
+    started = time.perf_counter()
+    assert extract_equation("(" * 100_000) is None
+    assert extract_equation("x = 3 + 4. " + "(" * 100_000) == "x = 3 + 4"
+    assert time.perf_counter() - started < 2

@@ -6,11 +6,13 @@ import json
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import cut_run_on, extract_answer, extract_answer_span
+from mwp.verify.numbers import find_numbers, parse_number
 from mwp.verify.safe_eval import safe_eval
 
 
@@ -93,8 +95,9 @@ def test_recorded_palm_completions_are_judged_like_the_paper_reports(data_dir: P
     assert correct_flexible >= correct_strict
     # Flexible only differs where strict finds no answer phrase with a number.
     assert all(s == f for s, f in zip(strict, flexible, strict=True) if s is not None)
-    # The run-on exercises have answer phrases of their own: not cutting them costs many points.
-    assert correct_uncut < correct_strict - 50
+    # The run-on exercises have answer phrases of their own: extract_answer cuts them itself, so
+    # a caller that forgets `cut_run_on` gets the same answers (it used to lose ~150 of them).
+    assert correct_uncut == correct_strict
 
 
 @pytest.mark.parametrize(
@@ -117,7 +120,6 @@ def test_recorded_palm_completions_are_judged_like_the_paper_reports(data_dir: P
         ("The answer is ((5 action figures + 3 cabinets) * 2 shelves).", 16),
         ("The answer is 30 - 28 = 2.", 2),
         ("The answer is (5x = 30).", 6),
-        ("The answer is (30 - 28) and (5 + 2).", 2),
         ("So the answer is: 17", 17),
         ("The final answer is 7.", 7),
         ("Answer: 1,080", 1080),
@@ -142,9 +144,6 @@ def test_hard_cases_strict(text: str, expected: int | Fraction) -> None:
         ("It is -5 degrees outside.", -5),
         ("So he has 30 - 28 = 2 bottle caps left.", 2),
         ("She has 7 apples and 3 pears", 3),
-        ("The answer is (some - 5).", 5),  # strict refuses an expression with a word in it
-        ("The answer is (2 * x).", 2),
-        ("The answer is ((25 - 15", 15),  # cut off mid-expression
         ("no numbers at all", None),
     ],
 )
@@ -173,7 +172,7 @@ def test_span_is_the_answer_as_written() -> None:
     assert extract_answer_span("The answer is -5 degrees.", "strict") == "-5"
     assert extract_answer_span("It is 3/8 of 24.", "strict") is None
     assert extract_answer_span("It is 3/8 of 24.", "flexible") == "24"
-    assert extract_answer_span("The answer is (some - 5).", "flexible") == "5"
+    assert extract_answer_span("The answer is (some - 5).", "flexible") is None
 
 
 def test_large_text_is_handled_quickly() -> None:
@@ -193,3 +192,151 @@ def test_hostile_answer_text_is_not_evaluated() -> None:
 def test_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="mode"):
         extract_answer("42", mode="loose")  # type: ignore[arg-type]
+
+
+# --- fixtures of real completions, each with the answer read by hand -----------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _fixture(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (FIXTURES / name).open(encoding="utf-8") if line.strip()]
+
+
+def _completion(row: dict[str, Any], data_dir: Path) -> str:
+    """The text a fixture row stands for: stored in the row, or looked up in the bundled data."""
+    if "completion" in row:
+        return row["completion"]
+    if row["source"] == "svamp_palm":
+        texts = json.loads((data_dir / "teacher" / "svamp_palm" / row["file"]).read_text())
+        return texts[row["index"]]
+    lines = (data_dir / "gsm8k" / row["file"]).read_text().splitlines()
+    return json.loads(lines[row["index"]])["answer"]
+
+
+def _read(expected: str | None) -> Fraction | None:
+    return None if expected is None else parse_number(expected)
+
+
+def _agrees(pred: Fraction | None, expected: str | None) -> bool:
+    reading = _read(expected)
+    return (pred is None and reading is None) or answers_match(pred, reading)
+
+
+@pytest.mark.parametrize("row", _fixture("judge_hard.jsonl"), ids=lambda row: row["class"])
+def test_hard_case_fixture(row: dict[str, Any]) -> None:
+    assert extract_answer(row["completion"], mode="strict") == _read(row["strict"])
+    assert extract_answer(row["completion"], mode="flexible") == _read(row["flexible"])
+
+
+def test_fixture_rows_still_point_at_the_text_that_was_read(data_dir: Path) -> None:
+    for name in ("judge_palm.jsonl", "judge_gsm8k.jsonl"):
+        for row in _fixture(name):
+            assert row["tail"] in _completion(row, data_dir), row
+
+
+def test_palm_completions_agree_with_the_hand_reading(data_dir: Path) -> None:
+    rows = _fixture("judge_palm.jsonl")
+    assert len(rows) >= 300
+    texts = [_completion(row, data_dir) for row in rows]
+    strict = [
+        _agrees(extract_answer(t, mode="strict"), r["expected"]) for t, r in zip(texts, rows, strict=True)
+    ]
+    last = [
+        _agrees(parse_number(find_numbers(cut_run_on(t))[-1], percent="strip"), r["expected"])
+        for t, r in zip(texts, rows, strict=True)
+    ]
+    # PaLM states the answer as an expression; only "(a) and (b)" double answers are read differently.
+    assert sum(strict) >= len(rows) - 10
+    assert sum(last) < sum(strict) - 50  # the last number is an operand of the answer expression
+
+
+def test_gsm8k_gold_solutions_agree_with_their_final_line(data_dir: Path) -> None:
+    for row in _fixture("judge_gsm8k.jsonl"):
+        text = _completion(row, data_dir)
+        assert extract_answer(text, mode="strict") == _read(row["expected"])
+        assert extract_answer(text, mode="flexible") == _read(row["expected"])
+
+
+# --- the failure classes of real model output ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 3 or 5.",
+        "either 3 or 4. The answer is either 3 or 4.",
+        "The answer is between 3 and 5.",
+        "The answer is 7 hours, or maybe 8 hours.",
+        "The answer is (30 - 28) and (5 + 2).",  # two answers; this used to give the first, 2
+        "The answer is (53 + 17) and (14 - 10).",
+        "The answer is not 5. It is 6.",
+        "The answer isn't 5.",
+    ],
+)
+def test_hedges_and_negations_give_no_answer(text: str) -> None:
+    assert extract_answer(text, mode="strict") is None
+    assert extract_answer(text, mode="flexible") is None  # a phrase was found: no last-number guess
+
+
+def test_restating_one_value_is_not_a_hedge() -> None:
+    assert extract_answer("The answer is 0.5 or 1/2.", mode="strict") == Fraction(1, 2)
+    assert extract_answer("The answer is 7 apples or 7.", mode="strict") == 7
+    assert extract_answer("The answer is 3 apples and 3 pears.", mode="strict") == 3
+    assert extract_answer("The answer is 12, and she has 3 left.", mode="strict") == 12
+
+
+def test_answer_phrases_of_published_prompting_methods() -> None:
+    assert extract_answer("Therefore, the answer (arabic numerals) is 26.", mode="strict") == 26
+    assert extract_answer("He has 5 + 6 = 11 balls.\nA: 11", mode="strict") == 11
+    assert extract_answer("Final answer: $1,375", mode="strict") == 1375
+    # The zero-shot prompt's own "A: Let's think step by step." is not an answer line.
+    assert extract_answer("A: Let's think step by step. 5 + 6 = 11.", mode="strict") is None
+    assert extract_answer("The data: 5 + 6 = 11.", mode="strict") is None
+
+
+def test_run_on_after_the_answer_is_ignored_without_cut_run_on() -> None:
+    text = "The answer is 188.\n\n\nQ: The first book is 31 mm thick.\nA: The answer is 31."
+    assert extract_answer(text, mode="strict") == 188
+    assert extract_answer(text, mode="flexible") == 188
+    assert extract_answer(text, mode="strict", cut=False) == 31
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is two hundred and eighty.", 280),
+        ("The answer is fifty-six dollars.", 56),
+        ("The answer is a hundred.", 100),
+        ("The answer is one thousand two hundred and five.", 1205),
+        ("The answer is zero.", 0),
+        ("The answer is that each one gets 5 apples.", 5),  # digits win over words
+    ],
+)
+def test_integers_in_words(text: str, expected: int) -> None:
+    assert extract_answer(text, mode="strict") == expected
+
+
+def test_hostile_phrase_markers_are_bounded() -> None:
+    started = time.perf_counter()
+    assert extract_answer("a:" * 1_000_000, mode="flexible") is None
+    assert extract_answer("answers " * 500_000 + "The answer is 5.", mode="strict") == 5
+    assert extract_answer("The answer is 5. " + "answers " * 900, mode="strict") == 5
+    # Past 1000 look-alikes of one marker the search gives up (a documented bound), quickly.
+    assert extract_answer("The answer is 5. " + "answers " * 500_000, mode="strict") is None
+    assert time.perf_counter() - started < 3
+
+
+def test_smollm2_samples_agree_with_the_hand_reading() -> None:
+    # SmolLM2-135M zero-shot CoT samples (temperature 0.7, 128 tokens): most are cut off before
+    # committing to a number, and a careful reader then finds no answer.
+    rows = _fixture("judge_smollm2.jsonl")
+    assert len(rows) >= 30
+    strict = [_agrees(extract_answer(r["completion"], mode="strict"), r["expected"]) for r in rows]
+    flexible = [_agrees(extract_answer(r["completion"], mode="flexible"), r["expected"]) for r in rows]
+    assert sum(strict) >= len(rows) - 2
+    assert sum(flexible) < sum(strict)  # the last-number fallback guesses where the text gave up
+    answered = [r for r in rows if r["expected"] is not None and "answer is" in r["completion"]]
+    assert answered and all(
+        extract_answer(r["completion"], mode="strict") == _read(r["expected"]) for r in answered
+    )

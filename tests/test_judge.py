@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mwp.verify.compare import answers_match, decimal_places, gold_matches
-from mwp.verify.numbers import format_number
+from mwp.verify.numbers import format_number, parse_number
 from mwp.verify.safe_eval import safe_eval
 
 # --- comparison -------------------------------------------------------------------------------
@@ -42,11 +42,53 @@ def test_answers_match(pred: Fraction | None, gold: Fraction | None, expected: b
     assert answers_match(gold, pred) is expected  # symmetric
 
 
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("0.6666666666666667", 0.6666666666666666),  # float reprs of one value
+        ("1.8333333333333333", 1.8333333333333335),
+        ("0.30000000000000004", "0.3"),
+        ("2.675", 2.6749999999999998),
+    ],
+)
+def test_float_round_off_matches(pred: str, gold: str | float) -> None:
+    assert gold_matches(parse_number(pred), gold)
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("12.501", 12.5),  # an exact gold is not a rounding of the prediction
+        ("1250.62", 1250.5),
+        ("0.34", "1/3"),  # outside the prediction's own two places
+        ("3.0000001", 3),
+        ("1.0000001", 1),
+    ],
+)
+def test_wrong_decimals_do_not_match(pred: str, gold: str | float) -> None:
+    assert not gold_matches(parse_number(pred), gold)
+
+
+def test_a_prediction_rounded_to_its_places_matches_a_longer_gold() -> None:
+    # 12.5 is 12.501 to the one place it states (and within rel_tol): a rounding, not a new value.
+    assert gold_matches(Fraction("12.5"), "12.501")
+    assert not gold_matches(Fraction("12.5"), "12.56")  # 12.56 rounds to 12.6
+
+
+def test_a_rounded_prediction_must_round_to_itself() -> None:
+    # Within rel_tol=1e-3 of 2/3, but 0.6668 is not 2/3 rounded to four places (0.6667).
+    assert not answers_match(Fraction("0.6668"), Fraction(2, 3), rel_tol=1e-3)
+    assert answers_match(Fraction("0.6667"), Fraction(2, 3), rel_tol=1e-3)
+
+
 def test_tolerance_is_configurable() -> None:
     assert answers_match(Fraction("0.333"), Fraction(1, 3), rel_tol=1e-3)
     assert answers_match(Fraction("0.667"), Fraction(2, 3), rel_tol=1e-3)
     assert not answers_match(Fraction("0.33"), Fraction(1, 3), rel_tol=1e-3)
-    assert answers_match(Fraction("0.0000001"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
+    # 0.00000003 is 1/(3e7) to its own eight places; abs_tol admits its relative error of 0.1.
+    assert answers_match(Fraction("0.00000003"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
+    # 0.0000001 is not 1/(3e7) rounded to seven places (that is 0.0000000), whatever abs_tol says.
+    assert not answers_match(Fraction("0.0000001"), Fraction(1, 3 * 10**7), abs_tol=1e-7)
 
 
 def test_decimal_places() -> None:
@@ -173,6 +215,39 @@ def test_malformed_row_stops_with_its_line_number(tmp_path: Path, bad_line: str,
     assert f"{source}:3: " in result.stderr and message in result.stderr
     assert "before the error: n=2, correct=2" in result.stderr
     assert [json.loads(line)["correct"] for line in output.read_text().splitlines()] == [True, True]
+
+
+def test_help_documents_every_rule() -> None:
+    result = _run(["--help"])
+    assert result.returncode == 0
+    for rule in (
+        "the answer (arabic numerals) is",
+        '"A: 26"',
+        "Final answer:",
+        "####",
+        "\\boxed",
+        "答案是",
+        "Negation",
+        "Hedges",
+        "two hundred and eighty",
+        "Percent",
+        "Flexible mode",
+        "Float round-off",
+        "stated precision",
+    ):
+        assert rule in result.stdout, rule
+
+
+def test_hedged_and_negated_completions_are_scored_wrong() -> None:
+    rows = [
+        {"question": "q", "completion": "The answer is 3 or 5.", "answer": 3},
+        {"question": "q", "completion": "The answer is not 5. It is 6.", "answer": 5},
+        {"question": "q", "completion": "Therefore, the answer (arabic numerals) is 26.", "answer": 26},
+        {"question": "q", "completion": "He has 26.\nA: 26\n\nQ: next?\nA: 4", "answer": 26},
+    ]
+    result = _run([], stdin="".join(json.dumps(r) + "\n" for r in rows))
+    assert [json.loads(line)["correct"] for line in result.stdout.splitlines()] == [False, False, True, True]
+    assert "no-answer=2" in result.stderr
 
 
 def test_malformed_stdin_row_is_named_stdin() -> None:

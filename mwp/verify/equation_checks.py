@@ -127,6 +127,10 @@ def _trim(candidate: str) -> str:
     return candidate
 
 
+# How much of a rationale `extract_equation` reads; 100k characters of "(" took ~12 s unbounded.
+MAX_EQUATION_TEXT_CHARS = 8_000
+
+
 def extract_equation(text: str, unknown: str = "x") -> str | None:
     """The equation (or bare expression) a teacher wrote in prose, or None.
 
@@ -134,7 +138,8 @@ def extract_equation(text: str, unknown: str = "x") -> str | None:
     unknown, then an equation of numbers ("36÷6+3=9"), then an arithmetic expression, then a bare
     "x = 20"; the first of the best kind wins, since a derivation comes before its results.
     """
-    prepared = _prepare(text)
+    # Candidate matching backtracks on runs of "(": bound the untrusted text (the head holds the derivation).
+    prepared = _prepare(text[:MAX_EQUATION_TEXT_CHARS])
     best: tuple[int, int, str] | None = None
     for match in _candidate_pattern(unknown).finditer(prepared):
         candidate = _trim(match.group(0))

@@ -2,8 +2,18 @@
 
 Each input row is {"question", "completion", "answer"}; each output row is the input plus `pred`
 (the extracted answer as "42", "0.375" or "3/8", or null) and `correct`. A summary goes to stderr.
-Gold answers may be numbers or strings such as "9 (apples)", "3/4", "50%", "1,234"; a percent gold
-"50%" is 1/2, and a prediction of 50 counts as correct too (see `gold_matches`).
+Gold answers may be numbers or strings such as "9 (apples)", "3/4", "50%", "1,234".
+
+The rules (`mwp-judge --help` prints them in full, from `mwp.verify.extract` and
+`mwp.verify.compare`):
+
+- extraction: the run-on continuation ("\\n\\nQ: ...") is cut; strict mode reads the last answer
+  phrase ("The answer is", "the answer (arabic numerals) is", a final "A: 26" line, "Answer:",
+  "Final answer:", "####", "\\boxed{}", "答案是", "答："), evaluates a calculation after it exactly,
+  reads integers in words, and gives no answer for a negation or a hedge between different values;
+  flexible mode takes the last number only when there is no answer phrase at all;
+- comparison: exact on rationals, plus float round-off (relative 1e-9) and a decimal prediction
+  rounded to its own stated places; a "50%" gold matches 1/2 and 50, a "50%" prediction reads 50.
 """
 
 from __future__ import annotations
@@ -15,8 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from mwp.verify import compare, extract
 from mwp.verify.compare import gold_matches
-from mwp.verify.extract import cut_run_on, extract_answer
+from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number, parse_number
 
 __all__ = ["JudgeInputError", "JudgeSummary", "judge_rows", "main"]
@@ -82,8 +93,7 @@ def judge_rows(
     """
     summary = summary if summary is not None else JudgeSummary()
     for _line_number, row in _read_rows(stream, source):
-        completion = cut_run_on(row["completion"]) if cut else row["completion"]
-        pred = extract_answer(completion, mode=mode)  # type: ignore[arg-type]
+        pred = extract_answer(row["completion"], mode=mode, cut=cut)  # type: ignore[arg-type]
         correct = gold_matches(pred, row["answer"])
         summary.n += 1
         summary.correct += correct
@@ -95,14 +105,31 @@ def judge_rows(
     return summary
 
 
+def _rules(module_doc: str | None) -> str:
+    """The numbered rules of a module docstring: everything from its "The rules" line on."""
+    doc = module_doc or ""
+    start = doc.find("The rules")
+    return doc[start:].strip() if start >= 0 else doc.strip()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mwp-judge",
         description="Add `pred` and `correct` to JSONL rows {question, completion, answer}; summary on stderr.",
+        epilog=(
+            "ANSWER EXTRACTION\n"
+            + _rules(extract.__doc__)
+            + "\n\nCOMPARISON WITH THE GOLD ANSWER\n"
+            + _rules(compare.__doc__)
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", nargs="?", default="-", help="JSONL file (default: stdin)")
     parser.add_argument(
-        "--mode", choices=("strict", "flexible"), default="flexible", help="answer extraction mode"
+        "--mode",
+        choices=("strict", "flexible"),
+        default="flexible",
+        help="strict: answer phrases only; flexible: else the last number (default: flexible)",
     )
     parser.add_argument(
         "--output", "-o", default="-", help="where to write the scored rows (default: stdout)"
