@@ -260,3 +260,30 @@ def test_missing_input_file(tmp_path: Path) -> None:
     result = _run([str(tmp_path / "absent.jsonl")])
     assert result.returncode == 2
     assert "cannot read" in result.stderr and "absent.jsonl" in result.stderr
+
+
+def test_bbh_answers_go_through_the_same_judge(data_dir) -> None:
+    """Real BIG-Bench Hard targets, written as a model would, judged with the task's answer type."""
+    from mwp.data.bbh import load_bbh_task
+
+    rows = []
+    for task, wrong in (("date_understanding", "(Z)"), ("web_of_lies", None), ("object_counting", "9999")):
+        example = load_bbh_task(task, data_dir)[0]
+        rows.append(
+            {
+                "question": example.input,
+                "completion": f"So the answer is {example.target}.",
+                "answer": example.target,
+            }
+        )
+        other = wrong or ("No" if example.target == "Yes" else "Yes")
+        rows.append(
+            {"question": example.input, "completion": f"So the answer is {other}.", "answer": example.target}
+        )
+        task_rows = "\n".join(json.dumps(r) for r in rows[-2:]) + "\n"
+        proc = _run(["--answer-type", f"bbh:{task}", "--mode", "strict"], stdin=task_rows)
+        assert proc.returncode == 0, proc.stderr
+        judged = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [r["correct"] for r in judged] == [True, False], (task, judged)
+    bad = _run(["--answer-type", "bbh:no_such_task"], stdin=json.dumps(rows[0]) + "\n")
+    assert bad.returncode == 2 and "unknown BBH task" in bad.stderr

@@ -542,6 +542,7 @@ class EvaluationConfig(Section):
             if not (Path(entry[3:]).expanduser() / "config.json").is_file():
                 raise ValueError(f"evaluation.models.{index}={entry!r}: no config.json in {entry[3:]}")
         return models
+
     bbh: BBHEvalConfig | None = help_field(
         None, help="BIG-Bench Hard after the math sets (evaluation=bbh; null = skip)"
     )

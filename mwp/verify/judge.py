@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from mwp.verify import compare, extract
+from mwp.verify.bbh_answers import bbh_matches, extract_bbh_answer
 from mwp.verify.compare import gold_matches
-from mwp.verify.extract import extract_answer
+from mwp.verify.extract import cut_run_on, extract_answer
 from mwp.verify.numbers import format_number, parse_number
 
 __all__ = ["JudgeInputError", "JudgeSummary", "judge_rows", "main"]
@@ -51,7 +52,7 @@ class JudgeSummary:
         return f"n={self.n}, correct={self.correct}, accuracy={accuracy:.2f}%, no-answer={self.no_answer}"
 
 
-def _read_rows(stream: IO[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_rows(stream: IO[str], source: str, numeric: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
     for line_number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
@@ -69,7 +70,10 @@ def _read_rows(stream: IO[str], source: str) -> Iterator[tuple[int, dict[str, An
         if not isinstance(row["completion"], str):
             raise JudgeInputError(f"{source}:{line_number}: 'completion' must be a string")
         answer = row["answer"]
-        if (
+        if not numeric:
+            if not isinstance(answer, str) or not answer.strip():
+                raise JudgeInputError(f"{source}:{line_number}: 'answer' must be a non-empty string")
+        elif (
             isinstance(answer, bool)
             or not isinstance(answer, str | int | float)
             or parse_number(answer) is None
@@ -86,23 +90,51 @@ def judge_rows(
     mode: str = "flexible",
     cut: bool = True,
     summary: JudgeSummary | None = None,
+    answer_type: str = "number",
 ) -> JudgeSummary:
     """Judge every row of `stream`, writing (and flushing) each scored row to `out` as it goes.
 
+    `answer_type` is `number` (math word problems) or a BIG-Bench Hard answer type
+    (`mwp.verify.bbh_answers.ANSWER_TYPES`, or `bbh:<task>` for that task's type).
     `summary` is updated in place, so a caller still has the counts when a malformed row raises.
     """
     summary = summary if summary is not None else JudgeSummary()
-    for _line_number, row in _read_rows(stream, source):
-        pred = extract_answer(row["completion"], mode=mode, cut=cut)  # type: ignore[arg-type]
-        correct = gold_matches(pred, row["answer"])
+    bbh_type = bbh_answer_type(answer_type)
+    for _line_number, row in _read_rows(stream, source, numeric=bbh_type is None):
+        if bbh_type is None:
+            number = extract_answer(row["completion"], mode=mode, cut=cut)  # type: ignore[arg-type]
+            correct = gold_matches(number, row["answer"])
+            pred = format_number(number)
+        else:
+            text = cut_run_on(row["completion"]) if cut else row["completion"]
+            pred = extract_bbh_answer(text, bbh_type, mode)  # type: ignore[arg-type]
+            correct = bbh_matches(pred, row["answer"], bbh_type)
         summary.n += 1
         summary.correct += correct
         summary.no_answer += pred is None
-        out.write(
-            json.dumps({**row, "pred": format_number(pred), "correct": correct}, ensure_ascii=False) + "\n"
-        )
+        out.write(json.dumps({**row, "pred": pred, "correct": correct}, ensure_ascii=False) + "\n")
         out.flush()
     return summary
+
+
+def bbh_answer_type(answer_type: str) -> str | None:
+    """None for math answers, else the BIG-Bench Hard answer type `answer_type` names."""
+    from mwp.verify.bbh_answers import ANSWER_TYPES, TASK_ANSWER_TYPES
+
+    if answer_type == "number":
+        return None
+    if answer_type.startswith("bbh:"):
+        task = answer_type.removeprefix("bbh:")
+        if task not in TASK_ANSWER_TYPES:
+            raise JudgeInputError(
+                f"--answer-type {answer_type}: unknown BBH task; known: {', '.join(TASK_ANSWER_TYPES)}"
+            )
+        return TASK_ANSWER_TYPES[task]
+    if answer_type not in ANSWER_TYPES:
+        raise JudgeInputError(
+            f"--answer-type {answer_type}: use number, bbh:<task> or one of {', '.join(ANSWER_TYPES)}"
+        )
+    return answer_type
 
 
 def _rules(module_doc: str | None) -> str:
@@ -132,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
         help="strict: answer phrases only; flexible: else the last number (default: flexible)",
     )
     parser.add_argument(
+        "--answer-type",
+        default="number",
+        help="number (math word problems, default), bbh:<task>, or a BIG-Bench Hard answer type "
+        "(multiple_choice, boolean, yes_no, valid_invalid, number, dyck, words); answers are then strings",
+    )
+    parser.add_argument(
         "--output", "-o", default="-", help="where to write the scored rows (default: stdout)"
     )
     parser.add_argument(
@@ -158,7 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     summary = JudgeSummary()
     try:
-        judge_rows(stream, out, source=source, mode=args.mode, cut=args.cut, summary=summary)
+        judge_rows(
+            stream,
+            out,
+            source=source,
+            mode=args.mode,
+            cut=args.cut,
+            summary=summary,
+            answer_type=args.answer_type,
+        )
     except JudgeInputError as exc:
         print(f"mwp-judge: {exc}", file=sys.stderr)
         print(f"before the error: {summary.line()}", file=sys.stderr)
