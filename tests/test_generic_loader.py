@@ -89,6 +89,32 @@ def test_bundled_svamp_json_remapped_matches_the_builtin_loader() -> None:
         )
 
 
+@pytest.mark.skipif(not (default_data_dir() / "svamp").is_dir(), reason="bundled SVAMP not found")
+def test_split_by_an_index_list_file(tmp_path: Path) -> None:
+    """The bundled SVAMP file split by the reasoning-teacher index lists (700 train / 300 test)."""
+    import json
+
+    index_file = default_data_dir() / "splits" / "svamp__default.json"
+    source = {
+        "format": "json",
+        "files": {"all": "svamp/SVAMP.json"},
+        "fields": {"id": "ID", "body": "Body", "question": "Question", "answer": "Answer"},
+        "split_indices": str(index_file),
+    }
+    register_dataset("svamp_indexed", source)
+    lists = json.loads(index_file.read_text())
+    everything = load_problems("svamp", "all")
+    for split in ("train", "test"):
+        problems = load_problems("svamp_indexed", split)
+        assert len(problems) == len(lists[split])
+        assert [p.question for p in problems] == [everything[i].question for i in lists[split]]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": [0, 5000]}))
+    register_dataset("svamp_bad_index", {**source, "split_indices": str(bad)})
+    with pytest.raises(DataError, match=r"bad\.json.*index 5000 is outside the 1000 rows"):
+        load_problems("svamp_bad_index", "train")
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [

@@ -110,11 +110,18 @@ class DatasetSourceConfig(Section):
         None, help="a column naming each row's split (then every file is read and filtered)"
     )
     splits: list[str] = help_field([], help="split names when split_field is set")
+    split_indices: str | None = help_field(
+        None, help="a JSON file {split: [row index, ...]} into the one file of `files` (an index-list split)"
+    )
 
     @model_validator(mode="after")
     def _splits_given(self) -> DatasetSourceConfig:
         if self.split_field and not self.splits:
             raise ValueError("dataset.source.splits: list the split names when split_field is set")
+        if self.split_indices and self.split_field:
+            raise ValueError("dataset.source.split_indices: use it or split_field, not both")
+        if self.split_indices and len(self.files) != 1:
+            raise ValueError("dataset.source.split_indices: index lists need exactly one file in `files`")
         return self
 
 

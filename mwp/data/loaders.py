@@ -447,7 +447,9 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
     fields: dict[str, str | None] = {k: spec["fields"].get(k) for k in GENERIC_FIELDS}
     split_field = spec.get("split_field")
     files = spec["files"]
-    paths = list(files.values()) if split_field else [files[split]]
+    indexed = spec.get("split_indices")
+    paths = list(files.values()) if split_field or indexed else [files[split]]
+    wanted = _split_index_list(Path(indexed).expanduser(), split) if indexed else None
     language = spec.get("language", "en")
     problems = []
     for relative in paths:
@@ -455,7 +457,10 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
         path = path if path.is_absolute() else data_dir / path
         if not path.is_file():
             raise DataError(f"missing data file of dataset {name!r}", path=path)
-        for line, index, row in _generic_rows(path, spec["format"]):
+        rows = _generic_rows(path, spec["format"])
+        if wanted is not None:
+            rows = _pick_rows(list(rows), wanted, Path(indexed), path)
+        for line, index, row in rows:
             where = {"line": line} if line is not None else {"index": index}
             if split_field and str(_field(row, split_field, path, **where)) != split:
                 continue
@@ -496,6 +501,28 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
     return problems
 
 
+def _split_index_list(path: Path, split: str) -> list[int]:
+    """The row indices of `split` in a `{split: [index, ...]}` JSON file."""
+    splits = read_json(path)
+    if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
+        raise DataError(f"no index list for split {split!r}", path=path, field=split)
+    return splits[split]
+
+
+def _pick_rows(
+    rows: list[tuple[int | None, int, dict[str, Any]]], wanted: list[int], index_file: Path, path: Path
+):
+    """The rows at the listed positions, in list order; a bad index names the index file and its place."""
+    picked = []
+    for position, index in enumerate(wanted):
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(rows):
+            raise DataError(
+                f"index {index!r} is outside the {len(rows)} rows of {path}", path=index_file, index=position
+            )
+        picked.append(rows[index])
+    return picked
+
+
 def register_dataset(name: str, source: dict[str, Any]) -> str:
     """Make `load_problems(name, split)` read the files a `dataset.source` mapping describes; returns the key.
 
@@ -503,14 +530,24 @@ def register_dataset(name: str, source: dict[str, Any]) -> str:
     folder is under `paths.data_dir`), `fields` ({id, question or body + question, answer,
     equation, solution}: the column or key of each, id optional), `language`, and optionally
     `split_field` (a column naming each row's split; then `files` are read whole and `splits` lists
-    the split names). Validating a config with a `dataset.source` registers it, so every stage of
+    the split names) or `split_indices` (a JSON file `{split: [row index, ...]}` into the one file
+    of `files`, in list order). Validating a config with a `dataset.source` registers it, so every stage of
     the run can load it by name. Re-registering the same name replaces its mapping.
     """
     key = name.strip().lower().replace("-", "_")
     if key in _BUILTIN:
         raise DataError(f"dataset {name!r} is built in; give the custom dataset another name")
     spec = dict(source)
-    splits = list(spec.get("splits") or []) if spec.get("split_field") else list(spec["files"])
+    if spec.get("split_indices"):
+        index_file = Path(spec["split_indices"]).expanduser()
+        table = read_json(index_file)
+        if not isinstance(table, dict) or not table:
+            raise DataError("expected a JSON object {split: [row index, ...]}", path=index_file)
+        splits = list(table)
+    elif spec.get("split_field"):
+        splits = list(spec.get("splits") or [])
+    else:
+        splits = list(spec["files"])
     if not splits:
         raise DataError(f"dataset {name!r}: split_field needs a list of `splits`")
     _DATASETS[key] = {split: partial(_load_generic, spec, key) for split in splits}
