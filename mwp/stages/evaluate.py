@@ -185,7 +185,11 @@ def run_evaluate(
                 usage.write(out_dir / f"usage_{model_slug(generator.label)}.json")
     write_json(out_dir / "results.json", [r.summary() for r in results])
     models = ", ".join(f"{e} = {student_dir}" if e == "student" else e for e in ev.models)
-    print(format_table(results, title=f"Evaluation of {models}"), flush=True)
+    origin = (
+        f"student distilled from teacher {cfg.teacher.name!r} on {cfg.dataset.name}/{cfg.dataset.train_split}"
+    )
+    title = f"Evaluation of {models} ({origin}; greedy; strict = answer phrase, flexible = else last number)"
+    print(format_table(results, title=title), flush=True)
     if ev.get("bbh") is not None:
         # BIG-Bench Hard measures what specialisation costs the student in generality.
         model, tokenizer, _ = load_trained_student(student_dir)
