@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mwp.config import ConfigError, validate
 
@@ -60,6 +60,10 @@ def claim_run_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job as a plain function (the CLI is a thin Hydra wrapper around it)."""
     validate(cfg)
+    if cfg.stage.resume:
+        # Everything of a resumed run (checkpoints, logs) goes to its own folder, not Hydra's new one.
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(cfg.stage.resume))
     worker = is_worker_rank()
     # Ranks > 0 of a multi-process launch re-run the command in the folder rank 0 claimed.
     run_dir = Path(cfg.stage.resume or cfg.paths.output_dir) if worker else claim_run_dir(cfg)

@@ -62,6 +62,9 @@ def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: 
     summary = run(more)
     # 4 steps done before, 2 more after resuming: not 6 from scratch (global step continues).
     assert summary["train"]["steps"] == 6
+    # The resumed run wrote its checkpoints into its own folder, not into Hydra's new one.
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 6
+    assert not (tmp_path / "elsewhere" / "checkpoints").exists()
     assert summary["distill"] == {"reused": str(tmp_path / "distill" / "distilled.jsonl")}
     assert (tmp_path / "distill" / "distilled.jsonl").read_bytes() == distilled
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "success"
@@ -70,7 +73,9 @@ def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: 
     # The checkpoint carries its hyperparameters: it rebuilds the student on its own.
     from mwp.student.module import StudentModule
 
-    module = StudentModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    # The saved student is the best checkpoint's weights (save_top_k=1: one best file).
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    module = StudentModule.load_from_checkpoint(best, map_location="cpu", weights_only=False)
     assert module.hparams["student"]["size"]["d_model"] == first.student.size.d_model
     saved = load_file(tmp_path / "student" / "model.safetensors")
     state = module.model.state_dict()
