@@ -318,9 +318,9 @@ class WindowedTrainLoader:
         windows = self._windows_after(whole) if whole else iter(self.windows)
         for position, micro in enumerate(windows):
             for index, batch in enumerate(micro):
+                self._yielded += 1  # the position in the epoch, skipped batches included
                 if position == 0 and index < partial:
                     continue  # already trained on before the checkpoint this run resumed from
-                self._yielded += 1
                 yield batch
 
     def _windows_after(self, start: int) -> Iterator[list[dict[str, Any]]]:

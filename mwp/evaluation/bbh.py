@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mwp.data.bbh import BBHExample, PromptStyle, load_bbh_prompt, load_bbh_task, resolve_bbh_tasks
 from mwp.data.io import write_jsonl
+from mwp.evaluation.evaluate import Accuracies
 from mwp.verify.bbh_answers import bbh_matches, extract_bbh_answer
 
 __all__ = ["BBHResult", "BBHTaskResult", "evaluate_bbh", "fit_source", "format_bbh_table"]
@@ -34,7 +35,7 @@ BBH_SPLIT = "all"  # BBH has one split: every example of a task is a test exampl
 
 
 @dataclass
-class BBHTaskResult:
+class BBHTaskResult(Accuracies):
     task: str
     answer_type: str
     size: int
@@ -43,14 +44,6 @@ class BBHTaskResult:
     shortened: int = 0  # sources that kept fewer exemplars than the prompt has
     truncated: int = 0  # sources cut mid-text (the question alone was too long)
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-    @property
-    def strict_acc(self) -> float:
-        return self.strict_correct / self.size if self.size else 0.0
-
-    @property
-    def flexible_acc(self) -> float:
-        return self.flexible_correct / self.size if self.size else 0.0
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -25,8 +25,24 @@ from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number
 
 
+class Accuracies:
+    """Strict and flexible accuracy of a scored set: its `size` and the hits of each extraction mode."""
+
+    size: int
+    strict_correct: int
+    flexible_correct: int
+
+    @property
+    def strict_acc(self) -> float:
+        return self.strict_correct / self.size if self.size else 0.0
+
+    @property
+    def flexible_acc(self) -> float:
+        return self.flexible_correct / self.size if self.size else 0.0
+
+
 @dataclass
-class EvalResult:
+class EvalResult(Accuracies):
     dataset: str
     split: str
     role: str  # "in-distribution" or "out-of-distribution"
@@ -39,14 +55,6 @@ class EvalResult:
     format: str = "zero_shot_cot"
     exemplars_shown: int = 0  # exemplars in all sources together (sources that were too long keep fewer)
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-    @property
-    def strict_acc(self) -> float:
-        return self.strict_correct / self.size if self.size else 0.0
-
-    @property
-    def flexible_acc(self) -> float:
-        return self.flexible_correct / self.size if self.size else 0.0
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,6 @@ backends (`Teacher.generate`), so an API teacher's cache and cost ledger work he
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mwp.data.datamodule import encode_padded
 from mwp.data.formats import token_counter
+from mwp.data.io import read_json
 from mwp.teachers.base import SamplingParams, Teacher, TeacherRequest
 from mwp.teachers.scale import UsageLedger, teacher_usage
 
@@ -115,7 +115,7 @@ def hf_folder_kind(path: str | Path) -> str:
     config = Path(path).expanduser() / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{path}: no config.json (an `hf:` model must be a local model folder)")
-    data = json.loads(config.read_text(encoding="utf-8"))
+    data = read_json(config)
     return "seq2seq" if data.get("is_encoder_decoder") else "causal"
 
 
