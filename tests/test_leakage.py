@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from mwp.config import ConfigError
+from mwp.config import ConfigError, validate
 from mwp.data.artifact import DistilledRow
 from mwp.data.datamodule import DistilledDataModule, split_problems_by_question
 from mwp.data.dedup import drop_seen, normalize_question, question_keys
@@ -46,7 +46,9 @@ def test_normalisation_ignores_formatting_but_not_content() -> None:
 
 @pytest.mark.parametrize("dataset", DATASET_CONFIGS)
 def test_no_evaluated_question_is_in_the_training_data(dataset: str, data_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_config([f"dataset={dataset}"], run_dir=tmp_path)
+    # Validated as a run is (a live teacher covers any dataset): that also registers a custom dataset.
+    cfg = compose_config([f"dataset={dataset}", "teacher=smollm2"], run_dir=tmp_path)
+    validate(cfg)
     train = question_keys(load_problems(cfg.dataset.name, cfg.dataset.train_split, data_dir))
     seen = seen_questions(cfg, tmp_path / "no-student")  # what run_evaluate drops without a student file
     for spec in cfg.dataset.eval_sets:
