@@ -34,6 +34,12 @@ class DistilledRow:
     sample_index: int
     pred: str | None = None
     logprobs: TokenLogprobs | None = None
+    # The equation format (From Large to Tiny): the verified equation as written ("x=84/2"), its
+    # template over the problem's N0..Nk ("N0/N1"), and which stage/method and round found it.
+    equation: str | None = None
+    template: str | None = None
+    method: str = "distill"
+    round: int = 0
 
     @property
     def id(self) -> str:
@@ -52,6 +58,8 @@ class DistilledRow:
         }
         if self.logprobs is not None:
             row["logprobs"] = asdict(self.logprobs)
+        if self.template is not None:
+            row.update(equation=self.equation, template=self.template, method=self.method, round=self.round)
         return row
 
     @classmethod
@@ -90,7 +98,24 @@ class DistilledRow:
             sample_index=sample_index,
             pred=pred,
             logprobs=_logprobs(obj.get("logprobs"), where),
+            equation=_optional_str(obj, "equation", where),
+            template=_optional_str(obj, "template", where),
+            method=_optional_str(obj, "method", where) or "distill",
+            round=_round(obj.get("round", 0), where),
         )
+
+
+def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} is {_describe(value)}, expected a string or null")
+    return value
+
+
+def _round(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{where}: field 'round' is {value!r}, expected an integer >= 0")
+    return value
 
 
 def _describe(value: Any) -> str:
