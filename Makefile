@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-fast lint format bench report ablation clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 
 bench: $(STAMP) ## Run the benchmark scripts in benchmarks/ (they print figures; nothing is asserted).
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+report: $(STAMP) ## Compare runs side by side: `make report RUNS="outputs/demo/multiruns/..."` (table + PNGs in reports/).
+	$(BIN)/mwp-report $(or $(RUNS),outputs) --out reports $(REPORT_ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv).
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,18 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resume = bool(cfg.stage.resume)
     steps = list(cfg.stage.steps)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running"}
-
-    distill_dir = run_dir / "distill"
-    if "distill" in steps:
-        from mwp.stages.distill import ARTIFACT, run_distill
-
-        if (resume or worker) and (distill_dir / ARTIFACT).exists():
-            log.info("reusing the distilled data in %s", distill_dir)
-            summary["distill"] = {"reused": str(distill_dir / ARTIFACT)}
-        elif worker:
-            raise RuntimeError(f"rank > 0 found no distilled data in {distill_dir}: rank 0 writes it first")
-        else:
-            summary["distill"] = run_distill(cfg, distill_dir).to_json()
+    started = time.monotonic()
 
     loggers: list[Any] = []
     if "train" in steps or "evaluate" in steps:
@@ -90,6 +80,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers = build_loggers(cfg)
     status = "failed"
     try:
+        distill_dir = run_dir / "distill"
+        if "distill" in steps:
+            from mwp.stages.distill import ARTIFACT, run_distill
+
+            if (resume or worker) and (distill_dir / ARTIFACT).exists():
+                log.info("reusing the distilled data in %s", distill_dir)
+                summary["distill"] = {"reused": str(distill_dir / ARTIFACT)}
+            elif worker:
+                raise RuntimeError(
+                    f"rank > 0 found no distilled data in {distill_dir}: rank 0 writes it first"
+                )
+            else:
+                summary["distill"] = run_distill(cfg, distill_dir).to_json()
+
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
         if "train" in steps:
             from mwp.stages.train import run_train
@@ -111,8 +115,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             results = run_evaluate(cfg, run_dir, loggers, student_dir)
             summary["evaluate"] = [r.summary() for r in results]
         status = "success"
+    except BaseException as err:
+        summary["error"] = f"{type(err).__name__}: {str(err)[:500]}"
+        raise
     finally:
         summary["status"] = status
+        summary["wall_time_s"] = round(time.monotonic() - started, 1)
         if not worker:
             (run_dir / SUMMARY).write_text(
                 json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8"

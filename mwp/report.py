@@ -1,0 +1,310 @@
+"""Compare runs side by side from their run folders: `mwp-report PATH...` (a run, a multirun, or any folder above).
+
+Everything is read from what each run wrote locally (`config.yaml`, `.hydra/overrides.yaml`,
+`summary.json`, `distill/stats.json`, `refine/stats.json`, `eval/results.json`, the teachers'
+`usage.json`), so no W&B account or network is needed. A run that failed or never finished is a row
+of its own with its status, never silently missing.
+
+The table has one row per run (or, with `--aggregate seed`, one row per setting with mean ± std over
+seeds); its first column is the overrides that differ between the runs. `--out DIR` also writes
+`report.md` and PNG plots there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["RunRecord", "build_table", "collect_runs", "main", "write_report"]
+
+RUN_CONFIG = "config.yaml"
+
+
+@dataclass
+class RunRecord:
+    """What one run folder says about its run."""
+
+    path: Path
+    status: str
+    overrides: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] | None = None
+    refine: dict[str, Any] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    teacher_calls: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def steps(self) -> int | None:
+        train = self.summary.get("train")
+        return train.get("steps") if isinstance(train, dict) else None
+
+    @property
+    def wall_time_s(self) -> float | None:
+        value = self.summary.get("wall_time_s")
+        return float(value) if isinstance(value, int | float) else None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def _usage(run_dir: Path) -> tuple[int, float]:
+    calls, cost = 0, 0.0
+    for path in sorted(run_dir.glob("*/usage*.json")):
+        usage = _read_json(path)
+        if isinstance(usage, dict):
+            calls += int(usage.get("calls") or 0)
+            cost += float(usage.get("cost_usd") or 0.0)
+    return calls, cost
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    summary = _read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict):
+        summary = {}
+    status = str(summary.get("status") or "incomplete")
+    if status == "running":
+        status = "incomplete"  # a live run and a killed one look the same from outside
+    results = _read_json(run_dir / "eval" / "results.json")
+    distill = _read_json(run_dir / "distill" / "stats.json")
+    refine = _read_json(run_dir / "refine" / "stats.json")
+    calls, cost = _usage(run_dir)
+    return RunRecord(
+        path=run_dir,
+        status=status,
+        overrides=_overrides(run_dir),
+        summary=summary,
+        distill=distill if isinstance(distill, dict) else None,
+        refine=refine if isinstance(refine, dict) else None,
+        results=results if isinstance(results, list) else [],
+        teacher_calls=calls,
+        cost_usd=cost,
+    )
+
+
+def collect_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """Every run folder (one holding an mwp `config.yaml`) at or below the given paths, in path order."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"mwp-report: {path} does not exist")
+        candidates = [path / RUN_CONFIG] if (path / RUN_CONFIG).is_file() else sorted(path.rglob(RUN_CONFIG))
+        for config in candidates:
+            if config.parent.name == ".hydra":
+                continue
+            found[config.parent.resolve()] = None
+    return [read_run(run_dir) for run_dir in found]
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _differing(records: Sequence[RunRecord], drop: Sequence[str] = ()) -> list[str]:
+    keys = sorted({key for r in records for key in r.overrides} - set(drop))
+    if len(records) < 2:
+        return keys
+    return [k for k in keys if len({r.overrides.get(k, "") for r in records}) > 1]
+
+
+def _result_key(result: dict[str, Any], multi_format: bool) -> str:
+    key = f"{result.get('dataset')}/{result.get('split')}"
+    if result.get("model") not in (None, "student"):
+        key = f"{result['model']}:{key}"
+    if multi_format and result.get("format"):
+        key += f" [{result['format']}]"
+    return key
+
+
+def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
+    """Flat numeric figures of one run: accuracy per evaluation set, yield, recovery, calls, time."""
+    out: dict[str, float] = {}
+    for result in record.results:
+        key = _result_key(result, multi_format)
+        for name in ("strict_acc", "flexible_acc", "baseline_acc"):
+            if isinstance(result.get(name), int | float):
+                out[f"{key} {name.removesuffix('_acc')}"] = 100 * float(result[name])
+    if record.distill and isinstance(record.distill.get("problem_yield"), int | float):
+        out["distill yield %"] = 100 * float(record.distill["problem_yield"])
+    if record.refine:
+        for name in ("recovered", "recovered_share", "semantic_precision"):
+            value = record.refine.get(name)
+            if isinstance(value, int | float):
+                out[f"refine {name}"] = 100 * float(value) if name != "recovered" else float(value)
+    if record.steps is not None:
+        out["steps"] = float(record.steps)
+    out["teacher calls"] = float(record.teacher_calls)
+    if record.cost_usd:
+        out["cost $"] = record.cost_usd
+    if record.wall_time_s is not None:
+        out["wall s"] = record.wall_time_s
+    return out
+
+
+def _fmt(values: Sequence[float]) -> str:
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    text = f"{mean:.1f}" if abs(mean) < 1e5 else f"{mean:.3g}"
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values):.1f}"
+    return text
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    # per row, per metric column: the raw values (several with --aggregate)
+    values: list[dict[str, list[float]]]
+    labels: list[str]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) -> Table:
+    """One row per run, or per setting when `aggregate` names overrides to average over (e.g. seed)."""
+    multi_format = len({r.get("format") for rec in records for r in rec.results} - {None}) > 1
+    differing = _differing(records, drop=aggregate)
+    groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    for record in records:
+        key = tuple(f"{k}={record.overrides.get(k, '')}" for k in differing)
+        groups.setdefault(key if aggregate else (*key, str(record.path)), []).append(record)
+    metric_names: list[str] = []
+    per_group: list[dict[str, list[float]]] = []
+    for members in groups.values():
+        merged: dict[str, list[float]] = {}
+        for record in members:
+            if record.status != "success":
+                continue
+            for name, value in _metrics(record, multi_format).items():
+                merged.setdefault(name, []).append(value)
+                if name not in metric_names:
+                    metric_names.append(name)
+        per_group.append(merged)
+    columns = ["run", "status", *(["runs"] if aggregate else []), *metric_names]
+    rows, labels = [], []
+    for (key, members), merged in zip(groups.items(), per_group, strict=True):
+        label = " ".join(part for part in key[: len(differing)] if not part.endswith("=")) or (
+            members[0].path.name
+        )
+        statuses = sorted({m.status for m in members})
+        row = [label, "/".join(statuses)]
+        if aggregate:
+            row.append(str(len(members)))
+        row += [_fmt(merged.get(name, [])) for name in metric_names]
+        rows.append(row)
+        labels.append(label)
+    return Table(columns=columns, rows=rows, values=per_group, labels=labels)
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    accuracy_columns = [c for c in table.columns if c.endswith((" strict", " flexible"))]
+    sets = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in accuracy_columns))
+    if not sets:
+        return written
+    fig, axes = plt.subplots(1, len(sets), figsize=(max(4.0, 1.2 * len(table.labels)) * len(sets), 4.2))
+    axes = [axes] if len(sets) == 1 else list(axes)
+    width = 0.38
+    for ax, name in zip(axes, sets, strict=True):
+        for offset, kind in ((-width / 2, "strict"), (width / 2, "flexible")):
+            column = f"{name} {kind}"
+            means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
+            errors = [
+                statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values
+            ]
+            positions = [i + offset for i in range(len(table.labels))]
+            ax.bar(positions, means, width, yerr=errors, capsize=3, label=kind)
+        baseline = f"{name} baseline"
+        if any(v.get(baseline) for v in table.values):
+            level = statistics.fmean([x for v in table.values for x in v.get(baseline, [])])
+            ax.axhline(level, color="grey", linestyle="--", label="baseline")
+        ax.set_title(name)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_xticks(range(len(table.labels)))
+        ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_report(records: Sequence[RunRecord], out_dir: Path, *, aggregate: Sequence[str] = ()) -> Table:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = build_table(records, aggregate=aggregate)
+    plots = _plot_accuracy(table, out_dir)
+    text = ["# mwp report", "", f"{len(records)} runs", "", table.markdown(), ""]
+    text += [f"![{p.stem}]({p.name})" for p in plots]
+    (out_dir / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mwp-report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="run folders, multirun folders, or folders above them")
+    parser.add_argument("--out", type=Path, help="write report.md and PNG plots into this folder")
+    parser.add_argument(
+        "--aggregate", action="append", default=[], help="average over this override (e.g. seed); repeatable"
+    )
+    args = parser.parse_args(argv)
+    try:
+        records = collect_runs(args.paths)
+    except FileNotFoundError as err:
+        print(f"mwp-report: error: {err}", file=sys.stderr)
+        return 2
+    if not records:
+        print(f"mwp-report: error: no run folders under {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    if args.out:
+        table = write_report(records, args.out, aggregate=args.aggregate)
+    else:
+        table = build_table(records, aggregate=args.aggregate)
+    print(table.markdown())
+    if args.out:
+        print(f"\nreport: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

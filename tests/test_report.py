@@ -1,0 +1,79 @@
+"""`mwp-report`: a sweep's run folders side by side, failed and unfinished runs included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mwp.report import build_table, collect_runs, main
+
+
+def _run(root: Path, name: str, overrides: list[str], *, status: str | None, acc: float = 0.0) -> Path:
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if status is not None:
+        summary = {"status": status, "train": {"steps": 10}, "wall_time_s": 12.5}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    if status == "success":
+        (run_dir / "eval").mkdir()
+        results = [
+            {
+                "dataset": "svamp",
+                "split": "test",
+                "format": "equation",
+                "size": 200,
+                "strict_acc": acc,
+                "flexible_acc": acc,
+                "baseline_acc": 0.13,
+            }
+        ]
+        (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+        (run_dir / "distill").mkdir()
+        (run_dir / "distill" / "stats.json").write_text(json.dumps({"problem_yield": 0.5}))
+        (run_dir / "distill" / "usage.json").write_text(json.dumps({"calls": 3, "cost_usd": 0.25}))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    _run(tmp_path, "0", ["experiment=demo", "refine=none", "seed=1"], status="success", acc=0.20)
+    _run(tmp_path, "1", ["experiment=demo", "refine=none", "seed=2"], status="success", acc=0.30)
+    _run(tmp_path, "2", ["experiment=demo", "refine=enumeration", "seed=1"], status="failed")
+    _run(tmp_path, "3", ["experiment=demo", "refine=enumeration", "seed=2"], status=None)
+    return tmp_path
+
+
+def test_every_run_is_a_row_with_its_status_and_only_differing_overrides(sweep: Path) -> None:
+    table = build_table(collect_runs([sweep]))
+    assert [row[1] for row in table.rows] == ["success", "success", "failed", "incomplete"]
+    assert table.labels[0] == "refine=none seed=1"  # experiment=demo is common to all: not shown
+    column = table.columns.index("svamp/test strict")
+    assert [row[column] for row in table.rows] == ["20.0", "30.0", "", ""]
+    assert table.rows[0][table.columns.index("teacher calls")] == "3.0"
+
+
+def test_aggregating_over_seeds_gives_mean_and_std(sweep: Path) -> None:
+    table = build_table(collect_runs([sweep]), aggregate=["seed"])
+    assert table.labels == ["refine=none", "refine=enumeration"]
+    assert table.rows[0][table.columns.index("svamp/test strict")] == "25.0 ± 7.1"
+    assert table.rows[1][1] == "failed/incomplete"
+
+
+def test_cli_writes_markdown_and_a_plot(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out), "--aggregate", "seed"]) == 0
+    printed = capsys.readouterr().out
+    assert "refine=enumeration" in printed and "25.0 ± 7.1" in printed
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert "| refine=none |" in (out / "report.md").read_text()
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
