@@ -38,7 +38,9 @@ _FULL_WIDTH = str.maketrans(
 )
 _FULL_WIDTH_POINT = re.compile(r"(?<=\d)．(?=\d)")
 
-_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?%?")
+_CHINESE_NUMBER = re.compile(
+    r"\d+\(\d+/\d+\)|\(\d+/\d+\)|(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:e-?\d+)?%?"
+)
 # A prose mixed number "7 2/3" before the general pattern, which would read it as 7 and 2/3.
 _ENGLISH_NUMBER = re.compile(r"(?<![A-Za-z0-9_.)%/])\d+ \d+/\d+(?![\d/]|\.\d)|" + NUMBER_PATTERN.pattern)
 
