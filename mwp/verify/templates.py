@@ -327,7 +327,7 @@ def _pairs(values: Sequence[Fraction | None], used: tuple[int, ...]) -> list[Pai
     pairs: list[Pair] = [(0, 1)] * len(values)
     for k in used:
         value = values[k]
-        if value is None:
+        if not isinstance(value, Fraction | int):
             raise TemplateError(f"N{k} has no numeric value")
         pairs[k] = (value.numerator, value.denominator)
     return pairs
