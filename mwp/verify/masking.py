@@ -20,6 +20,10 @@ What one number is:
   (Weak12K's num_list) never include them, and a quantity spelled that way ("一半", "三个") is
   reached through an allowed constant instead.
 - Repeated numbers: each occurrence is its own placeholder.
+
+Known ambiguity: prose "4 1/2 pound steaks" (GSM8K train/1111) means four half-pound steaks, yet
+reads as the mixed number 4 1/2, as "1 1/2 rolls each" (train/197) rightly does. English number
+words ("six", "forty-two") are not masked; ASDiv spells many problem numbers that way.
 """
 
 from __future__ import annotations
