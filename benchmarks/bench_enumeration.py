@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,46 +37,8 @@ from mwp.refine.enumeration import (  # noqa: E402
     EnumerationSearch,
     SearchStats,
 )
-from mwp.verify.equations import equation_to_template, template_to_equation  # noqa: E402
 from mwp.verify.masking import mask_question  # noqa: E402
-from mwp.verify.safe_eval import EvaluationError, safe_eval  # noqa: E402
-
-TRIALS = 5
-
-
-def gold_template(problem: Problem, constants: tuple[str, ...]) -> str | None:
-    """The gold equation's right-hand side over N0..Nk, or None when it is not "x=<expression>"."""
-    if not problem.equation:
-        return None
-    numbers = mask_question(problem.question, problem.language).numbers
-    try:
-        template = equation_to_template(problem.equation, numbers, constants=constants)
-    except EvaluationError:
-        return None
-    left, _, right = template.partition("=")
-    if left.strip("()") != "x" or "x" in right or not right:
-        return None
-    return right
-
-
-def equivalent(first: str, second: str, count: int, rng: random.Random) -> bool:
-    """Equal values on TRIALS random assignments of N0..N<count-1> (a local stand-in for a shared
-    template-equivalence helper). A trial where either side cannot be evaluated is redrawn."""
-    agreed = attempts = 0
-    while agreed < TRIALS and attempts < 4 * TRIALS:
-        attempts += 1
-        numbers = [
-            str(rng.randint(2, 997) / 4 if rng.random() < 0.3 else rng.randint(2, 997)) for _ in range(count)
-        ]
-        try:
-            a = safe_eval(template_to_equation(first, numbers))
-            b = safe_eval(template_to_equation(second, numbers))
-        except EvaluationError:
-            continue
-        if a != b:
-            return False
-        agreed += 1
-    return agreed == TRIALS
+from mwp.verify.templates import equivalent, gold_template  # noqa: E402
 
 
 def main() -> None:
@@ -110,16 +71,15 @@ def main() -> None:
     seconds = time.monotonic() - started
     load_after = os.getloadavg()
 
-    rng = random.Random(0)
     with_hit = [(p, templates) for p, templates, _ in results if templates]
     comparable = top1 = any_k = templates_total = templates_gold = no_gold = 0
     for problem, templates in with_hit:
-        gold = gold_template(problem, ENUMERATION_CONSTANTS)
+        gold = gold_template(problem)
         if gold is None:
             no_gold += 1
             continue
         count = len(mask_question(problem.question, problem.language).numbers)
-        matches = [equivalent(t, gold, count, rng) for t in templates]
+        matches = [equivalent(t, gold, count) for t in templates]
         comparable += 1
         top1 += matches[0]
         any_k += any(matches)
