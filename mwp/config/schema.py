@@ -617,8 +617,10 @@ class ChainConfig(Section):
     dedup_trials: int = help_field(
         8, ge=1, le=64, help="random N0..Nk assignments on which equivalent templates must agree"
     )
-    constants: list[str] = help_field(
-        ["1", "2", "100", "3.14"], help="numbers a template may use without their being in the problem"
+    constants: list[str] | None = help_field(
+        None,
+        help="numbers a template may use without their being in the problem "
+        "(null = mwp.verify.equations.DEFAULT_CONSTANTS)",
     )
 
 
