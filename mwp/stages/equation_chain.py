@@ -112,6 +112,10 @@ class TemplateCheck:
     template: str | None = None  # canonical, over N0..Nk, without "x="
     value: Fraction | None = None
 
+    @property
+    def passed(self) -> bool:
+        return self.failed is None
+
 
 @dataclass
 class _Attempt:

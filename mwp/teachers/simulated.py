@@ -109,8 +109,32 @@ def _replace(tokens: list[Token], i: int, text: str, kind: str | None = None) ->
     return out
 
 
+def _value(expression: str) -> object:
+    try:
+        return safe_eval(expression)
+    except EvaluationError:
+        return None
+
+
+# Draws of one error kind tried for one that changes the value ("3+4" swapped is still 7).
+_SPOIL_DRAWS = 8
+
+
 def _spoil(expression: str, kind: str, rng: random.Random, numbers: Sequence[str]) -> str:
-    """`expression` (the right side of "x=...", numbers or N0..Nk names) spoiled by one error `kind`."""
+    """`expression` (the right side of "x=...", with numbers) spoiled by one error `kind`: the first of
+    a few draws that changes its value, so that an error rate is a rate of wrong equations."""
+    if kind in ("malformed", "refusal"):
+        return _spoil_once(expression, kind, rng, numbers)
+    gold = _value(expression)
+    spoiled = expression
+    for _ in range(_SPOIL_DRAWS):
+        spoiled = _spoil_once(expression, kind, rng, numbers)
+        if _value(spoiled) != gold:
+            break
+    return spoiled
+
+
+def _spoil_once(expression: str, kind: str, rng: random.Random, numbers: Sequence[str]) -> str:
     tokens = tokenize(expression)
     operators, literals = _binary_operators(tokens), _numbers(tokens)
     if kind == "swapped_numbers" and len(literals) < 2:
