@@ -54,9 +54,9 @@ REPLAYED = "deterministic (recorded teacher cannot answer new prompts)"
 NOT_ASKED = "not asked (recorded teacher cannot answer new prompts)"
 # Teacher text read for a template: the head holds the answer, and the checks' cost grows with length.
 MAX_TEMPLATE_TEXT_CHARS = 2_000
-_TEMPLATE_CANDIDATE = re.compile(
-    r"[xX]\s*=\s*([N0-9\s+\-*/^().%]+)|((?:[N0-9\s+\-*/^().%])*N\d[N0-9\s+\-*/^().%]*)"
-)
+# Runs of template characters (one class, so matching is linear); the first with a placeholder wins.
+_TEMPLATE_RUN = re.compile(r"[N0-9xX\s+\-*/^().%=]+")
+_PLACEHOLDER = re.compile(r"N\d")
 
 
 @dataclass(frozen=True)
@@ -152,10 +152,10 @@ def _extract_template(text: str) -> str | None:
     prepared = (
         unicodedata.normalize("NFKC", text[:MAX_TEMPLATE_TEXT_CHARS]).replace("×", "*").replace("÷", "/")
     )
-    for match in _TEMPLATE_CANDIDATE.finditer(prepared):
-        body = (match.group(1) or match.group(2) or "").strip().rstrip(".")
-        if "N" in body or re.search(r"\d", body):
-            return body
+    for match in _TEMPLATE_RUN.finditer(prepared):
+        body = match.group(0).strip().rstrip(".").strip()
+        if _PLACEHOLDER.search(body):
+            return body  # "x=N0/N1" and "N0/N1=x" both compile
     return None
 
 
