@@ -9,6 +9,10 @@ micro-batch's loss is its token sum over that global count, and the returned los
 by `accumulate_grad_batches` × world size (which Lightning's accumulation and DDP's gradient
 averaging divide back out), so any split over micro-batches and devices gives the gradient of
 one big batch exactly.
+
+A signal source may replace a batch's targets (`SignalSource.targets`): on an on-policy step
+(`mwp.signals.on_policy`) the student trains on its own samples, the distillation terms only, and
+each micro-batch divides by its own token count all-reduced over ranks.
 """
 
 from __future__ import annotations
