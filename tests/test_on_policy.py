@@ -70,6 +70,7 @@ class _LossRecorder(pl.Callback):
 
 
 def _train(module: StudentModule, loader, steps: int, accumulate: int) -> _LossRecorder:
+    pl.seed_everything(0)  # the samples, and so the losses, are the same on every run
     recorder = _LossRecorder()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -177,3 +178,59 @@ def test_half_on_policy_follows_the_seeded_draw_per_optimizer_step(
     assert [s["on_policy"] for s in source.steps] == [e for e in expected for _ in range(2)]
     for record in source.steps:
         assert torch.equal(record["trained"], record["dataset"]) != record["on_policy"]
+
+
+@pytest.mark.slow
+def test_on_policy_training_runs_under_ddp_from_the_command_line(tmp_path: Path) -> None:
+    """`loss.on_policy.fraction=1` through the real `mwp` command on two CPU ranks (gloo)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from mwp.stages.distill import run_distill
+
+    out = tmp_path / "data"
+    run_distill(compose_config(["stage=distill", "dataset.limit=12"], run_dir=out), out / "distill")
+    tiny = compose_config(["student=flan_t5_tiny"]).student
+    size = {k: v for k, v in tiny.size.items() if v is not None}
+    teacher = build_student("x", pretrained="never", fallback_config=tiny.fallback_config, size=size, seed=1)
+    teacher.model.save_pretrained(tmp_path / "teacher")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(Path.cwd())}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(var, None)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "stage=train",
+        f"stage.data={out / 'distill'}",
+        "student=flan_t5_tiny",
+        "data.val_fraction=0.0",
+        "data.max_source_len=96",
+        "data.max_target_len=64",
+        "data.batch_size=2",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.max_steps=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+        "logger=csv",
+        "loss=ce_kl",
+        "loss.signal.source=dense",
+        f"loss.signal.teacher_model={tmp_path / 'teacher'}",
+        "loss.on_policy.fraction=1.0",
+        "loss.on_policy.max_new_tokens=8",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.devices=2",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mwp.cli", *overrides], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
+    (metrics,) = run_dir.glob("**/metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("train/on_policy")]
+    assert rows and all(float(r["train/on_policy"]) == 1.0 for r in rows)
+    assert all(float(r["train/kl"]) > 0 for r in rows if r.get("train/kl"))
