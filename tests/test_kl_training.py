@@ -209,7 +209,12 @@ def test_batches_carry_sparse_teacher_and_exact_window_counts(
             ),
         }
         for g in group:
-            assert {k: int(v) for k, v in g["window_n_tokens"].items()} == measured
+            counts = {k: int(v) for k, v in g["window_n_tokens"].items()}
+            assert {k: counts[k] for k in measured} == measured
+            # Per-row-kind counts (terms with `targets`) split the same tokens.
+            for kind in ("labels", "teacher"):
+                assert counts[f"{kind}:cot"] + counts[f"{kind}:answer_only"] == counts[kind]
+            assert counts["teacher:answer_only"] == 0
             assert g["accumulate"] == 2
 
 

@@ -266,9 +266,9 @@ def test_loss_term_checks_and_help() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         LossTerm.from_config({"name": "kl", "temprature": 2.0})
     text = LossTerm.help()
-    for name in ("name", "weight", "kind", "temperature", "beta", "tail"):
+    for name in ("name", "weight", "kind", "temperature", "beta", "tail", "targets", "unaligned"):
         assert f"{name}:" in text
-    assert set(KINDS) == {"ce", "forward_kl", "reverse_kl", "jsd"}
+    assert set(KINDS) == {"ce", "forward_kl", "reverse_kl", "jsd", "uld", "hybrid"}
 
 
 def test_combine_is_the_weighted_sum_of_the_functions_and_fusion_is_exact() -> None:

@@ -392,11 +392,30 @@ class SignalConfig(Section):
     scorer: ScorerConfig = help_field(ScorerConfig(), help="the local causal LM used by missing=score")
 
 
+class OnPolicyConfig(Section):
+    fraction: float = help_field(
+        0.0,
+        ge=0,
+        le=1,
+        help="GKD lambda: share of optimizer steps trained on the student's own samples, scored by the dense "
+        "teacher (0 = off; needs loss.signal.source=dense)",
+    )
+    temperature: float = help_field(
+        1.0, gt=0, le=10, help="sampling temperature of the student's on-policy samples"
+    )
+    max_new_tokens: int = help_field(128, ge=1, le=4096, help="longest on-policy sample, in tokens")
+
+
 class LossConfig(Section):
     terms: list[LossTerm] = help_field(
-        min_length=1, help="weighted loss terms (name, weight, kind, temperature, beta, tail)"
+        min_length=1,
+        help="weighted loss terms (name, weight, kind, temperature, beta, tail, targets, unaligned, "
+        "scale_by_temperature_squared)",
     )
     signal: SignalConfig = help_field(SignalConfig(), help="where teacher distributions come from")
+    on_policy: OnPolicyConfig = help_field(
+        OnPolicyConfig(), help="on-policy distillation (GKD): the student's samples as targets"
+    )
 
     @field_validator("terms")
     @classmethod
@@ -409,6 +428,17 @@ class LossConfig(Section):
 
     @model_validator(mode="after")
     def _signal_is_complete(self) -> LossConfig:
+        if self.on_policy.fraction > 0:
+            if not any(t.needs_teacher for t in self.terms):
+                raise ValueError(
+                    "loss.on_policy.fraction > 0 needs a distillation term in loss.terms (e.g. loss=ce_kl): "
+                    "on-policy batches train the divergence terms only"
+                )
+            if self.signal.source != "dense":
+                raise ValueError(
+                    "loss.on_policy.fraction > 0 needs loss.signal.source=dense: the student's samples are "
+                    "scored by a teacher with its vocabulary (loss.signal.teacher_model)"
+                )
         if not any(t.needs_teacher for t in self.terms):
             return self
         if self.signal.source == "dense" and not self.signal.teacher_model:

@@ -38,8 +38,8 @@ from mwp.data.dedup import normalize_question
 from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
 from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
 from mwp.data.problem import Problem
-from mwp.signals import SparseBatch, SparseSignal, collate_sparse, supervised_positions
-from mwp.signals.types import IGNORE_INDEX
+from mwp.signals import SparseSignal, collate_sparse
+from mwp.signals.positions import COT_ROWS_KEY, window_counts
 from mwp.verify.numbers import format_number
 
 
@@ -190,7 +190,13 @@ class Seq2SeqCollator:
         enc = encode_padded(self.tokenizer, [e.source for e in examples], self.max_source_len)
         target = encode_padded(self.tokenizer, [e.target for e in examples], self.max_target_len)
         labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        cot_rows = torch.tensor([e.format not in ANSWER_ONLY for e in examples], dtype=torch.bool)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": labels,
+            COT_ROWS_KEY: cot_rows,
+        }
 
 
 Signals = Sequence[SparseSignal]  # a SignalStore or a list: row r is the signal of distilled row r
@@ -205,14 +211,9 @@ def _signal_of(signals: Signals | None, item: TrainItem) -> SparseSignal | None:
 def window_token_counts(micro_batches: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Tokens the loss terms average over in one accumulation window (this rank's share): labelled
     target tokens, and those with a teacher distribution (what a sparse distillation term counts),
-    by the one definition the losses use (`mwp.signals.supervised_positions`)."""
-    labels = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
-    teacher = sum(
-        int(supervised_positions(b["labels"], SparseBatch.from_batch(b)).sum())
-        for b in micro_batches
-        if "teacher_ids" in b
-    )
-    return {"labels": torch.tensor(labels), "teacher": torch.tensor(teacher)}
+    each also per chain-of-thought / answer-only rows, by the one definition the losses use
+    (`mwp.signals.positions.window_counts`)."""
+    return window_counts(list(micro_batches))
 
 
 class TrainCollator:

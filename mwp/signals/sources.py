@@ -10,6 +10,8 @@ trainer):
   "scored by a local causal LM" teacher is this source too.
 * `DenseTeacherSource` - a same-vocabulary T5 teacher run beside the student: logits `[B, L, V]`.
 * `NoSignal` - cross-entropy only (a module may also be given no source at all).
+* `mwp.signals.on_policy.OnPolicySource` - a dense teacher that, on a share of the optimizer
+  steps, scores sequences the student samples itself instead of the dataset's targets (GKD).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class SignalSource(ABC):
     def check_student(self, student: nn.Module) -> None:
         """Raise if this source cannot supervise `student` (called once, when the module is built)."""
         del student
+
+    def targets(self, batch: dict[str, Any], student: nn.Module, step: int) -> dict[str, Any]:
+        """The batch the student trains on at optimizer step `step`: the dataset's, unless the source
+        replaces its targets (`mwp.signals.on_policy.OnPolicySource`: the student's own samples)."""
+        del student, step
+        return batch
 
 
 class NoSignal(SignalSource):

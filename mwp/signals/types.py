@@ -110,11 +110,18 @@ class SparseSignal:
 
 @dataclass(frozen=True)
 class SparseBatch:
-    """A collated batch of sparse teacher distributions: `ids`, `logprobs` `[B, L, k]`, `mask [B, L]`."""
+    """A collated batch of sparse teacher distributions: `ids`, `logprobs` `[B, L, k]`, `mask [B, L]`.
+
+    `in_vocab [B, L, k]` (optional) marks the slots whose teacher token maps exactly onto the student
+    id in `ids`; a slot marked False carries the probability of a teacher token the student's
+    vocabulary lacks (its id is any valid id, unused). Only the `hybrid` loss reads it; without it
+    every valid slot counts as shared.
+    """
 
     ids: Tensor
     logprobs: Tensor
     mask: Tensor
+    in_vocab: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -126,11 +133,20 @@ class SparseBatch:
                 "SparseBatch needs ids and logprobs [B, L, k] and mask [B, L]; got "
                 f"{tuple(self.ids.shape)}, {tuple(self.logprobs.shape)}, {tuple(self.mask.shape)}"
             )
+        if self.in_vocab is not None and self.in_vocab.shape != self.ids.shape:
+            raise ValueError(
+                f"SparseBatch.in_vocab must be {tuple(self.ids.shape)} like ids, got {tuple(self.in_vocab.shape)}"
+            )
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, Tensor], prefix: str = "teacher_") -> SparseBatch:
         """The `teacher_ids`/`teacher_logprobs`/`teacher_mask` entries of a training batch."""
-        return cls(batch[f"{prefix}ids"], batch[f"{prefix}logprobs"], batch[f"{prefix}mask"])
+        return cls(
+            batch[f"{prefix}ids"],
+            batch[f"{prefix}logprobs"],
+            batch[f"{prefix}mask"],
+            batch.get(f"{prefix}in_vocab"),
+        )
 
 
 # What a `SignalSource` hands the losses for one batch: dense logits `[B, L, V]` or a sparse batch.

@@ -25,6 +25,7 @@ from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
 from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
+from mwp.signals.on_policy import OnPolicySource
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
 
@@ -156,7 +157,16 @@ def run_train(
     signals: Signals | None = None
     signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):
-        if cfg.loss.signal.source == "dense":
+        on_policy = cfg.loss.on_policy
+        if on_policy.fraction > 0:
+            signal_source = OnPolicySource.from_pretrained(
+                str(cfg.loss.signal.teacher_model),
+                fraction=float(on_policy.fraction),
+                temperature=float(on_policy.temperature),
+                max_new_tokens=int(on_policy.max_new_tokens),
+                seed=int(cfg.seed),
+            )
+        elif cfg.loss.signal.source == "dense":
             signal_source = DenseTeacherSource.from_pretrained(str(cfg.loss.signal.teacher_model))
         else:
             signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)

@@ -14,6 +14,28 @@ The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, 
   Forward KL is then cross-entropy against the renormalised top-k; reverse KL and JSD also push the
   student's mass outside the top-k towards zero (in reverse KL a zero-probability teacher outcome
   counts as `TAIL_LOGPROB_FLOOR`, so the loss stays finite).
+* `"none"`: the top-k as reported (not renormalised, no rest outcome), forward KL only:
+  sum_i p_i (log p_i - log q_i) over the k ids, Fu et al.'s (2023) distribution matching.
+
+Tokenizer-free terms (no vocabulary mapping needed, `uld_loss` / `hybrid_loss`):
+* `uld` - Boizard et al. (2024), universal logit distillation: per position, the closed-form
+  Wasserstein-1 distance between teacher and student distributions under a uniform transport cost,
+  sum_i |p_(i) - q_(i)| over both probability vectors sorted in descending order, the shorter padded
+  with zeros (range [0, 2]). A dense teacher's whole vocabulary (of any size) is sorted; a sparse
+  teacher's top-k is compared with the student's top-k (same k). `tail='renormalize'` rescales both
+  top-k's to sum to 1; otherwise the raw probabilities are compared (the unseen tail is not a slot).
+* `hybrid` - GOLD-style: per supervised position, forward KL on the tokens the two vocabularies share
+  plus ULD on the rest. Shared = the sparse slots with `SparseBatch.in_vocab` True (every valid slot
+  when the batch has no `in_vocab`): KL over those ids plus one rest outcome (the `bucket`
+  coarsening). The teacher's unshared slots, sorted, are compared by ULD with the student's
+  largest probabilities outside the shared ids (as many as the teacher has unshared slots there).
+  Positions are the ones every sparse term counts (`covered_positions`). A dense same-vocabulary
+  teacher shares everything, so there `hybrid` is forward KL.
+
+Fu et al.'s recipe also needs two selections, both per term (`LossTerm.targets`, `.unaligned`):
+which rows a term counts (all, chain-of-thought or answer-only targets; a batch marks its CoT rows
+in `cot_rows [B]`), and whether a position without a teacher distribution is skipped or compared
+with a one-hot teacher at its label (`with_one_hot_fallback`).
 
 Every loss returns a `LossSum` (sum over counted tokens, number of tokens); `token_mean` divides by
 the token count of the whole accumulated (and all-reduced) batch, so a sum of micro-batch losses
@@ -35,8 +57,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from mwp.signals.positions import covered_positions, has_distribution, supervised_positions
-from mwp.signals.types import IGNORE_INDEX, SparseBatch, TeacherSignal
+from mwp.signals.positions import (
+    count_key,
+    covered_positions,
+    has_distribution,
+    rows_in_scope,
+)
+from mwp.signals.types import IGNORE_INDEX, PAD_ID, SparseBatch, TeacherSignal
 from mwp.student.terms import TAILS, LossTerm
 
 TAIL_LOGPROB_FLOOR = math.log(1e-8)
@@ -183,6 +210,12 @@ def _sparse_distributions(
         norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
         teacher_lp = torch.where(valid, scaled - norm, neg_inf)
         teacher_rest = torch.full_like(norm, neg_inf)
+    elif tail == "none":
+        if temperature != 1.0:
+            raise ValueError("tail='none' takes the top-k as reported and needs temperature=1")
+        # The reported top-k as it is (sums to < 1) and no rest outcome: forward KL is then
+        # sum_i p_i (log p_i - log q_i) over the k ids (Fu et al., 2023).
+        teacher_rest = torch.full_like(teacher_lp[..., :1], neg_inf)
     else:
         if temperature != 1.0:
             raise ValueError(
@@ -294,12 +327,203 @@ class CombinedLoss:
     n_tokens: dict[str, Tensor]
 
 
+def with_one_hot_fallback(teacher: SparseBatch, labels: Tensor) -> SparseBatch:
+    """`teacher` with a one-hot distribution at the label wherever a labelled position has none.
+
+    Comparing a student with a one-hot teacher by forward KL is its cross-entropy at the label, so
+    an unaligned position trains as in sample matching (Fu et al., 2023) inside the KL term.
+    """
+    if labels.shape != teacher.mask.shape:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match the sparse teacher {tuple(teacher.mask.shape)}"
+        )
+    fill = (labels != IGNORE_INDEX) & ~covered_positions(teacher)
+    slot0 = torch.zeros_like(teacher.ids, dtype=torch.bool)
+    slot0[..., 0] = True
+    one_hot_ids = torch.where(slot0, labels.clamp(min=0)[..., None].to(teacher.ids.dtype), PAD_ID)
+    one_hot_lp = torch.where(slot0, 0.0, float("-inf")).to(teacher.logprobs.dtype)
+    filled = fill[..., None]
+    in_vocab = teacher.in_vocab
+    if in_vocab is not None:
+        in_vocab = torch.where(filled, slot0, in_vocab)
+    return SparseBatch(
+        ids=torch.where(filled, one_hot_ids, teacher.ids),
+        logprobs=torch.where(filled, one_hot_lp, teacher.logprobs),
+        mask=teacher.mask.to(torch.bool) | fill,
+        in_vocab=in_vocab,
+    )
+
+
+def keep_top_slots(teacher: SparseBatch, k: int) -> tuple[SparseBatch, Tensor]:
+    """The `k` most probable slots of each position (fewer if the teacher has fewer), and their slot
+    indices `[B, L, k']` into `teacher`'s slots. Positions keep their mask; emptier slots stay unused."""
+    if k >= teacher.ids.shape[-1]:
+        index = torch.arange(teacher.ids.shape[-1], device=teacher.ids.device).expand_as(teacher.ids)
+        return teacher, index
+    scores = torch.where(teacher.ids >= 0, teacher.logprobs.float(), float("-inf"))
+    index = scores.topk(k, dim=-1).indices
+    in_vocab = teacher.in_vocab.gather(-1, index) if teacher.in_vocab is not None else None
+    kept = SparseBatch(
+        teacher.ids.gather(-1, index), teacher.logprobs.gather(-1, index), teacher.mask, in_vocab
+    )
+    return kept, index
+
+
+def counts_by_teacher(term: LossTerm, teacher: TeacherSignal | None) -> bool:
+    """Whether `term` counts only the positions a sparse teacher covers (else every labelled one)."""
+    return isinstance(teacher, SparseBatch) and term.needs_teacher and term.unaligned == "skip"
+
+
+def term_count_key(term: LossTerm, sparse: bool) -> str:
+    """The `window_n_tokens` entry (`mwp.signals.positions.window_counts`) that `term` divides by."""
+    return count_key(term.targets, sparse and term.needs_teacher and term.unaligned == "skip")
+
+
+def term_positions(
+    term: LossTerm, labels: Tensor, teacher: TeacherSignal | None = None, cot_rows: Tensor | None = None
+) -> Tensor:
+    """`[B, L]` positions `term` sums over: labelled positions of its rows, and with a sparse teacher
+    and `unaligned=skip` only those the teacher covers."""
+    positions = rows_in_scope(labels, term.targets, cot_rows)
+    if counts_by_teacher(term, teacher):
+        assert isinstance(teacher, SparseBatch)
+        positions = positions & covered_positions(teacher)
+    return positions
+
+
 def count_tokens(
-    terms: Sequence[LossTerm], labels: Tensor, teacher: TeacherSignal | None = None
+    terms: Sequence[LossTerm],
+    labels: Tensor,
+    teacher: TeacherSignal | None = None,
+    cot_rows: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Tokens each term counts in one micro-batch; sum these over an accumulation window (and
     all-reduce over devices) to get `combine`'s `global_n_tokens`."""
-    return {t.name: supervised_positions(labels, teacher if t.needs_teacher else None).sum() for t in terms}
+    return {t.name: term_positions(t, labels, teacher, cot_rows).sum() for t in terms}
+
+
+def _teacher_probs(teacher: SparseBatch, temperature: float, tail: str, dtype: torch.dtype) -> Tensor:
+    """A sparse teacher's slot probabilities `[B, L, k]` (0 in unused slots), at `temperature`."""
+    logprobs = teacher.logprobs.to(dtype)
+    valid = torch.isfinite(logprobs)
+    if tail == "renormalize":
+        scaled = torch.where(valid, logprobs / temperature, float("-inf"))
+        norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        safe_norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
+        return torch.where(valid, (scaled - safe_norm).exp(), 0.0)
+    if temperature != 1.0:
+        raise ValueError(
+            f"tail={tail!r} compares the teacher's reported probabilities and needs temperature=1 "
+            "(use tail='renormalize' for a tempered sparse teacher)"
+        )
+    return torch.where(valid, logprobs.exp(), 0.0)
+
+
+def sorted_l1(teacher_sorted: Tensor, student_sorted: Tensor) -> Tensor:
+    """sum_i |p_(i) - q_(i)| of two descending probability vectors, the shorter padded with zeros."""
+    width = max(teacher_sorted.shape[-1], student_sorted.shape[-1])
+    pad_t = torch.nn.functional.pad(teacher_sorted, (0, width - teacher_sorted.shape[-1]))
+    pad_s = torch.nn.functional.pad(student_sorted, (0, width - student_sorted.shape[-1]))
+    return (pad_t - pad_s).abs().sum(dim=-1)
+
+
+def uld_loss(
+    student_logits: Tensor,
+    teacher: TeacherSignal,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+) -> LossSum:
+    """Universal logit distillation (Boizard et al., 2024), summed over positions (see the module doc).
+
+    Needs no vocabulary mapping: a dense teacher's logits may have any vocabulary size, and a sparse
+    teacher's ids are never read, only its probabilities.
+    """
+    _check(temperature, 0.5, tail)
+    shape = student_logits.shape[:-1]
+    positions = _position_mask(mask, shape, student_logits.device)
+    student_probs = torch.softmax(_upcast(student_logits) / temperature, dim=-1)
+    if isinstance(teacher, SparseBatch):
+        if teacher.mask.shape != shape:
+            raise ValueError(f"sparse teacher is {tuple(teacher.mask.shape)}, student logits {tuple(shape)}")
+        teacher_probs = _teacher_probs(teacher, temperature, tail, student_probs.dtype)
+        teacher_sorted = teacher_probs.sort(dim=-1, descending=True).values
+        student_sorted = student_probs.topk(
+            min(teacher_probs.shape[-1], student_probs.shape[-1]), dim=-1
+        ).values
+        if tail == "renormalize":
+            student_sorted = student_sorted / student_sorted.sum(dim=-1, keepdim=True)
+        positions = positions & covered_positions(teacher)
+    else:
+        if teacher.shape[:-1] != shape:
+            raise ValueError(
+                f"dense teacher logits {tuple(teacher.shape)} do not match student positions {tuple(shape)}"
+            )
+        teacher_sorted = (
+            torch.softmax(_upcast(teacher) / temperature, dim=-1).sort(dim=-1, descending=True).values
+        )
+        student_sorted = student_probs.sort(dim=-1, descending=True).values
+    return _reduce(sorted_l1(teacher_sorted.to(student_sorted.dtype), student_sorted), positions)
+
+
+def hybrid_loss(
+    student_logits: Tensor,
+    teacher: TeacherSignal,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    student_at_ids: Tensor | None = None,
+) -> LossSum:
+    """GOLD-style hybrid: forward KL on shared tokens + ULD on the teacher's unshared ones (module doc)."""
+    if not isinstance(teacher, SparseBatch):
+        return distill_loss(
+            "forward_kl", student_logits, teacher, mask=mask, temperature=temperature, tail=tail
+        )
+    _check(temperature, 0.5, tail)
+    shape = student_logits.shape[:-1]
+    if teacher.mask.shape != shape:
+        raise ValueError(f"sparse teacher is {tuple(teacher.mask.shape)}, student logits {tuple(shape)}")
+    positions = _position_mask(mask, shape, student_logits.device) & covered_positions(teacher)
+    ids = teacher.ids.clamp(min=0).long()
+    teacher_probs = _teacher_probs(teacher, temperature, tail, _upcast(student_logits).dtype)
+    present = teacher_probs > 0
+    in_vocab = teacher.in_vocab.to(torch.bool) if teacher.in_vocab is not None else torch.ones_like(present)
+    shared = present & in_vocab & (teacher.ids >= 0)
+    unshared = present & ~shared
+
+    # KL over the shared ids plus one rest outcome on each side.
+    neg_inf = float("-inf")
+    if student_at_ids is None:
+        student_at_ids = gathered_log_softmax(student_logits, ids, temperature)
+    teacher_lp = torch.where(shared, teacher_probs.clamp(min=1e-38).log(), neg_inf)
+    teacher_mass = torch.logsumexp(teacher_lp, dim=-1, keepdim=True)
+    teacher_rest = _log1mexp(teacher_mass.clamp(max=0.0))
+    student_lp = student_at_ids.masked_fill(~shared, neg_inf)
+    has_shared = shared.any(dim=-1, keepdim=True)
+    # A position without shared ids gets one certain dummy outcome on both sides: finite, and KL 0.
+    dummy = torch.zeros_like(shared)
+    dummy[..., 0] = ~has_shared[..., 0]
+    student_lp = torch.where(dummy, 0.0, student_lp)
+    student_mass = torch.logsumexp(student_lp, dim=-1, keepdim=True)
+    student_rest = _log1mexp(student_mass.clamp(max=_MAX_STUDENT_TOPK_LOGMASS))
+    kl = _kl_terms(
+        torch.cat([teacher_lp, teacher_rest], dim=-1), torch.cat([student_lp, student_rest], dim=-1)
+    )
+    kl = torch.where(has_shared[..., 0], kl, torch.zeros_like(kl))
+
+    # ULD between the teacher's unshared probabilities and the student's largest outside the shared ids.
+    n_unshared = unshared.sum(dim=-1, keepdim=True)
+    width = max(int(n_unshared.max()) if n_unshared.numel() else 0, 1)
+    student_probs = torch.softmax(_upcast(student_logits) / temperature, dim=-1)
+    excluded = torch.zeros_like(student_probs).scatter_add_(-1, ids, shared.to(student_probs.dtype)) > 0
+    student_top = student_probs.masked_fill(excluded, 0.0).topk(width, dim=-1).values
+    rank = torch.arange(width, device=student_top.device)
+    student_top = torch.where(rank < n_unshared, student_top, 0.0)
+    teacher_top = torch.where(unshared, teacher_probs, 0.0).sort(dim=-1, descending=True).values[..., :width]
+    uld = sorted_l1(teacher_top, student_top)
+    return _reduce(kl + uld, positions)
 
 
 def combine(
@@ -309,15 +533,18 @@ def combine(
     teacher: TeacherSignal | None = None,
     *,
     global_n_tokens: Mapping[str, Tensor | float] | None = None,
+    cot_rows: Tensor | None = None,
 ) -> CombinedLoss:
     """Weighted sum of the terms' token-means over `labels != -100` (each times `LossTerm.scale`).
 
     Cross-entropy and the sparse distillation terms at the same temperature share one gather of the
     student's log-probabilities: no `[B, L, V]` log-softmax is kept for backward, which builds one
     `[B, L, V]` gradient buffer per temperature (cross-entropy alone is lighter than
-    `F.cross_entropy`; a sparse teacher adds only `[B, L, k]` tensors).
+    `F.cross_entropy`; a sparse teacher adds only `[B, L, k]` tensors; `uld` and `hybrid` keep
+    a `[B, L, V]` softmax).
     `global_n_tokens` (term name -> tokens in the whole accumulated batch) makes micro-batch losses
-    add up to the big-batch loss; without it each term is a mean over this batch.
+    add up to the big-batch loss; without it each term is a mean over this batch. `cot_rows [B]`
+    marks chain-of-thought rows, for terms with `targets` other than `all`.
     """
     if not terms:
         raise ValueError("loss.terms is empty: the training loss needs at least one term")
@@ -331,16 +558,22 @@ def combine(
     if teacher is None and any(t.needs_teacher for t in terms):
         missing = [t.name for t in terms if t.needs_teacher]
         raise ValueError(f"loss.terms {missing} need a teacher signal, but the batch has none")
-    labelled = labels != IGNORE_INDEX
     safe_labels = labels.clamp(min=0)[..., None]
+    filled = teacher
+    if isinstance(teacher, SparseBatch) and any(t.unaligned == "one_hot" for t in terms):
+        # Filled positions are uncovered in `teacher`, so terms that skip them share this gather.
+        filled = with_one_hot_fallback(teacher, labels)
 
     # One gather per temperature over [label (cross-entropy, temperature 1), sparse ids...].
+    gathered_kinds = ("forward_kl", "reverse_kl", "jsd", "hybrid")
     has_ce = any(t.kind == "ce" for t in terms)
-    sparse_index = teacher.ids.clamp(min=0).long() if isinstance(teacher, SparseBatch) else None
+    sparse_index = filled.ids.clamp(min=0).long() if isinstance(filled, SparseBatch) else None
     gathered: dict[float, Tensor] = {}
     for temperature in sorted({t.temperature for t in terms}):
         pieces = [safe_labels] if temperature == 1.0 and has_ce else []
-        if sparse_index is not None and any(t.needs_teacher and t.temperature == temperature for t in terms):
+        if sparse_index is not None and any(
+            t.kind in gathered_kinds and t.temperature == temperature for t in terms
+        ):
             pieces.append(sparse_index)
         if pieces:
             gathered[temperature] = gathered_log_softmax(
@@ -351,23 +584,43 @@ def combine(
     parts: dict[str, Tensor] = {}
     counts: dict[str, Tensor] = {}
     for term in terms:
+        rows = rows_in_scope(labels, term.targets, cot_rows)
         if term.kind == "ce":
-            summed = _reduce(-gathered[1.0][..., 0], labelled)
+            summed = _reduce(-gathered[1.0][..., 0], rows)
         else:
-            assert teacher is not None
+            assert teacher is not None and filled is not None
+            signal = filled if term.unaligned == "one_hot" else teacher
             student_at_ids = None
-            if isinstance(teacher, SparseBatch):
-                student_at_ids = gathered[term.temperature][..., -teacher.ids.shape[-1] :]
-            summed = distill_loss(
-                term.kind,
-                student_logits,
-                teacher,
-                mask=labelled,
-                temperature=term.temperature,
-                beta=term.beta,
-                tail=term.tail,
-                student_at_ids=student_at_ids,
-            )
+            if isinstance(signal, SparseBatch) and term.kind in gathered_kinds:
+                student_at_ids = gathered[term.temperature][..., -signal.ids.shape[-1] :]
+            if isinstance(signal, SparseBatch) and term.top_k is not None:
+                signal, slots = keep_top_slots(signal, term.top_k)
+                if student_at_ids is not None:
+                    student_at_ids = student_at_ids.gather(-1, slots)
+            if term.kind == "uld":
+                summed = uld_loss(
+                    student_logits, signal, mask=rows, temperature=term.temperature, tail=term.tail
+                )
+            elif term.kind == "hybrid":
+                summed = hybrid_loss(
+                    student_logits,
+                    signal,
+                    mask=rows,
+                    temperature=term.temperature,
+                    tail=term.tail,
+                    student_at_ids=student_at_ids,
+                )
+            else:
+                summed = distill_loss(
+                    term.kind,
+                    student_logits,
+                    signal,
+                    mask=rows,
+                    temperature=term.temperature,
+                    beta=term.beta,
+                    tail=term.tail,
+                    student_at_ids=student_at_ids,
+                )
         denominator = None if global_n_tokens is None else global_n_tokens.get(term.name)
         if global_n_tokens is not None and denominator is None:
             raise ValueError(f"global_n_tokens has no count for loss term {term.name!r}")

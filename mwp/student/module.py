@@ -9,6 +9,10 @@ micro-batch's loss is its token sum over that global count, and the returned los
 by `accumulate_grad_batches` × world size (which Lightning's accumulation and DDP's gradient
 averaging divide back out), so any split over micro-batches and devices gives the gradient of
 one big batch exactly.
+
+A signal source may replace a batch's targets (`SignalSource.targets`): on an on-policy step
+(`mwp.signals.on_policy`) the student trains on its own samples, the distillation terms only, and
+each micro-batch divides by its own token count all-reduced over ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
 from mwp.signals import SignalSource, SparseBatch
-from mwp.student.losses import combine
+from mwp.signals.on_policy import ON_POLICY_KEY
+from mwp.signals.positions import COT_ROWS_KEY
+from mwp.student.losses import combine, count_tokens, term_count_key
 from mwp.student.terms import LossTerm
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
@@ -111,29 +117,67 @@ class StudentModule(pl.LightningModule):
             decoder_input_ids=self.model._shift_right(batch["labels"]),
         ).logits
 
-    def _step_counts(self, batch: dict[str, Any], sparse: bool) -> dict[str, torch.Tensor] | None:
-        """Each term's token count over the whole optimizer step: this window's counts, all ranks."""
+    def _step_counts(
+        self, batch: dict[str, Any], terms: Sequence[LossTerm], teacher: Any
+    ) -> dict[str, torch.Tensor] | None:
+        """Each term's token count over the whole optimizer step: this window's counts, all ranks.
+
+        A batch of the student's own samples (`on_policy`) has no precomputed window: its count is
+        this micro-batch's, all-reduced, times the micro-batches per step, so each micro-batch of an
+        on-policy window weighs equally (exact token means over devices, not over micro-batches).
+        """
+        sparse = isinstance(teacher, SparseBatch)
+        accumulate = self.trainer.accumulate_grad_batches
+        if batch.get(ON_POLICY_KEY):
+            local = count_tokens(terms, batch["labels"], teacher, batch.get(COT_ROWS_KEY))
+            keys = list(local)
+            stacked = torch.stack([local[k] for k in keys]).to(self.device, torch.float64)
+            total = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+            return {key: total[i] * accumulate for i, key in enumerate(keys)}
         window = batch.get("window_n_tokens")
         if window is None:
             return None
-        accumulate = self.trainer.accumulate_grad_batches
         if batch.get("accumulate") != accumulate:
             raise ValueError(
                 f"batches were grouped for {batch.get('accumulate')} micro-batches per step, but "
                 f"trainer.accumulate_grad_batches={accumulate}: use the DataModule's train_dataloader"
             )
-        stacked = torch.stack([window["labels"], window["teacher"]]).to(self.device, torch.float64)
-        # One all-reduce of two numbers per micro-batch: every rank divides by the global count.
+        keys = sorted(window)
+        stacked = torch.stack([torch.as_tensor(window[k]) for k in keys]).to(self.device, torch.float64)
+        # One all-reduce of a few numbers per micro-batch: every rank divides by the global count.
         total = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        counts = {"labels": total[0], "teacher": total[1]}
-        return {t.name: counts["teacher" if sparse and t.needs_teacher else "labels"] for t in self.terms}
+        counts = dict(zip(keys, total, strict=True))
+        out: dict[str, torch.Tensor] = {}
+        for term in terms:
+            key = term_count_key(term, sparse)
+            if key not in counts:
+                raise ValueError(
+                    f"loss.terms {term.name!r} divides by window count {key!r}, which the batches do not carry "
+                    f"(they have {keys}): build batches with the DataModule's train_dataloader"
+                )
+            out[term.name] = counts[key]
+        return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        source = self.signal_source
+        if source is not None:
+            # The source may swap the dataset targets for the student's own samples (on-policy).
+            batch = source.targets(batch, self.model, self.trainer.global_step)
+        terms = self.terms
+        if batch.get(ON_POLICY_KEY):
+            # Cross-entropy on the student's own samples would only reinforce them.
+            terms = [t for t in self.terms if t.needs_teacher]
         logits = self(batch)
-        teacher = self.signal_source.signal(batch) if self.needs_teacher and self.signal_source else None
-        sparse = isinstance(teacher, SparseBatch)
-        step_counts = self._step_counts(batch, sparse)
-        combined = combine(self.terms, logits, batch["labels"], teacher, global_n_tokens=step_counts)
+        teacher = source.signal(batch) if self.needs_teacher and source is not None else None
+        step_counts = self._step_counts(batch, terms, teacher)
+        combined = combine(
+            terms,
+            logits,
+            batch["labels"],
+            teacher,
+            global_n_tokens=step_counts,
+            cot_rows=batch.get(COT_ROWS_KEY),
+        )
         loss = combined.total
         if step_counts is not None:
             # Lightning divides the returned loss by accumulate_grad_batches and DDP averages
@@ -141,6 +185,7 @@ class StudentModule(pl.LightningModule):
             loss = loss * (self.trainer.accumulate_grad_batches * self.trainer.world_size)
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/on_policy", float(bool(batch.get(ON_POLICY_KEY))), batch_size=bs)
         for name, part in combined.parts.items():
             # Logged as this micro-batch's own token mean, whatever denominator the gradient used.
             local = combined.n_tokens[name]

@@ -11,8 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-TAILS = ("bucket", "renormalize")
-KINDS = ("ce", "forward_kl", "reverse_kl", "jsd")
+TAILS = ("bucket", "renormalize", "none")
+KINDS = ("ce", "forward_kl", "reverse_kl", "jsd", "uld", "hybrid")
+# Which training rows a term counts: every row, chain-of-thought targets, or answer-only targets.
+TARGETS = ("all", "cot", "answer_only")
+# Where a sparse teacher gives no distribution: leave the position to the other terms, or compare
+# with a one-hot teacher at the label there (Fu et al., 2023).
+UNALIGNED = ("skip", "one_hot")
 _KIND_ALIASES = {"kl": "forward_kl", "rkl": "reverse_kl", "cross_entropy": "ce"}
 
 
@@ -28,7 +33,11 @@ class LossTerm:
 
     name: str = _help("label for logging; also the kind when `kind` is omitted (ce, kl, ...)")
     weight: float = _help("multiplier of this term's token-mean in the total, >= 0", 1.0)
-    kind: str | None = _help("ce | forward_kl (kl) | reverse_kl | jsd", None)
+    kind: str | None = _help(
+        "ce | forward_kl (kl) | reverse_kl | jsd | uld (sorted-probability transport, no vocabulary mapping) | "
+        "hybrid (forward KL on the tokens both vocabularies share, uld on the rest)",
+        None,
+    )
     temperature: float = _help(
         "softens student and teacher before comparing, > 0 (distillation terms only)", 1.0
     )
@@ -37,8 +46,18 @@ class LossTerm:
     )
     tail: str = _help(
         "sparse teachers: 'bucket' keeps the top-k's missing mass as one outcome; 'renormalize' rescales "
-        "the top-k to sum to 1",
+        "the top-k to sum to 1; 'none' takes the top-k as reported, no rest outcome (forward_kl and uld only)",
         "bucket",
+    )
+    targets: str = _help("rows this term counts: all | cot (chain-of-thought targets) | answer_only", "all")
+    unaligned: str = _help(
+        "sparse teachers: where a target position has no teacher distribution, 'skip' leaves it to the other "
+        "terms, 'one_hot' compares with a one-hot teacher at the label (forward_kl only)",
+        "skip",
+    )
+    top_k: int | None = _help(
+        "sparse teachers: keep only each position's k most probable teacher slots (null: all it reports)",
+        None,
     )
     scale_by_temperature_squared: bool = _help(
         "distillation terms only: multiply the term by temperature^2 in the total (Hinton et al.), so "
@@ -73,6 +92,23 @@ class LossTerm:
             raise ValueError(f"{where}.beta must be in [0, 1], got {self.beta}")
         if self.tail not in TAILS:
             raise ValueError(f"{where}.tail must be one of {TAILS}, got {self.tail!r}")
+        if self.tail == "none" and kind not in ("forward_kl", "uld"):
+            raise ValueError(
+                f"{where}.tail=none (the un-renormalised top-k) applies to forward_kl and uld only: the other "
+                "divergences need the teacher's whole distribution"
+            )
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= 1000
+        ):
+            raise ValueError(f"{where}.top_k must be an integer in [1, 1000] or null, got {self.top_k!r}")
+        if self.top_k is not None and kind == "ce":
+            raise ValueError(f"{where}.top_k applies to distillation terms only")
+        if self.targets not in TARGETS:
+            raise ValueError(f"{where}.targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.unaligned not in UNALIGNED:
+            raise ValueError(f"{where}.unaligned must be one of {UNALIGNED}, got {self.unaligned!r}")
+        if self.unaligned == "one_hot" and kind != "forward_kl":
+            raise ValueError(f"{where}.unaligned=one_hot applies to forward_kl only, not {kind}")
 
     @property
     def needs_teacher(self) -> bool:
