@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mwp.data.text import CALCULATOR_NOTE
 from mwp.signals.types import SparseSignal
 from mwp.teachers.base import TokenLogprobs
 
@@ -495,8 +496,8 @@ class SpanAligner(TokenAligner):
     the tokenizers differ most: `Ġ` tokens, `▁` prefixes); the teacher keeps its newlines, which the
     student's rewrite turns into sentence breaks. When the student text is a rewrite of the
     teacher's (`student_text_fn`: calculator notes dropped, newlines turned into `. `, `#### 72`
-    into "The answer is 72."), the two character streams are matched by `difflib` into blocks of at
-    least `CONTEXT_CHARS` characters, and what lies between two blocks is, per side:
+    into "The answer is 72."), the two character streams are matched by `difflib` (calculator notes
+    the rewrite drops left out first), and what lies between two matched blocks is, per side:
     * teacher only (a dropped note, a dropped newline): teacher tokens made only of it carry no
       student text; inside a span they are left out of its product (the span's tokens are then
       conditioned on the dropped text the teacher wrote before them);
@@ -511,7 +512,9 @@ class SpanAligner(TokenAligner):
     Tokens are grouped into the smallest spans whose boundaries coincide on both sides: one student
     token over several teacher tokens (`▁48` <- `Ġ`,`4`,`8`), several student tokens under one
     teacher token, or a crossing (`▁Nat`,`alia` <- `N`,`atal`,`ia`). Whitespace-only teacher tokens
-    (`Ġ`, a dropped `Ċ`) and a lone student `▁` belong to the span that follows them.
+    (`Ġ`, a dropped `Ċ`) and a lone student `▁` belong to the span that follows them, except that a
+    lone `▁` facing teacher whitespace tokens is a span with them (tokenizers that agree give the
+    identity alignment).
 
     What each student position of a kept span receives (the chain rule over the span):
     * the first student position: the target with the teacher's logprob of the whole span (the sum
@@ -556,7 +559,13 @@ class SpanAligner(TokenAligner):
                 student_range.append((before[start], before[start]))
             else:
                 student_range.append((before[start], before[end]))
-        charmap = _CharMap(student_stream, teacher_stream)
+        # The dropped notes, from teacher-text offsets to teacher-stream positions.
+        stream_before = np.cumsum([0, *(ch == "\n" or not ch.isspace() for ch in "".join(texts))]).tolist()
+        dropped = [
+            (stream_before[a], stream_before[b])
+            for a, b in _CharMap.dropped_notes("".join(texts), student_text)
+        ]
+        charmap = _CharMap(student_stream, teacher_stream, dropped)
         starting_at = {a: i for i, (a, b) in enumerate(teacher_range) if b > a}
         ending_at = {b: i for i, (a, b) in enumerate(teacher_range) if b > a}
         whitespace = [not t.strip() for t in texts]
@@ -599,9 +608,20 @@ class SpanAligner(TokenAligner):
             token_logprobs = [teacher.logprobs[t] for t in span_teacher]
             if any(lp is None or not lp > float("-inf") for lp in token_logprobs):
                 continue
-            self._carry(prepared, span_teacher, span_students, float(sum(token_logprobs)), rows)  # type: ignore[arg-type]
-            pairs.extend((span_teacher[0], x) for x in span_students)
-            spans.append((span_teacher, span_students))
+            lead = 0
+            while lead < len(span_teacher) - 1 and whitespace[span_teacher[lead]]:
+                lead += 1
+            if lead and len(span_students) > 1 and prepared.pieces[span_students[0]] == SPM_SPACE:
+                # A lone `▁` against the teacher's own whitespace tokens is a span of its own (the
+                # same split a tokenizer shared by both sides makes).
+                parts = [(span_teacher[:lead], span_students[:1]), (span_teacher[lead:], span_students[1:])]
+            else:
+                parts = [(span_teacher, span_students)]
+            for part_teacher, part_students in parts:
+                logprob = float(sum(teacher.logprobs[t] for t in part_teacher))  # type: ignore[misc]
+                self._carry(prepared, part_teacher, part_students, logprob, rows)
+                pairs.extend((part_teacher[0], x) for x in part_students)
+                spans.append((part_teacher, part_students))
         return self._assemble(prepared, rows, pairs, spans)
 
     def _carry(
@@ -632,7 +652,7 @@ class _CharMap:
     rewrite unit. Text only one side has maps to the point where it was inserted or dropped.
     """
 
-    def __init__(self, student: str, teacher: str) -> None:
+    def __init__(self, student: str, teacher: str, dropped: Sequence[tuple[int, int]] = ()) -> None:
         n = len(student)
         if student == teacher:
             self._starts: list[int | None] = list(range(n + 1))
@@ -644,8 +664,7 @@ class _CharMap:
         self._ends = [None] * (n + 1)
         self._student_only = [False] * n
         kept = np.zeros(len(teacher), dtype=np.int64)
-        matcher = difflib.SequenceMatcher(None, student, teacher, autojunk=False)
-        blocks = [block for block in matcher.get_matching_blocks() if block.size > 0]
+        blocks = _matching_blocks(student, teacher, dropped)
         a_prev = b_prev = 0
         for a, b, size in [*blocks, (n, len(teacher), 0)]:
             # The gap before this block: student [a_prev, a), teacher [b_prev, b).
@@ -669,6 +688,14 @@ class _CharMap:
     def start(self, c: int) -> int | None:
         return self._starts[c]
 
+    @staticmethod
+    def dropped_notes(teacher_text: str, student_text: str) -> list[tuple[int, int]]:
+        """Character ranges of `teacher_text` the student rewrite drops for certain: GSM8K calculator
+        notes (`<<48/2=24>>`, `mwp.data.text`), unless the student text kept them."""
+        if "<<" in student_text:
+            return []
+        return [m.span() for m in CALCULATOR_NOTE.finditer(teacher_text)]
+
     def end(self, c: int) -> int | None:
         return self._ends[c]
 
@@ -682,6 +709,30 @@ class _CharMap:
 
 
 ALIGNMENTS = ("dtw", "span")
+
+
+def _matching_blocks(
+    student: str, teacher: str, dropped: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, int]]:
+    """`difflib` matching blocks (student start, teacher start, size) of the two streams, with the
+    teacher's `dropped` ranges left out of the matching: a note `16=<<2*8=16>>16` repeats the result,
+    and the student's `16` is the copy after it."""
+    keep = np.ones(len(teacher), dtype=bool)
+    for start, end in dropped:
+        keep[start:end] = False
+    kept_positions = np.flatnonzero(keep)
+    reduced = "".join(teacher[i] for i in kept_positions)
+    matcher = difflib.SequenceMatcher(None, student, reduced, autojunk=False)
+    blocks: list[tuple[int, int, int]] = []
+    for a, b, size in matcher.get_matching_blocks():
+        # A block of the reduced stream may run across a dropped range: split it there.
+        while size:
+            positions = kept_positions[b : b + size]
+            breaks = np.flatnonzero(np.diff(positions) != 1)
+            run = int(breaks[0]) + 1 if len(breaks) else size
+            blocks.append((a, int(positions[0]), run))
+            a, b, size = a + run, b + run, size - run
+    return blocks
 
 
 def make_aligner(

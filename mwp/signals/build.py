@@ -188,13 +188,13 @@ def prepare_signals(
             continue
         if i not in unscored:
             with_logprobs += 1
-        alignment = aligner.align(logprobs, text)
-        target_tokens += alignment.n_targets
-        covered += len(alignment.pairs)
-        for name, (type_covered, type_total) in alignment.by_type().items():
+        aligned = aligner.align(logprobs, text)
+        target_tokens += aligned.n_targets
+        covered += len(aligned.pairs)
+        for name, (type_covered, type_total) in aligned.by_type().items():
             by_type[name][0] += type_covered
             by_type[name][1] += type_total
-        signals.append(alignment.signal)
+        signals.append(aligned.signal)
     report = SignalReport(
         path=str(out_path),
         rows=len(rows),
