@@ -64,6 +64,9 @@ CONTEXT_CHARS = 3
 # Teacher output is untrusted: bound the work one completion can cause.
 MAX_TEACHER_TOKENS = 8192
 _LONGEST_TOKEN = 64
+MATCH_LENGTH_RATIO = 4
+MATCH_SLACK_CHARS = 1024
+MAX_EXACT_MATCH_CELLS = 4_000_000
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -546,7 +549,8 @@ class SpanAligner(TokenAligner):
             teacher_range.append((start, len(teacher_chars)))
         teacher_stream = "".join(teacher_chars)
         # Student tokens over the student text's non-whitespace characters.
-        student_text = prepared.student_text
+        # Only as far as the (possibly truncated) student target reaches.
+        student_text = prepared.student_text[: max((end for _, end in prepared.offsets), default=0)]
         before = np.cumsum([0, *(not ch.isspace() for ch in student_text)]).tolist()
         student_stream = "".join(ch for ch in student_text if not ch.isspace())
         student_range: list[tuple[int, int] | None] = []  # None: a special token, never in a span
@@ -721,8 +725,12 @@ def _matching_blocks(
     for start, end in dropped:
         keep[start:end] = False
     kept_positions = np.flatnonzero(keep)
+    # Teacher text is untrusted: text far beyond what the student target holds cannot align, and
+    # difflib's exact matching is quadratic on repetitive text, so large inputs use its heuristic.
+    kept_positions = kept_positions[: MATCH_LENGTH_RATIO * len(student) + MATCH_SLACK_CHARS]
     reduced = "".join(teacher[i] for i in kept_positions)
-    matcher = difflib.SequenceMatcher(None, student, reduced, autojunk=False)
+    exact = len(student) * len(reduced) <= MAX_EXACT_MATCH_CELLS
+    matcher = difflib.SequenceMatcher(None, student, reduced, autojunk=not exact)
     blocks: list[tuple[int, int, int]] = []
     for a, b, size in matcher.get_matching_blocks():
         # A block of the reduced stream may run across a dropped range: split it there.

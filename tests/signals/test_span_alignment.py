@@ -311,6 +311,7 @@ def test_real_teacher_top_k_through_span_alignment(
             first = span_students[0]
             row = dist(alignment, first)
             target = alignment.student_ids[first]
-            assert row[target] == pytest.approx(sum(tokens.logprobs[t] for t in span_teacher), abs=1e-4)
+            # The span's probability, plus that of alternatives spelling the same student token.
+            assert row[target] >= sum(tokens.logprobs[t] for t in span_teacher) - 1e-4
             assert math.fsum(math.exp(v) for v in row.values()) <= 1.01
             assert list(row.values()) == sorted(row.values(), reverse=True)
