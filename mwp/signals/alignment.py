@@ -548,8 +548,8 @@ class SpanAligner(TokenAligner):
             teacher_chars.extend(ch for ch in text if ch == "\n" or not ch.isspace())
             teacher_range.append((start, len(teacher_chars)))
         teacher_stream = "".join(teacher_chars)
-        # Student tokens over the student text's non-whitespace characters.
-        # Only as far as the (possibly truncated) student target reaches.
+        # Student tokens over the student text's non-whitespace characters, as far as the (possibly
+        # truncated) student target reaches.
         student_text = prepared.student_text[: max((end for _, end in prepared.offsets), default=0)]
         before = np.cumsum([0, *(not ch.isspace() for ch in student_text)]).tolist()
         student_stream = "".join(ch for ch in student_text if not ch.isspace())
@@ -565,11 +565,11 @@ class SpanAligner(TokenAligner):
                 student_range.append((before[start], before[end]))
         # The dropped notes, from teacher-text offsets to teacher-stream positions.
         stream_before = np.cumsum([0, *(ch == "\n" or not ch.isspace() for ch in "".join(texts))]).tolist()
-        dropped = [
+        notes = [
             (stream_before[a], stream_before[b])
             for a, b in _CharMap.dropped_notes("".join(texts), student_text)
         ]
-        charmap = _CharMap(student_stream, teacher_stream, dropped)
+        charmap = _CharMap(student_stream, teacher_stream, notes)
         starting_at = {a: i for i, (a, b) in enumerate(teacher_range) if b > a}
         ending_at = {b: i for i, (a, b) in enumerate(teacher_range) if b > a}
         whitespace = [not t.strip() for t in texts]
