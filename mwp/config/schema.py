@@ -24,6 +24,7 @@ EXTRACTIONS = ("auto", "strict", "flexible", "equation")
 SIGNAL_SOURCES = ("sparse", "dense")
 WANDB_MODES = ("online", "offline", "disabled")
 MISSING_SIGNAL = ("empty", "score", "error")
+SIGNAL_ALIGNMENTS = ("span", "dtw")
 # transformers' scheduler names (`transformers.SchedulerType`), listed here so that checking a
 # config never imports transformers.
 SCHEDULERS = (
@@ -390,6 +391,11 @@ class SignalConfig(Section):
         help="rows without logprobs: train on CE only, teacher-force them through the scorer, or fail",
     )
     scorer: ScorerConfig = help_field(ScorerConfig(), help="the local causal LM used by missing=score")
+    alignment: Literal[SIGNAL_ALIGNMENTS] = help_field(  # type: ignore[valid-type]
+        "span",
+        help="sparse only: how teacher tokens map onto student tokens: span (character-offset spans, "
+        "chain rule) or dtw (one-to-one pairs by dynamic time warping)",
+    )
 
 
 class OnPolicyConfig(Section):

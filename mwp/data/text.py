@@ -30,7 +30,8 @@ MAX_TEXT_CHARS = 200_000
 
 ANSWER_PREFIX = "The answer is"
 
-_CALCULATOR_NOTE = re.compile(r"<<[^<>\n]*>>")
+# GSM8K calculator notes `<<48/2=24>>` (the rewrite drops them; the span alignment skips them).
+CALCULATOR_NOTE = re.compile(r"<<[^<>\n]*>>")
 _FINAL_ANSWER_LINE = re.compile(r"^[ \t]*####[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _LINE_BREAKS = re.compile(r"\r\n|[\r\u2028\u2029\x85\v\f]")
 _ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
@@ -114,7 +115,7 @@ def to_student_text(text: str) -> str:
         raise ValueError(f"text of {len(text)} characters exceeds the {MAX_TEXT_CHARS}-character limit")
     text = _LINE_BREAKS.sub("\n", text)
     text = _ZERO_WIDTH.sub("", text)
-    text = _CALCULATOR_NOTE.sub("", text)
+    text = CALCULATOR_NOTE.sub("", text)
     text = _FINAL_ANSWER_LINE.sub(_answer_line, text)
     text = _unwrap_latex(text)
     # Before NFKC, which would turn "²" into a bare "2" and "½" into "1⁄2" glued to a preceding digit.

@@ -1,5 +1,10 @@
 """Carry a teacher's per-token top-k distribution over to the student's tokenization.
 
+Two methods (`loss.signal.alignment`): `span` (`SpanAligner`, the default, see its doc) groups
+tokens by their character offsets into the smallest spans whose boundaries coincide and carries
+the teacher's probability of a span by the chain rule; `dtw` (`TokenAligner`, below) pairs tokens
+one to one. `make_aligner` builds either.
+
 Fu et al. (2023) distil a teacher whose tokenizer differs from the student's: the two token
 sequences of the same text are aligned by dynamic time warping (DTW) over token strings, and where
 a student token corresponds to exactly one teacher token with the same text, the teacher's top-k
@@ -31,8 +36,9 @@ Choices:
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from math import exp, log
 
@@ -40,6 +46,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mwp.data.text import CALCULATOR_NOTE
 from mwp.signals.types import SparseSignal
 from mwp.teachers.base import TokenLogprobs
 
@@ -57,6 +64,9 @@ CONTEXT_CHARS = 3
 # Teacher output is untrusted: bound the work one completion can cause.
 MAX_TEACHER_TOKENS = 8192
 _LONGEST_TOKEN = 64
+MATCH_LENGTH_RATIO = 4
+MATCH_SLACK_CHARS = 1024
+MAX_EXACT_MATCH_CELLS = 4_000_000
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -207,20 +217,48 @@ def one_to_one(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(t, s) for t, s in pairs if teacher_count[t] == 1 and student_count[s] == 1]
 
 
+TOKEN_TYPES = ("number", "word", "punctuation")
+
+
+def token_type(text: str) -> str:
+    """Coverage class of a student token's text: any digit makes a number, else any letter a word,
+    else punctuation (symbols, and a lone `▁`)."""
+    if any(ch.isdigit() for ch in text):
+        return "number"
+    if any(ch.isalpha() for ch in text):
+        return "word"
+    return "punctuation"
+
+
 @dataclass
 class Alignment:
     """A sparse signal for one student target, and how much of it the teacher covers."""
 
     signal: SparseSignal
     student_ids: list[int]
-    # (teacher index, student index) of the positions that carry a distribution.
+    # (teacher index, student index) of the positions that carry a distribution (for a span: the
+    # span's first teacher token against each of its student tokens).
     pairs: list[tuple[int, int]]
     # Student target tokens that could carry one (specials excluded).
     n_targets: int
+    # `token_type` of every student position (None at specials).
+    types: list[str | None] = field(default_factory=list)
+    # Span alignment only: (teacher indices, student indices) of every covered span.
+    spans: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
     @property
     def coverage(self) -> float:
         return len(self.pairs) / self.n_targets if self.n_targets else 0.0
+
+    def by_type(self) -> dict[str, tuple[int, int]]:
+        """(covered, targets) per `TOKEN_TYPES` entry."""
+        covered_positions = {s for _, s in self.pairs}
+        counts = {name: [0, 0] for name in TOKEN_TYPES}
+        for position, kind in enumerate(self.types):
+            if kind is not None:
+                counts[kind][1] += 1
+                counts[kind][0] += position in covered_positions
+        return {name: (c, n) for name, (c, n) in counts.items()}
 
 
 class _SameContext:
@@ -262,6 +300,18 @@ def _logaddexp(a: float, b: float) -> float:
     return a + log(1.0 + exp(b - a)) if b > float("-inf") else a
 
 
+@dataclass
+class _Prepared:
+    teacher: TokenLogprobs
+    texts: list[str]  # teacher tokens as plain text
+    student_text: str
+    student_ids: list[int]
+    pieces: list[str]
+    offsets: list[tuple[int, int]]
+    student_norm: list[str]
+    types: list[str | None]
+
+
 class TokenAligner:
     """Aligns teacher completions (`TokenLogprobs`) to one student tokenizer.
 
@@ -297,8 +347,8 @@ class TokenAligner:
             return None
         return token_id
 
-    def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
-        """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
+    def _prepare(self, teacher: TokenLogprobs, student_text: str | None) -> _Prepared:
+        """The (bounded) teacher tokens as text, and the student target they align to."""
         if len(teacher.tokens) > MAX_TEACHER_TOKENS:  # far beyond any student target; the tail cannot align
             cut = MAX_TEACHER_TOKENS
             teacher = TokenLogprobs(
@@ -318,14 +368,54 @@ class TokenAligner:
         )
         student_ids: list[int] = encoded["input_ids"]
         pieces = self.tokenizer.convert_ids_to_tokens(student_ids)
+        offsets: list[tuple[int, int]] = [tuple(o) for o in encoded["offset_mapping"]]
         student_norm: list[str] = []
-        for token_id, piece, (start, end) in zip(student_ids, pieces, encoded["offset_mapping"], strict=True):
+        types: list[str | None] = []
+        for token_id, piece, (start, end) in zip(student_ids, pieces, offsets, strict=True):
             if token_id == self.unk_id:
                 student_norm.append(normalize_token(student_text[start:end]))  # what the <unk> stands for
             elif token_id in self.special_ids:
                 student_norm.append(_SPECIAL)
             else:
                 student_norm.append(normalize_token(piece))
+            types.append(None if token_id in self.special_ids else token_type(student_norm[-1]))
+        return _Prepared(teacher, texts, student_text, student_ids, pieces, offsets, student_norm, types)
+
+    def _assemble(
+        self,
+        prepared: _Prepared,
+        rows: dict[int, list[tuple[int, float]]],
+        pairs: list[tuple[int, int]],
+        spans: list[tuple[list[int], list[int]]] | None = None,
+    ) -> Alignment:
+        student_ids = prepared.student_ids
+        length = len(student_ids)
+        width = max((len(d) for d in rows.values()), default=1)
+        ids = torch.full((length, width), -1, dtype=torch.int32)
+        logprobs = torch.full((length, width), float("-inf"), dtype=torch.float32)
+        mask = torch.zeros(length, dtype=torch.bool)
+        for s, dist in rows.items():
+            ids[s, : len(dist)] = torch.tensor([d[0] for d in dist], dtype=torch.int32)
+            logprobs[s, : len(dist)] = torch.tensor([d[1] for d in dist], dtype=torch.float32)
+            mask[s] = True
+        signal = SparseSignal(
+            ids=ids, logprobs=logprobs, mask=mask, target_ids=torch.tensor(student_ids, dtype=torch.int32)
+        )
+        n_targets = sum(1 for i in student_ids if i not in self.special_ids)
+        return Alignment(
+            signal=signal,
+            student_ids=student_ids,
+            pairs=pairs,
+            n_targets=n_targets,
+            types=prepared.types,
+            spans=spans or [],
+        )
+
+    def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
+        """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
+        prepared = self._prepare(teacher, student_text)
+        teacher, texts = prepared.teacher, prepared.texts
+        student_ids, pieces, student_norm = prepared.student_ids, prepared.pieces, prepared.student_norm
         student_space = [p.startswith(SPM_SPACE) for p in pieces]
         teacher_space = [starts_with_space(t) for t in texts]
         teacher_norm = [normalize_token(t) for t in texts]
@@ -359,20 +449,7 @@ class TokenAligner:
             dist = self._distribution(teacher, texts, t, target, student_space[s], teacher_space[t])
             rows[s] = dist
             kept.append((t, s))
-        length = len(student_ids)
-        width = max((len(d) for d in rows.values()), default=1)
-        ids = torch.full((length, width), -1, dtype=torch.int32)
-        logprobs = torch.full((length, width), float("-inf"), dtype=torch.float32)
-        mask = torch.zeros(length, dtype=torch.bool)
-        for s, dist in rows.items():
-            ids[s, : len(dist)] = torch.tensor([d[0] for d in dist], dtype=torch.int32)
-            logprobs[s, : len(dist)] = torch.tensor([d[1] for d in dist], dtype=torch.float32)
-            mask[s] = True
-        signal = SparseSignal(
-            ids=ids, logprobs=logprobs, mask=mask, target_ids=torch.tensor(student_ids, dtype=torch.int32)
-        )
-        n_targets = sum(1 for i in student_ids if i not in self.special_ids)
-        return Alignment(signal=signal, student_ids=student_ids, pairs=kept, n_targets=n_targets)
+        return self._assemble(prepared, rows, kept)
 
     def _distribution(
         self,
@@ -382,15 +459,22 @@ class TokenAligner:
         target: int,
         student_space: bool,
         teacher_space: bool,
+        span_logprob: float | None = None,
     ) -> list[tuple[int, float]]:
-        """Student ids and teacher logprobs at one matched position, most likely first."""
+        """Student ids and teacher logprobs at one matched position, most likely first.
+
+        `span_logprob` (span alignment) replaces the sampled token's own logprob: the target then
+        stands for the whole span that starts with teacher token `t`.
+        """
         by_text: dict[str, float] = {}
         for alt, lp in zip(teacher.top_tokens[t], teacher.top_logprobs[t], strict=True):
             text = teacher_token_text(alt)
             if lp is not None and lp > float("-inf"):
                 by_text[text] = max(by_text.get(text, float("-inf")), float(lp))
         sampled = texts[t]
-        if teacher.logprobs[t] is not None:
+        if span_logprob is not None:
+            by_text[sampled] = span_logprob
+        elif teacher.logprobs[t] is not None:
             by_text[sampled] = max(by_text.get(sampled, float("-inf")), float(teacher.logprobs[t]))
         mass: dict[int, float] = {}
         for text, lp in by_text.items():
@@ -406,3 +490,268 @@ class TokenAligner:
                 continue
             mass[token_id] = _logaddexp(mass.get(token_id, float("-inf")), lp)
         return sorted(mass.items(), key=lambda item: -item[1])
+
+
+class SpanAligner(TokenAligner):
+    """Aligns teacher and student tokens by their character offsets in the same text.
+
+    Both token sequences are laid over the text's non-whitespace characters (whitespace is where
+    the tokenizers differ most: `Ġ` tokens, `▁` prefixes); the teacher keeps its newlines, which the
+    student's rewrite turns into sentence breaks. When the student text is a rewrite of the
+    teacher's (`student_text_fn`: calculator notes dropped, newlines turned into `. `, `#### 72`
+    into "The answer is 72."), the two character streams are matched by `difflib` (calculator notes
+    the rewrite drops left out first), and what lies between two matched blocks is, per side:
+    * teacher only (a dropped note, a dropped newline): teacher tokens made only of it carry no
+      student text; inside a span they are left out of its product (the span's tokens are then
+      conditioned on the dropped text the teacher wrote before them);
+    * student only (the `.` the rewrite closes a line or an answer with): a span may hold it as
+      certain text; a student token made only of it joins the span before it if it is punctuation,
+      else it has no teacher and stays uncovered (an answer sentence the formatter appended);
+    * both (a rewrite: `\n####` -> "The answer is", a newline -> `.`, `{` -> `(`): one unit that a
+      span holds whole; the rewrite is a function of the teacher's text, so the teacher's
+      probability of what it wrote is the probability of its rewrite.
+    A `<unk>` covers the characters it replaced (its offsets) but is never in a kept span.
+
+    Tokens are grouped into the smallest spans whose boundaries coincide on both sides: one student
+    token over several teacher tokens (`▁48` <- `Ġ`,`4`,`8`), several student tokens under one
+    teacher token, or a crossing (`▁Nat`,`alia` <- `N`,`atal`,`ia`). Whitespace-only teacher tokens
+    (`Ġ`, a dropped `Ċ`) and a lone student `▁` belong to the span that follows them, except that a
+    lone `▁` facing teacher whitespace tokens is a span with them (tokenizers that agree give the
+    identity alignment).
+
+    What each student position of a kept span receives (the chain rule over the span):
+    * the first student position: the target with the teacher's logprob of the whole span (the sum
+      of its teacher tokens' logprobs, whitespace tokens included), plus the alternatives of the
+      span's first teacher position, each mapped to the student token spelled like it (with `▁`
+      as in `TokenAligner`); alternatives that no student token spells are dropped.
+    * every later student position of the span: its target with logprob 0 (probability 1).
+    The product over the span's student positions is thus exactly the teacher's probability of the
+    span. Approximations: an alternative's probability also holds its own continuations (`Ġ5` may
+    go on to `Ġ5`,`0`), so it stands for the shortest student token starting with it; and the
+    teacher's alternatives inside a span (after `4`: `5` instead of `8`) are not seen. Tail mass:
+    nothing is renormalised; what the listed ids leave (the dropped alternatives, and the prefix
+    mass `p(first token) - p(span)` of continuations other than the sampled one) is the top-k's
+    missing mass, which `tail: bucket` keeps as one outcome.
+    """
+
+    def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
+        """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
+        prepared = self._prepare(teacher, student_text)
+        teacher, texts = prepared.teacher, prepared.texts
+        if len(teacher.top_tokens) != len(teacher.tokens):  # no top-k: nothing to carry
+            return self._assemble(prepared, {}, [])
+        # Teacher tokens over the teacher's characters without spaces (newlines kept): [start, end).
+        teacher_chars: list[str] = []
+        teacher_range: list[tuple[int, int]] = []
+        for text in texts:
+            start = len(teacher_chars)
+            teacher_chars.extend(ch for ch in text if ch == "\n" or not ch.isspace())
+            teacher_range.append((start, len(teacher_chars)))
+        teacher_stream = "".join(teacher_chars)
+        # Student tokens over the student text's non-whitespace characters, as far as the (possibly
+        # truncated) student target reaches.
+        student_text = prepared.student_text[: max((end for _, end in prepared.offsets), default=0)]
+        before = np.cumsum([0, *(not ch.isspace() for ch in student_text)]).tolist()
+        student_stream = "".join(ch for ch in student_text if not ch.isspace())
+        student_range: list[tuple[int, int] | None] = []  # None: a special token, never in a span
+        for token_id, piece, (start, end) in zip(
+            prepared.student_ids, prepared.pieces, prepared.offsets, strict=True
+        ):
+            if token_id in self.special_ids:
+                student_range.append(None)
+            elif piece == SPM_SPACE:  # its offsets repeat the next token's first character
+                student_range.append((before[start], before[start]))
+            else:
+                student_range.append((before[start], before[end]))
+        # The dropped notes, from teacher-text offsets to teacher-stream positions.
+        stream_before = np.cumsum([0, *(ch == "\n" or not ch.isspace() for ch in "".join(texts))]).tolist()
+        notes = [
+            (stream_before[a], stream_before[b])
+            for a, b in _CharMap.dropped_notes("".join(texts), student_text)
+        ]
+        charmap = _CharMap(student_stream, teacher_stream, notes)
+        starting_at = {a: i for i, (a, b) in enumerate(teacher_range) if b > a}
+        ending_at = {b: i for i, (a, b) in enumerate(teacher_range) if b > a}
+        whitespace = [not t.strip() for t in texts]
+        dropped = [b == a or charmap.teacher_only(a, b) for a, b in teacher_range]
+
+        rows: dict[int, list[tuple[int, float]]] = {}
+        pairs: list[tuple[int, int]] = []
+        spans: list[tuple[list[int], list[int]]] = []
+        n_student = len(prepared.student_ids)
+        j = 0
+        while j < n_student:
+            first_range = student_range[j]
+            teacher_start = charmap.start(first_range[0]) if first_range is not None else None
+            if teacher_start not in starting_at or charmap.student_only(*first_range):  # type: ignore[misc]
+                j += 1
+                continue
+            end, teacher_end = j, None
+            while end < n_student and (last_range := student_range[end]) is not None:
+                teacher_end = charmap.end(last_range[1])
+                if teacher_end is not None and teacher_end > teacher_start and teacher_end in ending_at:
+                    break
+                end += 1
+            if end == n_student or student_range[end] is None or teacher_end is None:
+                j = end + 1
+                continue
+            span_students = list(range(j, end + 1))
+            j = end + 1
+            while (
+                j < n_student
+                and (next_range := student_range[j]) is not None
+                and token_type(prepared.student_norm[j]) == "punctuation"
+                and charmap.student_only(*next_range)
+            ):
+                span_students.append(j)  # the sentence break the rewrite inserted after the span
+                j += 1
+            t_first, t_last = starting_at[teacher_start], ending_at[teacher_end]
+            while t_first > 0 and whitespace[t_first - 1] and dropped[t_first - 1]:
+                t_first -= 1  # the spaces and dropped newlines before the span's text
+            span_teacher = [t for t in range(t_first, t_last + 1) if whitespace[t] or not dropped[t]]
+            token_logprobs = [teacher.logprobs[t] for t in span_teacher]
+            if any(lp is None or not lp > float("-inf") for lp in token_logprobs):
+                continue
+            lead = 0
+            while lead < len(span_teacher) - 1 and whitespace[span_teacher[lead]]:
+                lead += 1
+            if lead and len(span_students) > 1 and prepared.pieces[span_students[0]] == SPM_SPACE:
+                # A lone `▁` against the teacher's own whitespace tokens is a span of its own (the
+                # same split a tokenizer shared by both sides makes).
+                parts = [(span_teacher[:lead], span_students[:1]), (span_teacher[lead:], span_students[1:])]
+            else:
+                parts = [(span_teacher, span_students)]
+            for part_teacher, part_students in parts:
+                logprob = float(sum(teacher.logprobs[t] for t in part_teacher))  # type: ignore[misc]
+                self._carry(prepared, part_teacher, part_students, logprob, rows)
+                pairs.extend((part_teacher[0], x) for x in part_students)
+                spans.append((part_teacher, part_students))
+        return self._assemble(prepared, rows, pairs, spans)
+
+    def _carry(
+        self,
+        prepared: _Prepared,
+        span_teacher: list[int],
+        span_students: list[int],
+        span_logprob: float,
+        rows: dict[int, list[tuple[int, float]]],
+    ) -> None:
+        first, *rest = span_students
+        t = span_teacher[0]
+        target = prepared.student_ids[first]
+        student_space = prepared.pieces[first].startswith(SPM_SPACE)
+        teacher_space = starts_with_space(prepared.texts[t])
+        rows[first] = self._distribution(
+            prepared.teacher, prepared.texts, t, target, student_space, teacher_space, span_logprob
+        )
+        for s in rest:
+            rows[s] = [(prepared.student_ids[s], 0.0)]
+
+
+class _CharMap:
+    """Where the boundaries of the student's character stream fall in the teacher's.
+
+    `start(c)` / `end(c)`: the teacher position a span starting / ending at student position c
+    starts / ends at (they differ where teacher-only text lies at c); None strictly inside a
+    rewrite unit. Text only one side has maps to the point where it was inserted or dropped.
+    """
+
+    def __init__(self, student: str, teacher: str, dropped: Sequence[tuple[int, int]] = ()) -> None:
+        n = len(student)
+        if student == teacher:
+            self._starts: list[int | None] = list(range(n + 1))
+            self._ends: list[int | None] = list(range(n + 1))
+            self._student_only = [False] * n
+            self._teacher_kept = np.arange(n + 1)  # prefix count of teacher characters the student has
+            return
+        self._starts = [None] * (n + 1)
+        self._ends = [None] * (n + 1)
+        self._student_only = [False] * n
+        kept = np.zeros(len(teacher), dtype=np.int64)
+        blocks = _matching_blocks(student, teacher, dropped)
+        a_prev = b_prev = 0
+        for a, b, size in [*blocks, (n, len(teacher), 0)]:
+            # The gap before this block: student [a_prev, a), teacher [b_prev, b).
+            if a == a_prev:  # teacher only (or nothing): a span ending here ends before it
+                self._ends[a] = b_prev
+            elif b == b_prev:  # student only: all of it sits at teacher position b
+                self._starts[a_prev : a + 1] = [b] * (a + 1 - a_prev)
+                self._ends[a_prev : a + 1] = [b] * (a + 1 - a_prev)
+                self._student_only[a_prev:a] = [True] * (a - a_prev)
+            else:  # a rewrite unit: only its edges map
+                if self._starts[a_prev] is None:
+                    self._starts[a_prev] = b_prev
+                self._ends[a] = b
+                kept[b_prev:b] = 1
+            self._starts[a : a + size + 1] = range(b, b + size + 1)
+            self._ends[a + 1 : a + size + 1] = range(b + 1, b + size + 1)
+            kept[b : b + size] = 1
+            a_prev, b_prev = a + size, b + size
+        self._teacher_kept = np.concatenate(([0], np.cumsum(kept)))
+
+    def start(self, c: int) -> int | None:
+        return self._starts[c]
+
+    @staticmethod
+    def dropped_notes(teacher_text: str, student_text: str) -> list[tuple[int, int]]:
+        """Character ranges of `teacher_text` the student rewrite drops for certain: GSM8K calculator
+        notes (`<<48/2=24>>`, `mwp.data.text`), unless the student text kept them."""
+        if "<<" in student_text:
+            return []
+        return [m.span() for m in CALCULATOR_NOTE.finditer(teacher_text)]
+
+    def end(self, c: int) -> int | None:
+        return self._ends[c]
+
+    def student_only(self, a: int, b: int) -> bool:
+        """Whether student characters [a, b) are all text the teacher does not have."""
+        return b > a and all(self._student_only[a:b])
+
+    def teacher_only(self, a: int, b: int) -> bool:
+        """Whether teacher characters [a, b) are all text the student does not have."""
+        return int(self._teacher_kept[b] - self._teacher_kept[a]) == 0
+
+
+ALIGNMENTS = ("dtw", "span")
+
+
+def _matching_blocks(
+    student: str, teacher: str, dropped: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, int]]:
+    """`difflib` matching blocks (student start, teacher start, size) of the two streams, with the
+    teacher's `dropped` ranges left out of the matching: a note `16=<<2*8=16>>16` repeats the result,
+    and the student's `16` is the copy after it."""
+    keep = np.ones(len(teacher), dtype=bool)
+    for start, end in dropped:
+        keep[start:end] = False
+    kept_positions = np.flatnonzero(keep)
+    # Teacher text is untrusted: text far beyond what the student target holds cannot align, and
+    # difflib's exact matching is quadratic on repetitive text, so large inputs use its heuristic.
+    kept_positions = kept_positions[: MATCH_LENGTH_RATIO * len(student) + MATCH_SLACK_CHARS]
+    reduced = "".join(teacher[i] for i in kept_positions)
+    exact = len(student) * len(reduced) <= MAX_EXACT_MATCH_CELLS
+    matcher = difflib.SequenceMatcher(None, student, reduced, autojunk=not exact)
+    blocks: list[tuple[int, int, int]] = []
+    for a, b, size in matcher.get_matching_blocks():
+        # A block of the reduced stream may run across a dropped range: split it there.
+        while size:
+            positions = kept_positions[b : b + size]
+            breaks = np.flatnonzero(np.diff(positions) != 1)
+            run = int(breaks[0]) + 1 if len(breaks) else size
+            blocks.append((a, int(positions[0]), run))
+            a, b, size = a + run, b + run, size - run
+    return blocks
+
+
+def make_aligner(
+    method: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    student_text_fn: Callable[[str], str] | None = None,
+    max_length: int | None = None,
+) -> TokenAligner:
+    """The aligner of `loss.signal.alignment`: `span` (`SpanAligner`) or `dtw` (`TokenAligner`)."""
+    if method not in ALIGNMENTS:
+        raise ValueError(f"loss.signal.alignment must be one of {ALIGNMENTS}, got {method!r}")
+    cls = SpanAligner if method == "span" else TokenAligner
+    return cls(tokenizer, student_text_fn=student_text_fn, max_length=max_length)

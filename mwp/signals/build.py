@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from mwp.config.schema import MISSING_SIGNAL
 from mwp.data.artifact import DistilledRow
 from mwp.data.formats import cot_target
-from mwp.signals.alignment import TokenAligner
+from mwp.signals.alignment import ALIGNMENTS, TOKEN_TYPES, make_aligner, normalize_token, token_type
 from mwp.signals.scoring import TeacherForcedScorer
 from mwp.signals.store import SignalStore, SignalStoreError
 from mwp.signals.types import SparseSignal
@@ -78,6 +78,9 @@ class SignalReport:
     rows_empty: int
     target_tokens: int
     covered_tokens: int
+    alignment: str = "span"
+    # (covered, target) tokens per `mwp.signals.alignment.TOKEN_TYPES` entry.
+    by_type: dict[str, list[int]] = field(default_factory=dict)
     reused: bool = False
 
     @property
@@ -88,10 +91,14 @@ class SignalReport:
     def rows_with_signal(self) -> int:
         return self.rows_with_logprobs + self.rows_scored
 
+    def coverage_by_type(self) -> dict[str, float]:
+        return {name: covered / total if total else 0.0 for name, (covered, total) in self.by_type.items()}
+
     def to_json(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "coverage": round(self.coverage, 4),
+            "coverage_by_type": {name: round(v, 4) for name, v in self.coverage_by_type().items()},
             "rows_with_signal": self.rows_with_signal,
         }
 
@@ -110,20 +117,29 @@ def prepare_signals(
     missing: str = "empty",
     scorer: TeacherForcedScorer | None = None,
     source: str = "distilled rows",
+    alignment: str = "span",
 ) -> tuple[SignalStore, SignalReport]:
     """Align every distilled row's teacher logprobs to its student target; write (or reuse) the store.
 
     Row r of the store is the signal of `rows[r]`. `missing` decides rows without logprobs: `empty`
     (no distribution, plain cross-entropy), `score` (through `scorer`, whose model loads only when
-    the store has to be built), or `error`.
+    the store has to be built), or `error`. `alignment` is `loss.signal.alignment` (`span` or `dtw`,
+    see `mwp.signals.alignment`).
     """
     if missing not in MISSING_CHOICES:
         raise ValueError(f"loss.signal.missing must be one of {MISSING_CHOICES}, got {missing!r}")
     if missing == "score" and scorer is None:
         raise ValueError("loss.signal.missing=score needs loss.signal.scorer (a local causal LM)")
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"loss.signal.alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     out_path = Path(out_path)
     report_path = out_path.with_suffix(".coverage.json")
-    settings = {"max_target_len": max_target_len, "missing": missing, "tokenizer": tokenizer_id(tokenizer)}
+    settings = {
+        "max_target_len": max_target_len,
+        "missing": missing,
+        "tokenizer": tokenizer_id(tokenizer),
+        "alignment": alignment,
+    }
     if missing == "score" and scorer is not None:
         settings["scorer"] = scorer.identity
     fingerprint = _fingerprint(rows, settings)
@@ -138,7 +154,7 @@ def prepare_signals(
         except (SignalStoreError, ValueError, TypeError, KeyError) as err:
             log.warning("rebuilding unreadable teacher signals %s (%s)", out_path, err)
 
-    aligner = TokenAligner(tokenizer, max_length=max_target_len)
+    aligner = make_aligner(alignment, tokenizer, max_length=max_target_len)
     texts = [target_text(row) for row in rows]
     teacher_rows = [_teacher_logprobs(row, f"{source} row {i + 1}") for i, row in enumerate(rows)]
     unscored = [i for i, lp in enumerate(teacher_rows) if lp is None]
@@ -160,18 +176,25 @@ def prepare_signals(
             scored += 1
     signals: list[SparseSignal] = []
     target_tokens = covered = with_logprobs = 0
+    by_type = {name: [0, 0] for name in TOKEN_TYPES}
     for i, (text, logprobs) in enumerate(zip(texts, teacher_rows, strict=True)):
         if logprobs is None:
             ids = tokenizer(text, truncation=True, max_length=max_target_len)["input_ids"]
             target_tokens += sum(1 for t in ids if t not in aligner.special_ids)
+            for piece, token_id in zip(tokenizer.convert_ids_to_tokens(ids), ids, strict=True):
+                if token_id not in aligner.special_ids:
+                    by_type[token_type(normalize_token(piece))][1] += 1
             signals.append(SparseSignal.empty(0, target_ids=torch.zeros(0, dtype=torch.int32)))
             continue
         if i not in unscored:
             with_logprobs += 1
-        alignment = aligner.align(logprobs, text)
-        target_tokens += alignment.n_targets
-        covered += len(alignment.pairs)
-        signals.append(alignment.signal)
+        aligned = aligner.align(logprobs, text)
+        target_tokens += aligned.n_targets
+        covered += len(aligned.pairs)
+        for name, (type_covered, type_total) in aligned.by_type().items():
+            by_type[name][0] += type_covered
+            by_type[name][1] += type_total
+        signals.append(aligned.signal)
     report = SignalReport(
         path=str(out_path),
         rows=len(rows),
@@ -180,6 +203,8 @@ def prepare_signals(
         rows_empty=len(rows) - with_logprobs - scored,
         target_tokens=target_tokens,
         covered_tokens=covered,
+        alignment=alignment,
+        by_type=by_type,
     )
     metadata = {
         "fingerprint": fingerprint,
@@ -190,12 +215,15 @@ def prepare_signals(
     SignalStore.write(out_path, signals, metadata=metadata)
     report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     log.info(
-        "teacher signals: %d rows with logprobs, %d scored, %d empty; coverage %.1f%% of %d target tokens -> %s",
+        "teacher signals: %d rows with logprobs, %d scored, %d empty; %s alignment covers %.1f%% of %d "
+        "target tokens (%s) -> %s",
         report.rows_with_logprobs,
         report.rows_scored,
         report.rows_empty,
+        alignment,
         100 * report.coverage,
         report.target_tokens,
+        ", ".join(f"{name} {100 * v:.1f}%" for name, v in report.coverage_by_type().items()),
         out_path,
     )
     return SignalStore(out_path), report
@@ -212,4 +240,8 @@ def _report_fields(path: Path) -> dict[str, Any]:
         "target_tokens",
         "covered_tokens",
     }
-    return {k: data[k] for k in names}
+    fields = {k: data[k] for k in names}
+    # Reports written before the span alignment have neither; the fingerprint then differs anyway.
+    fields["alignment"] = data.get("alignment", "dtw")
+    fields["by_type"] = data.get("by_type", {})
+    return fields

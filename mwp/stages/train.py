@@ -79,6 +79,7 @@ def teacher_signals(
             missing=signal.missing,
             scorer=scorer,
             source=str(data_path),
+            alignment=signal.alignment,
         )
     finally:
         if scorer is not None:
