@@ -183,7 +183,19 @@ def template_expression(template: str) -> str:
         raise TemplateError(f"template {template!r} is not solved for x")
     if not expression:
         raise TemplateError("empty template")
-    return "".join(expression.split())
+    return _without_outer_parentheses("".join(expression.split()))
+
+
+def _without_outer_parentheses(expression: str) -> str:
+    """ "((N0-N1))" -> "N0-N1": one spelling per template, whatever the dataset's or teacher's habit."""
+    while expression.startswith("(") and expression.endswith(")"):
+        depth = 0
+        for position, char in enumerate(expression):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0 and position < len(expression) - 1:
+                return expression  # the first "(" closes before the end: "(N0-N1)*(N2-N3)"
+        expression = expression[1:-1]
+    return expression
 
 
 def equation_target(template: str, notation: str = "infix") -> str:
