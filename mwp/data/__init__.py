@@ -7,7 +7,6 @@ from mwp.data.format_names import EQUATION, EVAL_FORMATS, FORMATS, Format
 from mwp.data.formats import (
     COT_TRIGGER,
     Example,
-    TemplateError,
     answer_target,
     build_equation_example,
     build_example,
@@ -57,7 +56,6 @@ __all__ = [
     "Example",
     "Format",
     "Problem",
-    "TemplateError",
     "answer_sentence",
     "answer_target",
     "append_jsonl",
