@@ -152,11 +152,8 @@ def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
                 out[f"{key} {name.removesuffix('_acc')}"] = 100 * float(result[name])
     if record.distill and isinstance(record.distill.get("problem_yield"), int | float):
         out["distill yield %"] = 100 * float(record.distill["problem_yield"])
-    if record.refine:
-        for name in ("recovered", "recovered_share", "semantic_precision"):
-            value = record.refine.get(name)
-            if isinstance(value, int | float):
-                out[f"refine {name}"] = 100 * float(value) if name != "recovered" else float(value)
+    out.update(_chain_figures(record.distill))
+    out.update(_refine_figures(record.refine))
     if record.steps is not None:
         out["steps"] = float(record.steps)
     out["teacher calls"] = float(record.teacher_calls)
@@ -164,6 +161,51 @@ def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
         out["cost $"] = record.cost_usd
     if record.wall_time_s is not None:
         out["wall s"] = record.wall_time_s
+    return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _chain_figures(distill: dict[str, Any] | None) -> dict[str, float]:
+    """Yield of each step of the equation chain (`distill/stats.json` "steps"), in percent."""
+    out: dict[str, float] = {}
+    steps = (distill or {}).get("steps")
+    if not isinstance(steps, dict):
+        return out
+    for name, step in steps.items():
+        if isinstance(step, dict) and step.get("checked") and _number(step.get("yield")) is not None:
+            out[f"{name} yield %"] = 100 * float(step["yield"])
+    return out
+
+
+def _refine_figures(refine: dict[str, Any] | None) -> dict[str, float]:
+    """Failed problems, recovered ones (per round too) and semantic precision from `refine/stats.json`."""
+    out: dict[str, float] = {}
+    if not refine:
+        return out
+    distill = refine.get("distill") or {}
+    if _number(distill.get("problems_failed")) is not None:
+        out["failed by distill"] = float(distill["problems_failed"])
+    precision = _number((distill.get("precision") or {}).get("precision"))
+    if precision is not None:
+        out["distill precision %"] = 100 * precision
+    for method in (refine.get("methods") or {}).values():
+        if not isinstance(method, dict):
+            continue
+        if _number(method.get("recovered")) is not None:
+            out["recovered"] = float(method["recovered"])
+        if _number(method.get("recovered_share")) is not None:
+            out["recovered % of failed"] = 100 * float(method["recovered_share"])
+        precision = _number((method.get("precision") or {}).get("precision"))
+        if precision is not None:
+            out["refine precision %"] = 100 * precision
+        for round_stats in method.get("rounds") or []:
+            if isinstance(round_stats, dict) and _number(round_stats.get("recovered")) is not None:
+                out[f"round {round_stats.get('round')} recovered"] = float(round_stats["recovered"])
+        if _number(method.get("wall_s")) is not None:
+            out["refine s"] = float(method["wall_s"])
     return out
 
 
@@ -270,10 +312,44 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     return written
 
 
+def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
+    """The refinement ablation: share of distillation's failures recovered, and how many keep their meaning."""
+    columns = [
+        c
+        for c in ("recovered % of failed", "refine precision %", "distill precision %")
+        if c in table.columns
+    ]
+    if "recovered % of failed" not in columns:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(table.labels)), 4.2))
+    width = 0.8 / len(columns)
+    for j, column in enumerate(columns):
+        means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
+        errors = [statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values]
+        positions = [i - 0.4 + width * (j + 0.5) for i in range(len(table.labels))]
+        ax.bar(positions, means, width, yerr=errors, capsize=3, label=column.removesuffix(" %"))
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("refinement: recovery and semantic precision")
+    ax.set_xticks(range(len(table.labels)))
+    ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "refinement.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
 def write_report(records: Sequence[RunRecord], out_dir: Path, *, aggregate: Sequence[str] = ()) -> Table:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(records, aggregate=aggregate)
-    plots = _plot_accuracy(table, out_dir)
+    plots = _plot_accuracy(table, out_dir) + _plot_refinement(table, out_dir)
     text = ["# mwp report", "", f"{len(records)} runs", "", table.markdown(), ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     (out_dir / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")
