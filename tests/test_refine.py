@@ -1,0 +1,198 @@
+"""The refine stage (From Large to Tiny): every method on real data slices, its statistics, its validation."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mwp.config import ConfigError, validate
+from mwp.data.artifact import DistilledRow, read_distilled
+from mwp.data.loaders import load_problems
+from mwp.data.problem import Problem
+from mwp.refine.common import problem_numbers, recovered_row, template_key, verified_template
+from mwp.refine.enumerated import EnumerationMethod
+from mwp.refine.feedback import TeacherFeedback, feedback_prompt
+from mwp.stages.refine import FAILED, REFINED, STATS, refine
+from mwp.teachers.base import Completion, SamplingParams, Teacher, TeacherRequest, TeacherResponse
+from mwp.verify.equation_checks import check_teacher_equation
+from tests.helpers import compose_config
+
+ROUND_FIELDS = {
+    "attempted",
+    "recovered",
+    "remaining",
+    "candidates",
+    "candidates_per_s",
+    "wall_s",
+    "teacher_calls",
+}
+
+
+def gold_expression(problem: Problem) -> str:
+    """SVAMP's gold equation "( 84.0 / 2.0 )" as a teacher would write it: "x=(84/2)"."""
+    assert problem.equation is not None
+    return "x=" + problem.equation.replace(".0 ", " ").replace(" ", "")
+
+
+class ScriptedTeacher(Teacher):
+    """A live-teacher stand-in that answers feedback prompts from a script: round by round, per problem.
+
+    `script[problem_id]` lists its replies to successive prompts; past the end it repeats a wrong one.
+    """
+
+    name = "scripted-feedback"
+
+    def __init__(self, script: dict[str, list[list[str]]]) -> None:
+        self.script = script
+        self.prompts: list[TeacherRequest] = []
+
+    def generate(
+        self, requests: Sequence[TeacherRequest], params: SamplingParams
+    ) -> Iterator[TeacherResponse]:
+        for request in requests:
+            self.prompts.append(request)
+            replies = self.script.get(request.problem_id, [])
+            asked = sum(1 for r in self.prompts if r.problem_id == request.problem_id)
+            texts = replies[asked - 1] if asked <= len(replies) else ["x=1+1"]
+            yield TeacherResponse(request, [Completion(text) for text in texts])
+
+
+@pytest.fixture(scope="module")
+def svamp_train() -> list[Problem]:
+    return load_problems("svamp", "train", limit=40)
+
+
+def test_a_candidate_verifies_only_when_it_solves_the_problem_with_its_own_numbers(svamp_train) -> None:
+    problem = svamp_train[0]  # "Luke scored 84 points after playing 2 rounds ..." answer 42
+    assert verified_template(problem, "N0/N1") == "x=N0/N1"
+    assert verified_template(problem, " x = N0 / N1 ") == "x=N0/N1"
+    for wrong in ("N0*N1", "N1/N0", "N7+N0", "42", "__import__('os')", "N0/N1" * 100, "", "N0/(N1-2)"):
+        assert verified_template(problem, wrong) is None, wrong
+    row = recovered_row(problem, "x=N0/N1", method="m", round_index=2, teacher="t")
+    assert (row.equation, row.template, row.method, row.round, row.pred) == ("x=84/2", "N0/N1", "m", 2, "42")
+
+
+def test_teacher_feedback_keeps_only_verified_equations_and_retries_the_rest(svamp_train, tmp_path) -> None:
+    failed = svamp_train[:6]
+    a, b, c, d, e, f = (p.id for p in failed)
+    script = {
+        a: [["x=" + "9" * 40, gold_expression(failed[0])]],  # a huge wrong number, then the right one
+        b: [["x=__import__('os').system('true')"], [gold_expression(failed[1])]],  # right at the retry
+        c: [[f"The answer is {failed[2].answer}."]],  # the answer without an equation: not a pair
+        d: [["x=" + str(failed[3].answer)]],  # the answer as a literal: not over the problem's numbers
+        e: [[gold_expression(failed[4]).replace("x=", "So the equation is x = ") + " and that is it."]],
+        f: [["x=2**2**2**2**2"]],  # bounded evaluation refuses it
+    }
+    teacher = ScriptedTeacher(script)
+    method = TeacherFeedback(teacher, SamplingParams(), max_retries=2, constants=("1", "2", "100"))
+    attempts = {a: "84 / 2 = 40. The answer is 40."}
+    result = refine(method, [], failed, attempts, tmp_path, precision=False)
+
+    rows = read_distilled(tmp_path / REFINED)
+    assert {row.id: row.round for row in rows} == {a: 1, e: 1, b: 2}
+    for row in rows:
+        assert row.method == "teacher_feedback" and row.template is not None
+        assert verified_template(row.problem, row.template) is not None
+        assert check_teacher_equation(row.equation, row.problem).passed
+    stats = json.loads((tmp_path / STATS).read_text())
+    rounds = stats["methods"]["teacher_feedback"]["rounds"]
+    assert [(r["round"], r["attempted"], r["recovered"], r["remaining"]) for r in rounds] == [
+        (1, 6, 2, 4),
+        (2, 4, 1, 3),
+    ]
+    assert all(set(r) >= ROUND_FIELDS for r in rounds)
+    assert [r["teacher_calls"] for r in rounds] == [6, 4] and rounds[0]["candidates"] == 7
+    assert result.recovered == 3 and result.remaining == 3
+    # the retry quotes the latest failed attempt and the gold answer
+    retry_b = [r.prompt for r in teacher.prompts if r.problem_id == b][1]
+    assert "__import__" in retry_b and f"The correct answer is {failed[1].answer}." in retry_b
+    first_a = next(r.prompt for r in teacher.prompts if r.problem_id == a)
+    assert "84 / 2 = 40" in first_a
+    assert len((tmp_path / FAILED).read_text().splitlines()) == 6
+
+
+def test_feedback_prompts_speak_the_problem_language() -> None:
+    problem = load_problems("math23k", "train", limit=1)[0]
+    prompt = feedback_prompt(problem, "x=11*2")
+    assert "正确答案是20" in prompt and "x=11*2" in prompt and problem.question in prompt
+    english = feedback_prompt(replace(problem, language="en"), None)
+    assert "The correct answer is 20." in english and "previous attempt" not in english
+
+
+def test_a_recorded_teacher_cannot_give_feedback(tmp_path: Path) -> None:
+    cfg = compose_config(["stage=fltt", "refine=teacher_feedback"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"refine\.teacher_feedback\.teacher.*palm-540b.*cannot answer"):
+        validate(cfg)
+    live = compose_config(
+        ["stage=fltt", "refine=teacher_feedback", "+teacher@refine.teacher_feedback.teacher=smollm2"],
+        run_dir=tmp_path,
+    )
+    validate(live)
+    assert live.refine.teacher_feedback.teacher.name == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["refine.method=enumeration"], r"refine\.enumeration"),
+        (["refine=middle_model", "refine.middle_model.num_return_sequences=8"], r"num_return_sequences=8"),
+        (["refine=middle_model", "refine.middle_model.temperature=0"], r"refine\.middle_model\.temperature"),
+        (["refine=enumeration", "refine.enumeration.max_ops=9"], r"refine\.enumeration\.max_ops"),
+        (["refine.constants=[one]"], r"refine\.constants"),
+        (["stage.steps=[distill,train,refine]"], r"stage\.steps"),
+        (["stage.steps=[refine]"], r"stage\.data"),
+    ],
+)
+def test_refine_settings_fail_at_validation_naming_the_key(tmp_path, overrides, key) -> None:
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config(overrides, run_dir=tmp_path))
+
+
+def test_template_keys_ignore_spelling() -> None:
+    assert template_key("x = N0 + N1") == template_key("N0+N1") == "N0+N1"
+    assert template_key(None) == ""
+
+
+def kept_rows(problems: Sequence[Problem]) -> list[DistilledRow]:
+    """Verified pairs from the gold equations, as distillation would keep them for these problems."""
+    rows = []
+    for problem in problems:
+        check = check_teacher_equation(gold_expression(problem), problem)
+        if check.passed and check.template:
+            rows.append(
+                recovered_row(problem, check.template, method="distill", round_index=0, teacher="gold")
+            )
+    return rows
+
+
+def operators(template: str) -> int:
+    return sum(template_key(template).count(op) for op in "+-*/")
+
+
+def test_enumeration_recovers_verified_templates_within_its_depth_bound(svamp_train, tmp_path) -> None:
+    failed = svamp_train[:24]
+    found: dict[int, set[str]] = {}
+    for max_ops in (1, 2):
+        method = EnumerationMethod(constants=("1", "2", "100"), max_ops=max_ops, max_results=4, processes=1)
+        result = refine(method, [], failed, {}, tmp_path / str(max_ops), precision=False)
+        rows = read_distilled(tmp_path / str(max_ops) / REFINED)
+        assert rows and all(row.method == "enumeration" and row.round == 1 for row in rows)
+        for row in rows:
+            assert row.template is not None and operators(row.template) <= max_ops
+            assert verified_template(row.problem, row.template, ("1", "2", "100")) is not None
+            assert max(int(k) for k in re.findall(r"N(\d+)", row.template)) < len(
+                problem_numbers(row.problem)
+            )
+        found[max_ops] = {row.id for row in rows}
+        (stats,) = json.loads((tmp_path / str(max_ops) / STATS).read_text())["methods"]["enumeration"][
+            "rounds"
+        ]
+        assert stats["attempted"] == 24 and stats["recovered"] == len(found[max_ops]) == result.recovered
+        assert stats["remaining"] == 24 - stats["recovered"] and stats["candidates"] > stats["recovered"]
+    # one more operator reaches every problem one operator reached, and more
+    assert found[1] < found[2]
