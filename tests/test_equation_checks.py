@@ -95,7 +95,7 @@ def test_weak12k_teacher_outputs_that_pass(
         ("weak12k/14394", "x + 1 = 320 ÷ 4 = 2x", "format", "chains"),
         ("weak12k/14394", "x = 320 ÷ (4 × 25)", "numbers", "25 in"),  # 25 is not in the problem
         ("weak12k/44186", "x×x＝4×1", "evaluate", "2 solutions"),
-        ("weak12k/44186", "1÷x＝4×0.125－0.5", "numbers", "0.5 in"),
+        ("weak12k/44186", "1÷x＝4×0.125－0.3", "numbers", "0.3 in"),
         ("weak12k/44186", "4×0.125÷(1－1)", "evaluate", "division by zero"),
         ("weak12k/14394", "x = 320 ÷ 4", "answer", "gives 80, the gold answer is 4"),
     ],

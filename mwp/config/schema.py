@@ -251,7 +251,54 @@ class BatchFileTeacherConfig(TeacherConfig):
     requests: str | None = help_field(None, help="the exported request file (to map custom ids back)")
 
 
+class SimulatedErrorRates(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    wrong_operator: float = help_field(0.0, ge=0, le=1, help="an operator replaced by another")
+    swapped_numbers: float = help_field(0.0, ge=0, le=1, help="two numbers swapped")
+    wrong_number: float = help_field(0.0, ge=0, le=1, help="a number (or placeholder) changed")
+    malformed: float = help_field(0.0, ge=0, le=1, help="an equation that does not parse")
+    refusal: float = help_field(0.0, ge=0, le=1, help="no equation at all")
+    plausible_wrong: float = help_field(0.0, ge=0, le=1, help="another equation over the problem's numbers")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> SimulatedErrorRates:
+        total = sum(self.model_dump().values())
+        if total > 1 + 1e-9:
+            raise ValueError(f"the error rates add up to {total:.3f} > 1")
+        return self
+
+
+class SimulatedErrors(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    equation: SimulatedErrorRates = help_field(SimulatedErrorRates(), help="rates of the equation step")
+    masked_equation: SimulatedErrorRates = help_field(
+        SimulatedErrorRates(), help="rates of the masked-equation step"
+    )
+
+
+class SimulatedTeacherConfig(TeacherConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    dataset: str = help_field(
+        help="the dataset whose gold equations it answers from (must equal dataset.name)"
+    )
+    splits: list[str] = help_field(["train"], min_length=1, help="splits whose problems it covers")
+    data_dir: str | None = help_field(None, help="where the dataset's own files are")
+    seed: int = help_field(0, help="seed of its error draws (with problem id, step and sample index)")
+    errors: SimulatedErrors = help_field(SimulatedErrors(), help="per-step error rates")
+    repair_rate: float = help_field(
+        0.8, ge=0, le=1, help="chance the format-correction step repairs an equation"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _named_as_simulation(cls, name: str) -> str:
+        if not name.startswith("simulated"):
+            raise ValueError(f"teacher.name={name!r}: a simulated teacher's name must start with 'simulated'")
+        return name
+
+
 TEACHER_SCHEMAS: dict[str, type[TeacherConfig]] = {
+    "mwp.teachers.simulated.SimulatedTeacher": SimulatedTeacherConfig,
     "mwp.teachers.recorded.RecordedTeacher": RecordedTeacherConfig,
     "mwp.teachers.openai_compat.OpenAITeacher": OpenAITeacherConfig,
     "mwp.teachers.hf.HFTeacher": HFTeacherConfig,
@@ -262,7 +309,9 @@ TEACHER_SCHEMAS: dict[str, type[TeacherConfig]] = {
 class PromptConfig(Section):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
     name: str = help_field(help="label of the prompt")
-    style: Literal["cot", "equation"] = help_field("cot", help="chain of thought or an equation")
+    style: Literal["cot", "equation", "equation_chain"] = help_field(
+        "cot", help="chain of thought, an equation, or From Large to Tiny's chain of equation calls"
+    )
     language: Literal["en", "zh"] = help_field("en", help="prompt language")
     num_exemplars: int = help_field(0, ge=0, le=64, help="few-shot exemplars in the prompt")
     exemplar_dataset: str | None = help_field(None, help="where exemplars come from (its training split)")
@@ -272,6 +321,12 @@ class PromptConfig(Section):
     system: str | None = help_field(None, help="system message (chat endpoints)")
     extraction: Literal["strict", "flexible", "equation"] = help_field("strict", help="how answers are read")
     stop: list[str] = help_field([], help="stop sequences added to the teacher's")
+    masked_query: str | None = help_field(
+        None, help="equation_chain: the masked-equation prompt (null = the built-in one of the language)"
+    )
+    correction_query: str | None = help_field(
+        None, help="equation_chain: the format-correction prompt (null = the built-in one of the language)"
+    )
 
     @model_validator(mode="after")
     def _exemplars_need_a_source(self) -> PromptConfig:
@@ -646,6 +701,18 @@ class RefineConfig(Section):
         return self
 
 
+class ChainConfig(Section):
+    max_corrections: int = help_field(
+        2, ge=0, le=10, help="rounds of format correction for equations that failed to parse"
+    )
+    dedup_trials: int = help_field(
+        3, ge=1, le=32, help="random N0..Nk assignments on which equivalent templates must agree"
+    )
+    constants: list[str] = help_field(
+        ["1", "2", "100", "3.14"], help="numbers a template may use without their being in the problem"
+    )
+
+
 class StageConfig(Section):
     name: str = help_field(help="stage label (the run folder's parent)")
     steps: list[Literal[STEPS]] = help_field(min_length=1, help=f"steps to run, in order, from {list(STEPS)}")  # type: ignore[valid-type]
@@ -660,6 +727,10 @@ class StageConfig(Section):
     )
     checkpoint_every_n_steps: int = help_field(
         50, ge=1, help="save last.ckpt every N optimizer steps (and at the end)"
+    )
+    chain: ChainConfig = help_field(
+        ChainConfig(),
+        help="From Large to Tiny's equation chain (prompt=fltt_*, or stage.extraction=equation)",
     )
 
     @model_validator(mode="after")
@@ -753,6 +824,14 @@ class RunConfig(Section):
                     f"not dataset.train_split={self.dataset.train_split!r}"
                 )
         self._refine_is_consistent()
+        if "distill" in steps and isinstance(teacher, SimulatedTeacherConfig):
+            from mwp.data.loaders import canonical_name
+
+            if canonical_name(teacher.dataset) != canonical_name(self.dataset.name):
+                raise ValueError(
+                    f"teacher.dataset: the simulated teacher answers from {teacher.dataset!r} gold equations, "
+                    f"not dataset.name={self.dataset.name!r}"
+                )
         if "train" in steps and self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
             raise ValueError("trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends")
         return self

@@ -36,21 +36,24 @@ from typing import Any
 from mwp.data.io import DataError, read_json, read_jsonl_lines
 from mwp.data.problem import Problem
 from mwp.paths import default_data_dir
-from mwp.verify.numbers import find_numbers, parse_number
+from mwp.verify.masking import number_spans
+from mwp.verify.numbers import parse_number
 
 log = logging.getLogger(__name__)
 
-# Numbers as Math23K writes them (the usual Math23K convention): a fraction "(1/2)" and a mixed
-# number "7(2/3)" are one number each, parentheses included; "15%" keeps its percent sign.
-_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|\d+(?:\.\d+)?%?")
 _GSM8K_FINAL = re.compile(r"\n####[ \t]*([^\n]*?)[ \t]*\Z")
 _ASDIV_ANSWER = re.compile(r"^\s*(?P<value>[^()]*?)\s*(?:\((?P<unit>[^()]*)\))?\s*$")
 _LITERAL_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
+def question_numbers(text: str, language: str = "en") -> tuple[str, ...]:
+    """The number strings of a question in order, as `mwp.verify.masking` defines them (N0..Nk)."""
+    return tuple(number for _, _, number in number_spans(text, language))
+
+
 def find_chinese_numbers(text: str) -> list[str]:
     """The number strings of a Chinese question in order: "20", "39.76", "(1/2)", "7(2/3)", "15%"."""
-    return _CHINESE_NUMBER.findall(text)
+    return list(question_numbers(text, "zh"))
 
 
 def join_body_question(body: str, question: str) -> str:
@@ -84,7 +87,7 @@ def _load_gsm8k(data_dir: Path, split: str) -> list[Problem]:
                 question=question.strip(),
                 answer=answer,
                 answer_text=answer_text,
-                numbers=tuple(find_numbers(question)),
+                numbers=question_numbers(question),
                 solution=solution,
                 source="gsm8k",
                 meta={"split": split, "index": index},
@@ -130,7 +133,7 @@ def _svamp_problem(row: Any, path: Path, index: int, split: str) -> Problem:
         question=question,
         answer=_parse_answer(raw_answer, path, field="Answer", index=index),
         answer_text=str(raw_answer),
-        numbers=tuple(find_numbers(question)),
+        numbers=question_numbers(question),
         equation=_text_field(row, "Equation", path, index=index).strip(),
         source="svamp",
         meta={
@@ -288,7 +291,7 @@ def _asdiv_problem(
         question=question,
         answer=answer,
         answer_text=answer_text,
-        numbers=tuple(find_numbers(question)),
+        numbers=question_numbers(question),
         equation=text("Formula"),
         source=name,
         meta={
@@ -339,7 +342,7 @@ def _load_multiarith(data_dir: Path, split: str) -> list[Problem]:
                 question=question,
                 answer=_parse_answer(solutions[0], path, field="lSolutions", index=index),
                 answer_text=str(solutions[0]),
-                numbers=tuple(find_numbers(question)),
+                numbers=question_numbers(question),
                 equation=equations[0],
                 source="multiarith",
                 meta={"split": split, "index": index, "alignments": row.get("lAlignments")},
@@ -371,7 +374,7 @@ def _load_math23k(data_dir: Path, split: str) -> list[Problem]:
                 question=question,
                 answer=_parse_answer(answer_text, path, field="ans", index=index),
                 answer_text=answer_text,
-                numbers=tuple(find_chinese_numbers(question)),
+                numbers=question_numbers(question, "zh"),
                 equation=_text_field(row, "equation", path, index=index).strip(),
                 language="zh",
                 source="math23k",
@@ -401,10 +404,16 @@ def _load_weak12k(data_dir: Path, split: str) -> list[Problem]:
                 question=question,
                 answer=_parse_answer(answer_text, path, field="ans", index=index),
                 answer_text=answer_text,
-                numbers=tuple(str(x) if isinstance(x, int) else repr(x) for x in num_list),
+                numbers=question_numbers(question, "zh"),
                 language="zh",
                 source="weak12k",
-                meta={"split": split, "index": index, "segmented_text": row.get("new_split")},
+                meta={
+                    "split": split,
+                    "index": index,
+                    "segmented_text": row.get("new_split"),
+                    # The dataset's own number list; `numbers` (masking's) agrees on most rows.
+                    "num_list": [str(x) if isinstance(x, int) else repr(x) for x in num_list],
+                },
             )
         )
     return problems
@@ -482,7 +491,7 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
                     "empty question", path=path, field=fields["question"] or fields["body"], **where
                 )
             raw_answer = _field(row, fields["answer"] or "answer", path, **where)
-            numbers = find_chinese_numbers(question) if language == "zh" else find_numbers(question)
+            numbers = question_numbers(question, language)
             row_id = text("id") if fields["id"] else f"{split}/{index}"
             problems.append(
                 Problem(

@@ -1,5 +1,8 @@
 """Distill stage: teacher completions → answer extraction → verification against gold → kept rationales.
 
+Equation prompts of style `equation_chain` (conf/prompt/fltt_*.yaml), and chain-of-thought prompts
+with `stage.extraction=equation`, run From Large to Tiny's chain instead (`mwp.stages.equation_chain`).
+
 Output (in `out_dir`): `distilled.jsonl`, one kept sample per row, and `stats.json`.
 """
 
@@ -20,6 +23,7 @@ from mwp.data.artifact import ARTIFACT, DistilledRow, read_distilled
 from mwp.data.io import append_jsonl, write_json
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
+from mwp.stages.equation_chain import ChainSettings, distill_chain
 from mwp.teachers.base import Teacher, TeacherRequest
 from mwp.teachers.factory import build_teacher, sampling_params
 from mwp.teachers.prompts import build_requests
@@ -31,7 +35,7 @@ from mwp.verify.numbers import format_number
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARTIFACT", "STATS", "DistillStats", "distill", "read_distilled", "run_distill"]
+__all__ = ["ARTIFACT", "STATS", "DistillStats", "chain_route", "distill", "read_distilled", "run_distill"]
 
 STATS = "stats.json"
 
@@ -49,13 +53,37 @@ class DistillStats:
     samples_duplicate: int = 0
     samples_kept: int = 0
     problems_kept: int = 0
+    # The equation chain's own figures (route, per-step blocks); None for the one-call routes.
+    chain: dict[str, Any] | None = None
 
     @property
     def problem_yield(self) -> float:
         return self.problems_kept / self.problems_seen if self.problems_seen else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "problem_yield": round(self.problem_yield, 4)}
+        row = {k: v for k, v in asdict(self).items() if k != "chain"}
+        return {**row, "problem_yield": round(self.problem_yield, 4), **(self.chain or {})}
+
+    @classmethod
+    def from_chain(cls, stats: dict[str, Any]) -> DistillStats:
+        """The chain's stats.json as DistillStats: every step-(a) sample not kept is counted."""
+        equation = stats["steps"]["equation"]
+        no_answer = equation["failed"].get("extract", 0)
+        common = {
+            "teacher": stats["teacher"],
+            "dataset": stats["dataset"],
+            "split": stats["split"],
+            "problems_seen": stats["problems_seen"],
+            "problems_uncovered": stats["problems_uncovered"],
+            "samples_seen": stats["samples_seen"],
+            "samples_no_answer": no_answer,
+            "samples_duplicate": stats["samples_duplicate"],
+            "samples_kept": stats["samples_kept"],
+            "problems_kept": stats["problems_kept"],
+        }
+        wrong = common["samples_seen"] - no_answer - common["samples_duplicate"] - common["samples_kept"]
+        extra = {k: v for k, v in stats.items() if k not in common and k != "problem_yield"}
+        return cls(**common, samples_wrong=max(wrong, 0), chain=extra)
 
 
 def _dedup_key(text: str) -> str:
@@ -151,6 +179,17 @@ def distill(
     return stats
 
 
+def chain_route(prompt: Any, extraction: str) -> str | None:
+    """Which equation-chain route a run takes: "chain" (prompt style equation_chain), "final_expression"
+    (equations read from chain-of-thought completions, `stage.extraction=equation`), or None."""
+    style = prompt.get("style") if prompt else None
+    if style == "equation_chain":
+        return "chain"
+    if extraction == "equation" and style in (None, "cot"):
+        return "final_expression"
+    return None
+
+
 def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
     split = cfg.dataset.train_split
     problems = load_problems(cfg.dataset.name, split, cfg.paths.data_dir, limit=cfg.dataset.get("limit"))
@@ -163,17 +202,41 @@ def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
         params = sampling_params(cfg.teacher)
         if prompt and prompt.get("stop"):
             params = replace(params, stop=tuple(dict.fromkeys([*params.stop, *prompt.stop])))
-        stats = distill(
-            problems,
-            teacher,
-            requests,
-            params,
-            out_dir,
-            dataset=cfg.dataset.name,
-            split=split,
-            extraction=resolve_extraction(cfg.stage.extraction, prompt),
-            dedup=cfg.stage.dedup,
-        )
+        extraction = resolve_extraction(cfg.stage.extraction, prompt)
+        route = chain_route(prompt, extraction)
+        if route is not None:
+            chain = cfg.stage.chain
+            settings = ChainSettings(
+                max_corrections=chain.max_corrections,
+                dedup_trials=chain.dedup_trials,
+                constants=tuple(str(c) for c in chain.constants),
+                final_expression=route == "final_expression",
+            )
+            chain_stats = distill_chain(
+                problems,
+                teacher,
+                requests,
+                params,
+                out_dir,
+                dataset=cfg.dataset.name,
+                split=split,
+                prompt_cfg=prompt,
+                settings=settings,
+            )
+            stats = DistillStats.from_chain(chain_stats)
+            write_json(out_dir / STATS, stats.to_json())
+        else:
+            stats = distill(
+                problems,
+                teacher,
+                requests,
+                params,
+                out_dir,
+                dataset=cfg.dataset.name,
+                split=split,
+                extraction=extraction,
+                dedup=cfg.stage.dedup,
+            )
         # tokens, calls and money spent (zero for recorded teachers), next to the artifact
         teacher_usage(teacher).write(out_dir / "usage.json")
     finally:

@@ -77,11 +77,19 @@ class Completion:
 
 @dataclass(frozen=True)
 class TeacherRequest:
-    """What to ask about one problem. `prompt` is plain text; chat backends wrap it in a user turn."""
+    """What to ask about one problem. `prompt` is plain text; chat backends wrap it in a user turn.
+
+    `task` names what the prompt asks for ("solve", or a step of the equation chain: "equation",
+    "masked_equation", "format_correction"), so that a teacher that cannot read prompts (the
+    simulated one) knows the step, and caches keep the steps apart. `subject` is the text a follow-up
+    step works on (the equation to mask or to repair); it is also spelled out inside `prompt`.
+    """
 
     problem_id: str
     prompt: str
     system: str | None = None
+    task: str = "solve"
+    subject: str | None = None
 
 
 @dataclass
@@ -94,6 +102,8 @@ class Teacher(ABC):
     """A source of completions. Subclasses set `name` (recorded in artifacts) and implement `generate`."""
 
     name: str = "teacher"
+    # False for replays (recorded completions, batch results): they cannot answer a prompt built now.
+    answers_new_prompts: bool = True
 
     @abstractmethod
     def generate(

@@ -175,6 +175,8 @@ def import_batch(
 class BatchFileTeacher(Teacher):
     """Replays an imported results file (config: conf/teacher/batch_file.yaml)."""
 
+    answers_new_prompts = False
+
     def __init__(
         self,
         results: str | os.PathLike[str],

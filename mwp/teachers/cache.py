@@ -60,6 +60,8 @@ def request_key(identity: str, request: TeacherRequest, params: SamplingParams) 
         "top_logprobs": params.top_logprobs,
         "seed": params.seed,
     }
+    if request.task != "solve":  # plain requests keep the keys stored before tasks existed
+        fields["task"] = request.task
     blob = json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
 
@@ -217,6 +219,10 @@ class CachedTeacher(Teacher):
     def usage(self) -> UsageLedger:
         inner_usage = getattr(self.inner, "usage", None)
         return inner_usage if isinstance(inner_usage, UsageLedger) else self._own_usage
+
+    @property
+    def answers_new_prompts(self) -> bool:  # type: ignore[override]
+        return self.inner.answers_new_prompts
 
     def covers(self, problem_id: str) -> bool:
         return self.inner.covers(problem_id)

@@ -6,6 +6,9 @@ Styles:
   most steps, counted as lines of a GSM8K reference solution, else operators of the reference
   equation); with 0, zero-shot "Let's think step by step".
 - `equation`: From-Large-to-Tiny's request for one equation "x=..." (English or Chinese).
+- `equation_chain`: From-Large-to-Tiny's chain of teacher calls, one prompt per step: the equation
+  (`query`, as `equation`), the same equation over the masked problem's N0..Nk (`masked_query`), and
+  the repair of an equation that failed to parse (`correction_query`). See `mwp.stages.equation_chain`.
 
 A few-shot prompt never shows the problem being asked (same id or same question text).
 """
@@ -64,7 +67,48 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
         "query": "题目：{question}\n方程：",
         "separator": "\n\n",
     },
+    ("equation_chain", "en"): {
+        "instruction": (
+            "Write one equation that solves the math word problem, in the form x=..., using only "
+            "numbers, + - * / ^ and parentheses. Reply with the equation only."
+        ),
+        "zero_shot_instruction": "",
+        "exemplar": "Problem: {question}\nEquation: {equation}",
+        "query": "Problem: {question}\nEquation:",
+        "separator": "\n\n",
+        "masked_query": (
+            "In the problem below every number is replaced by a name: {mapping}. Rewrite the equation "
+            "with these names instead of the numbers, in the form x=..., using only the names, "
+            "+ - * / ^, parentheses and the constants {constants}. Reply with the equation only.\n\n"
+            "Problem: {masked_question}\nEquation: {equation}\nEquation with names:"
+        ),
+        "correction_query": (
+            "This equation for the math word problem below cannot be read: {error}\nCorrect it into one "
+            "equation in the form x=..., using only numbers, + - * / ^ and parentheses. Reply with the "
+            "corrected equation only.\n\nProblem: {question}\nEquation: {equation}\nCorrected equation:"
+        ),
+    },
+    ("equation_chain", "zh"): {
+        "instruction": "请为下面的数学应用题列出一个求解的方程，形式为 x=...，只使用数字、+ - * / ^ 和括号。只输出方程，不要解释。",
+        "zero_shot_instruction": "",
+        "exemplar": "题目：{question}\n方程：{equation}",
+        "query": "题目：{question}\n方程：",
+        "separator": "\n\n",
+        "masked_query": (
+            "下面的题目中每个数都换成了一个名字：{mapping}。请把方程中的数换成这些名字，形式为 x=...，"
+            "只使用这些名字、+ - * / ^、括号和常数 {constants}。只输出方程，不要解释。\n\n"
+            "题目：{masked_question}\n方程：{equation}\n用名字写的方程："
+        ),
+        "correction_query": (
+            "下面这道数学应用题的方程无法解析：{error}\n请把它改写成一个形式为 x=... 的方程，"
+            "只使用数字、+ - * / ^ 和括号。只输出改正后的方程，不要解释。\n\n"
+            "题目：{question}\n方程：{equation}\n改正后的方程："
+        ),
+    },
 }
+
+# The request task of each chain step (TeacherRequest.task); "equation" is the chain's first step.
+CHAIN_TASKS: tuple[str, ...] = ("equation", "masked_equation", "format_correction")
 
 
 @dataclass(frozen=True)
@@ -82,6 +126,8 @@ class PromptConfig:
     exemplar: str | None = None
     query: str | None = None
     separator: str | None = None
+    masked_query: str | None = None
+    correction_query: str | None = None
 
     def __post_init__(self) -> None:
         if (self.style, self.language) not in TEMPLATES:
@@ -120,6 +166,11 @@ class PromptConfig:
     def template(self, part: str) -> str:
         own = getattr(self, part, None)
         return own if own is not None else TEMPLATES[self.style, self.language][part]
+
+    def chain_template(self, part: str) -> str:
+        """A follow-up step's template: this prompt's own, else the chain's in this language."""
+        own = getattr(self, part, None)
+        return own if own is not None else TEMPLATES["equation_chain", self.language][part]
 
 
 # -- complexity and exemplar text ---------------------------------------------------------------------
@@ -257,11 +308,43 @@ def build_requests(
             )
         # Only the head of the ranking is ever used; keep a margin for skipping duplicates.
         ranked = ranked[: cfg.num_exemplars + 32]
+    task = "equation" if cfg.style == "equation_chain" else "solve"
     requests = []
     for problem in problems:
         exemplars = exemplars_for(problem, ranked, cfg.num_exemplars) if cfg.num_exemplars else []
-        requests.append(TeacherRequest(problem.id, render_prompt(problem, exemplars, cfg), cfg.system))
+        prompt = render_prompt(problem, exemplars, cfg)
+        requests.append(TeacherRequest(problem.id, prompt, cfg.system, task=task))
     return requests
+
+
+def masked_equation_request(
+    problem: Problem, equation: str, prompt_cfg: Any = None, constants: Sequence[str] = ()
+) -> TeacherRequest:
+    """Step (b) of the chain: rewrite a verified `equation` over the masked problem's N0..Nk."""
+    from mwp.verify.masking import mask_question
+
+    cfg = PromptConfig.from_config(prompt_cfg)
+    masked = mask_question(problem.question.strip(), problem.language)
+    names = problem.numbers or masked.numbers
+    mapping = ", ".join(f"N{k}={number}" for k, number in enumerate(names)) or "-"
+    prompt = cfg.chain_template("masked_query").format(
+        mapping=mapping,
+        constants=", ".join(constants) or "-",
+        masked_question=masked.text,
+        equation=equation,
+    )
+    return TeacherRequest(problem.id, prompt, cfg.system, task="masked_equation", subject=equation)
+
+
+def format_correction_request(
+    problem: Problem, equation: str, error: str, prompt_cfg: Any = None
+) -> TeacherRequest:
+    """Step (c) of the chain: repair an `equation` that failed to parse with `error`."""
+    cfg = PromptConfig.from_config(prompt_cfg)
+    prompt = cfg.chain_template("correction_query").format(
+        error=error, question=problem.question.strip(), equation=equation
+    )
+    return TeacherRequest(problem.id, prompt, cfg.system, task="format_correction", subject=equation)
 
 
 def prompt_stop(prompt_cfg: Any) -> tuple[str, ...]:

@@ -34,6 +34,8 @@ def _text_key(text: str) -> str:
 class RecordedTeacher(Teacher):
     """Serves one recorded completion per covered problem; asking for more samples still yields one."""
 
+    answers_new_prompts = False
+
     def __init__(
         self,
         path: str | Path,

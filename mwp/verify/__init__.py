@@ -10,6 +10,7 @@ from mwp.verify.equations import (
     template_to_equation,
 )
 from mwp.verify.extract import cut_run_on, extract_answer, extract_answer_span
+from mwp.verify.masking import MaskedQuestion, mask_question, number_spans
 from mwp.verify.numbers import find_numbers, format_number, parse_number
 from mwp.verify.safe_eval import EvaluationError, UnsafeExpressionError, safe_eval
 
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_CONSTANTS",
     "EquationError",
     "EvaluationError",
+    "MaskedQuestion",
     "NumberMappingError",
     "UnsafeExpressionError",
     "answers_match",
@@ -27,6 +29,8 @@ __all__ = [
     "find_numbers",
     "format_number",
     "gold_matches",
+    "mask_question",
+    "number_spans",
     "parse_number",
     "safe_eval",
     "solve_equation",

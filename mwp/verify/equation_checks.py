@@ -25,9 +25,10 @@ from mwp.verify.equations import (
     equation_to_template,
     is_unknown_alone,
     solve_equation,
+    split_equation,
 )
 from mwp.verify.numbers import find_numbers
-from mwp.verify.safe_eval import EvaluationError, Token, render_tokens, tokenize
+from mwp.verify.safe_eval import EvaluationError, Token, parse_expression, render_tokens, tokenize
 
 __all__ = [
     "CHECKS",
@@ -35,6 +36,7 @@ __all__ = [
     "EquationFormatError",
     "check_teacher_equation",
     "correct_equation_format",
+    "equation_parses",
     "extract_equation",
 ]
 
@@ -195,6 +197,17 @@ def correct_equation_format(equation: str, unknown: str = "x") -> str:
     if len(sides) == 2:
         return f"{text(sides[0])}={text(sides[1])}"
     raise EquationFormatError(f"{text(tokens)!r} chains {len(sides) - 1} '=' signs around {unknown}")
+
+
+def equation_parses(equation: str, unknown: str = "x") -> bool:
+    """Whether `equation` is one "lhs=rhs" whose sides are well-formed arithmetic (values not checked)."""
+    try:
+        left, right = split_equation(equation, unknown)
+        parse_expression(left, unknowns=(unknown,))
+        parse_expression(right, unknowns=(unknown,))
+    except (EvaluationError, ValueError):
+        return False
+    return True
 
 
 def check_teacher_equation(

@@ -3,6 +3,23 @@
 `mask_question` replaces each number of a question, in order of appearance, by N<k>; the
 equation format's sources are masked questions and its targets are templates over the same
 N0..Nk (`mwp.verify.equations.equation_to_template`), scored by substituting `numbers` back.
+Every loader's `Problem.numbers` comes from `number_spans`, so masks and numbers always agree.
+
+What one number is:
+
+- English: grouped thousands "1,234.5", decimals ".5", percents "15%", fractions "1/2" and
+  "(1/2)" (the parentheses stay outside the span), prose mixed numbers "7 2/3", negatives where
+  the "-" cannot be an operator or a range dash.
+- Chinese (Math23K's convention): "(1/2)" and a mixed "7(2/3)" are one number each, parentheses
+  included; "15%" keeps its percent sign; a bare "1300/600" is two numbers, since Math23K's prose
+  uses "/" for division.
+- Full-width digits, "．" between digits, "％", "／" and full-width parentheses are read as their
+  ASCII forms (NFKC); spans index the original text, the number strings are the ASCII forms.
+- Chinese numerals are not numbers here: in these datasets they are overwhelmingly articles,
+  ordinals and idioms ("一个工程队", "第一天", "一些", "一样"), the datasets' own number lists
+  (Weak12K's num_list) never include them, and a quantity spelled that way ("一半", "三个") is
+  reached through an allowed constant instead.
+- Repeated numbers: each occurrence is its own placeholder.
 """
 
 from __future__ import annotations
@@ -15,8 +32,15 @@ from mwp.verify.numbers import NUMBER_PATTERN, parse_number
 
 __all__ = ["MaskedQuestion", "mask_question", "number_spans"]
 
-# Math23K's convention: "(1/2)" and "7(2/3)" are one number each; "15%" keeps its percent sign.
-_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|\d+(?:\.\d+)?%?")
+# One-to-one replacements only, so that offsets in the translated text are offsets in the original.
+_FULL_WIDTH = str.maketrans(
+    {**{chr(0xFF10 + d): str(d) for d in range(10)}, "％": "%", "／": "/", "（": "(", "）": ")"}
+)
+_FULL_WIDTH_POINT = re.compile(r"(?<=\d)．(?=\d)")
+
+_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?%?")
+# A prose mixed number "7 2/3" before the general pattern, which would read it as 7 and 2/3.
+_ENGLISH_NUMBER = re.compile(r"(?<![A-Za-z0-9_.)%/])\d+ \d+/\d+(?![\d/]|\.\d)|" + NUMBER_PATTERN.pattern)
 
 
 @dataclass(frozen=True)
@@ -29,10 +53,16 @@ class MaskedQuestion:
     spans: tuple[tuple[int, int], ...]
 
 
+def _ascii_digits(text: str) -> str:
+    if text.isascii():
+        return text
+    return _FULL_WIDTH_POINT.sub(".", text.translate(_FULL_WIDTH))
+
+
 def number_spans(text: str, language: str = "en") -> list[tuple[int, int, str]]:
-    """(start, end, number text) of every number of `text`, in order."""
-    pattern = _CHINESE_NUMBER if language == "zh" else NUMBER_PATTERN
-    return [(m.start(), m.end(), m.group(0)) for m in pattern.finditer(text)]
+    """(start, end, number text) of every number of `text`, in order (module doc: what one number is)."""
+    pattern = _CHINESE_NUMBER if language == "zh" else _ENGLISH_NUMBER
+    return [(m.start(), m.end(), m.group(0)) for m in pattern.finditer(_ascii_digits(text))]
 
 
 def mask_question(question: str, language: str = "en") -> MaskedQuestion:

@@ -1,0 +1,571 @@
+"""Equation templates over placeholders N0..Nk: compile once, evaluate exactly, verify fast.
+
+A template is what the equation format's student writes and what the teacher's equations become
+(`mwp.verify.equations.equation_to_template`): "N0/N1", "x=(N0-N1)*2", "number0 * number1". The
+grammar is small on purpose: placeholders, unsigned decimal literals (a trailing "%" divides by 100),
+`+ - * /`, `^` or `**` (right-associative, binding tighter than unary minus, as in Python) and
+parentheses. Teacher text is untrusted: it is only ever tokenized by one regular expression and
+parsed by a recursive-descent parser with caps on length, node count and nesting; evaluation is over
+`Fraction` with an integer-exponent cap and a size cap on every intermediate value.
+
+Compiled templates are cached by their text (`compile_template`), since the same candidate
+templates recur across problems; evaluation of a compiled template is a chain of closures, no
+parsing. `verify_template` is the hot path of equation search and of the weak-supervision checks.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from mwp.verify.compare import answers_match
+from mwp.verify.equations import DEFAULT_CONSTANTS, equation_to_template
+from mwp.verify.numbers import format_number, parse_number
+from mwp.verify.safe_eval import EvaluationError
+
+if TYPE_CHECKING:
+    from mwp.data.problem import Problem
+
+__all__ = [
+    "MAX_TEMPLATE_CHARS",
+    "Template",
+    "TemplateError",
+    "Verification",
+    "canonical_infix",
+    "compile_template",
+    "equivalent",
+    "from_prefix",
+    "to_prefix",
+    "verify_template",
+]
+
+MAX_TEMPLATE_CHARS = 256
+MAX_TEMPLATE_NODES = 128
+MAX_TEMPLATE_DEPTH = 32
+# |exponent| of "^": areas and volumes need 2 and 3; compound interest over a few dozen periods.
+MAX_EXPONENT = 64
+# Bits of any numerator or denominator during evaluation (about 300 decimal digits).
+MAX_VALUE_BITS = 1000
+_MAX_LITERAL_DIGITS = 30
+
+_CACHE_SIZE = 65536
+
+
+class TemplateError(EvaluationError):
+    """A template that is malformed, too large, or cannot be evaluated (division by zero, overflow)."""
+
+
+# One token per match; group names say the kind. Whitespace is skipped between tokens.
+_TOKEN = re.compile(
+    r"\s*(?:(?P<ph>(?:N|number)(?P<index>\d{1,4}))(?![\w.])"
+    r"|(?P<num>\d+(?:\.\d+)?|\.\d+)(?P<pct>%)?(?![\w.])"
+    r"|(?P<op>\*\*|[-+*/^()]))"
+)
+_EQUATION_PREFIX = re.compile(r"^\s*[xX]\s*=")
+_EQUATION_SUFFIX = re.compile(r"=\s*[xX]\s*$")
+_SPELLINGS = str.maketrans({"×": "*", "÷": "/", "−": "-", "–": "-", "[": "(", "]": ")", "{": "(", "}": ")"})
+
+# Tree nodes: ("N", k) | ("C", value) | ("neg", operand) | (op, left, right) with op in "+-*/^".
+Node = tuple
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3, "^": 4, "N": 5, "C": 5}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled template: its tree, the placeholder indices it uses and its literal constants."""
+
+    text: str
+    tree: Node = field(repr=False)
+    placeholders: tuple[int, ...]
+    constants: tuple[Fraction, ...]
+    _run: Callable[[Sequence[Fraction]], Fraction] = field(repr=False, compare=False)
+
+    @property
+    def max_index(self) -> int:
+        """The largest placeholder index, -1 for a template without placeholders."""
+        return self.placeholders[-1] if self.placeholders else -1
+
+    def evaluate(self, values: Sequence[Fraction]) -> Fraction:
+        """The exact value with N<k> bound to values[k]; TemplateError on a missing value or bad arithmetic."""
+        if self.max_index >= len(values):
+            raise TemplateError(
+                f"N{self.max_index} in {self.text!r} refers to number {self.max_index}, "
+                f"but the problem has {len(values)}"
+            )
+        try:
+            return self._run(values)
+        except ZeroDivisionError:
+            raise TemplateError(f"division by zero in {self.text!r}") from None
+        except TypeError:  # a None value: a problem number that did not parse
+            missing = next((k for k in self.placeholders if values[k] is None), self.max_index)
+            raise TemplateError(f"N{missing} in {self.text!r} has no numeric value") from None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of `verify_template`: `reason` is "" when ok, else says what failed."""
+
+    ok: bool
+    reason: str
+    value: Fraction | None
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _tokens(text: str) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    position = 0
+    length = len(text)
+    while position < length:
+        match = _TOKEN.match(text, position)
+        if match is None:
+            rest = text[position:].lstrip()
+            if not rest:
+                break
+            raise TemplateError(f"unexpected {rest[:20]!r} at character {length - len(rest)} of {text!r}")
+        position = match.end()
+        if match.group("ph"):
+            out.append(("N", int(match.group("index"))))
+        elif match.group("num"):
+            digits = match.group("num")
+            if len(digits) > _MAX_LITERAL_DIGITS:
+                raise TemplateError(f"literal {digits[:20]}... in {text!r} is too long")
+            value = Fraction(digits)
+            out.append(("C", value / 100 if match.group("pct") else value))
+        else:
+            op = match.group("op")
+            out.append(("op", "^" if op == "**" else op))
+    return out
+
+
+class _Parser:
+    """Recursive descent: sum := product (('+'|'-') product)*; product := unary (('*'|'/') unary)*;
+    unary := '-' unary | '+' unary | power; power := atom ('^' unary)?; atom := N | C | '(' sum ')'."""
+
+    def __init__(self, tokens: list[tuple[str, object]], text: str):
+        self.tokens = tokens
+        self.text = text
+        self.i = 0
+        self.depth = 0
+
+    def fail(self, what: str) -> TemplateError:
+        return TemplateError(f"{what} in template {self.text!r}")
+
+    def peek(self) -> tuple[str, object] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def parse(self) -> Node:
+        if not self.tokens:
+            raise self.fail("nothing to evaluate")
+        tree = self.sum()
+        if self.i != len(self.tokens):
+            raise self.fail(f"unexpected {self.tokens[self.i][1]!r} after a complete expression")
+        return tree
+
+    def sum(self) -> Node:
+        node = self.product()
+        while (token := self.peek()) is not None and token[0] == "op" and token[1] in ("+", "-"):
+            self.i += 1
+            node = (token[1], node, self.product())
+        return node
+
+    def product(self) -> Node:
+        node = self.unary()
+        while (token := self.peek()) is not None and token[0] == "op" and token[1] in ("*", "/"):
+            self.i += 1
+            node = (token[1], node, self.unary())
+        return node
+
+    def unary(self) -> Node:
+        token = self.peek()
+        if token is not None and token[0] == "op" and token[1] in ("-", "+"):
+            self.i += 1
+            self.enter()
+            operand = self.unary()
+            self.depth -= 1
+            return ("neg", operand) if token[1] == "-" else operand
+        return self.power()
+
+    def power(self) -> Node:
+        base = self.atom()
+        token = self.peek()
+        if token is not None and token == ("op", "^"):
+            self.i += 1
+            self.enter()
+            exponent = self.unary()
+            self.depth -= 1
+            return ("^", base, exponent)
+        return base
+
+    def atom(self) -> Node:
+        token = self.peek()
+        if token is None:
+            raise self.fail("an operand missing at the end")
+        self.i += 1
+        kind, value = token
+        if kind in ("N", "C"):
+            return token
+        if value == "(":
+            self.enter()
+            node = self.sum()
+            self.depth -= 1
+            if self.peek() != ("op", ")"):
+                raise self.fail("an unclosed '('")
+            self.i += 1
+            return node
+        raise self.fail(f"an operand expected, got {value!r}")
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_TEMPLATE_DEPTH:
+            raise self.fail(f"nesting deeper than {MAX_TEMPLATE_DEPTH}")
+
+
+def _strip_unknown(text: str) -> str:
+    """ "x=N0/N1" and "N0/N1=x" are the template "N0/N1"."""
+    if "=" not in text:
+        return text
+    stripped = _EQUATION_PREFIX.sub("", text, count=1)
+    if stripped == text:
+        stripped = _EQUATION_SUFFIX.sub("", text, count=1)
+    if "=" in stripped:
+        raise TemplateError(f"template {text!r} must be an expression or 'x=<expression>'")
+    return stripped
+
+
+def _check_size(value: Fraction) -> Fraction:
+    if value.numerator.bit_length() > MAX_VALUE_BITS or value.denominator.bit_length() > MAX_VALUE_BITS:
+        raise TemplateError(f"an intermediate value exceeds {MAX_VALUE_BITS} bits")
+    return value
+
+
+def _power(base: Fraction, exponent: Fraction) -> Fraction:
+    if exponent.denominator != 1:
+        raise TemplateError(f"exponent {format_number(exponent)} is not an integer")
+    if abs(exponent.numerator) > MAX_EXPONENT:
+        shown = str(exponent) if exponent.numerator.bit_length() < 64 else f"of {len(str(exponent))} digits"
+        raise TemplateError(f"exponent {shown} exceeds {MAX_EXPONENT}")
+    if base == 0 and exponent < 0:
+        raise ZeroDivisionError
+    bits = max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exponent.numerator)
+    if bits > MAX_VALUE_BITS:
+        raise TemplateError(f"a power exceeds {MAX_VALUE_BITS} bits")
+    return base ** int(exponent.numerator)
+
+
+def _closure(node: Node) -> Callable[[Sequence[Fraction]], Fraction]:
+    kind = node[0]
+    if kind == "N":
+        index = node[1]
+        return lambda values: values[index] + 0  # "+ 0" turns a None into a TypeError here
+    if kind == "C":
+        constant = node[1]
+        return lambda values: constant
+    if kind == "neg":
+        operand = _closure(node[1])
+        return lambda values: -operand(values)
+    left, right = _closure(node[1]), _closure(node[2])
+    if kind == "+":
+        return lambda values: left(values) + right(values)
+    if kind == "-":
+        return lambda values: left(values) - right(values)
+    if kind == "*":
+        return lambda values: _check_size(left(values) * right(values))
+    if kind == "/":
+        return lambda values: _check_size(left(values) / right(values))
+    return lambda values: _power(left(values), right(values))
+
+
+def _walk(node: Node) -> list[Node]:
+    stack, out = [node], []
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        if current[0] not in ("N", "C"):
+            stack.extend(current[1:])
+    return out
+
+
+def _build(text: str, tree: Node) -> Template:
+    nodes = _walk(tree)
+    if len(nodes) > MAX_TEMPLATE_NODES:
+        raise TemplateError(f"template {text!r} has {len(nodes)} nodes; the limit is {MAX_TEMPLATE_NODES}")
+    placeholders = tuple(sorted({n[1] for n in nodes if n[0] == "N"}))
+    constants = tuple(sorted({n[1] for n in nodes if n[0] == "C"}))
+    return Template(text=text, tree=tree, placeholders=placeholders, constants=constants, _run=_closure(tree))
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def compile_template(text: str) -> Template:
+    """Parse a template ("N0/N1", "x=N0/N1", "(N0 - N1) * 2", "number0 * number1"), cached by its text.
+
+    Raises TemplateError naming the template and the place for anything else: other names, "=" other
+    than a leading "x=", unbalanced parentheses, more than MAX_TEMPLATE_CHARS characters.
+    """
+    if not isinstance(text, str):
+        raise TemplateError(f"expected a template string, got {type(text).__name__}")
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"template is {len(text)} characters long; the limit is {MAX_TEMPLATE_CHARS}")
+    body = _strip_unknown(text.translate(_SPELLINGS))
+    return _build(text, _Parser(_tokens(body), text).parse())
+
+
+def _as_template(template: Template | str) -> Template:
+    return template if isinstance(template, Template) else compile_template(template)
+
+
+# ---------------------------------------------------------------------------------------------- verification
+
+
+@lru_cache(maxsize=256)
+def _constant_values(constants: tuple[str, ...] | frozenset[str]) -> frozenset[Fraction]:
+    values = set()
+    for text in constants:
+        value = parse_number(text)
+        if value is None:
+            raise TemplateError(f"allowed constant {text!r} is not a number")
+        values.add(value)
+    return frozenset(values)
+
+
+def _allowed(constants: Collection[str] | frozenset[Fraction]) -> frozenset[Fraction]:
+    if isinstance(constants, frozenset) and all(isinstance(c, Fraction) for c in constants):
+        return constants  # type: ignore[return-value]
+    key = constants if isinstance(constants, tuple | frozenset) else tuple(constants)
+    return _constant_values(key)  # type: ignore[arg-type]
+
+
+def verify_template(
+    template_text: str | Template,
+    values: Sequence[Fraction | None],
+    answer: Fraction | str | None,
+    *,
+    constants: Collection[str] | frozenset[Fraction] | None = None,
+) -> Verification:
+    """Does the template, with N<k> bound to the problem's values[k], give `answer`?
+
+    ok only when the template compiles, every placeholder index is < len(values), every literal is an
+    allowed constant (`constants`, by value; default `mwp.verify.equations.DEFAULT_CONSTANTS`), the
+    arithmetic succeeds and the value matches `answer` as `mwp.verify.compare.answers_match` decides
+    (a string answer is parsed with `parse_number`, "50%" being 1/2). Never raises on bad teacher text:
+    the reason says what failed.
+    """
+    try:
+        template = _as_template(template_text)
+    except TemplateError as error:
+        return Verification(False, f"malformed: {error}", None)
+    if template.max_index >= len(values):
+        return Verification(
+            False, f"N{template.max_index} is out of range: the problem has {len(values)} numbers", None
+        )
+    if template.constants:
+        allowed = _allowed(DEFAULT_CONSTANTS if constants is None else constants)
+        for constant in template.constants:
+            if constant not in allowed:
+                return Verification(False, f"constant {format_number(constant)} is not allowed", None)
+    try:
+        value = template.evaluate(values)  # type: ignore[arg-type]
+    except TemplateError as error:
+        return Verification(False, f"cannot evaluate: {error}", None)
+    gold = parse_number(answer) if isinstance(answer, str) else answer
+    if gold is None:
+        return Verification(False, "the problem has no numeric answer", value)
+    if not answers_match(value, gold):
+        return Verification(
+            False, f"value {format_number(value)} is not the answer {format_number(gold)}", value
+        )
+    return Verification(True, "", value)
+
+
+# ---------------------------------------------------------------------------------------------- spellings
+
+
+def _infix(node: Node) -> str:
+    kind = node[0]
+    if kind == "N":
+        return f"N{node[1]}"
+    if kind == "C":
+        return format_number(node[1]) or "0"
+    if kind == "neg":
+        inner = _infix(node[1])
+        return f"-({inner})" if _PRECEDENCE[node[1][0]] < _PRECEDENCE["neg"] else f"-{inner}"
+    precedence = _PRECEDENCE[kind]
+    left, right = node[1], node[2]
+    left_text, right_text = _infix(left), _infix(right)
+    left_precedence, right_precedence = _PRECEDENCE[left[0]], _PRECEDENCE[right[0]]
+    if kind == "^":
+        # Right-associative: the base needs parentheses at or below "^", the exponent below "neg".
+        if left_precedence <= precedence:
+            left_text = f"({left_text})"
+        if right_precedence < _PRECEDENCE["neg"]:
+            right_text = f"({right_text})"
+        return f"{left_text}^{right_text}"
+    if left_precedence < precedence:
+        left_text = f"({left_text})"
+    # Exact arithmetic: a+(b-c) is a+b-c and a*(b/c) is a*b/c, so only "-" and "/" keep parentheses
+    # around a right operand of their own level. A negated right operand is always parenthesized.
+    if (
+        right_precedence < precedence
+        or (right_precedence == precedence and kind in ("-", "/"))
+        or right[0] == "neg"
+    ):
+        right_text = f"({right_text})"
+    return f"{left_text}{kind}{right_text}"
+
+
+def canonical_infix(template: Template | str) -> str:
+    """One spelling of a template: minimal parentheses, no spaces, "N<k>" placeholders, "^" powers."""
+    return _infix(_as_template(template).tree)
+
+
+def _prefix(node: Node, out: list[str]) -> None:
+    kind = node[0]
+    if kind == "N":
+        out.append(f"N{node[1]}")
+    elif kind == "C":
+        out.append(format_number(node[1]) or "0")
+    else:
+        out.append(kind)
+        for child in node[1:]:
+            _prefix(child, out)
+
+
+def to_prefix(template: Template | str) -> str:
+    """Prefix (Polish) notation, space-separated: "(N0-N1)*2" -> "* - N0 N1 2"; unary minus is "neg"."""
+    out: list[str] = []
+    _prefix(_as_template(template).tree, out)
+    return " ".join(out)
+
+
+_ARITY = {"+": 2, "-": 2, "*": 2, "/": 2, "^": 2, "neg": 1}
+
+
+def from_prefix(text: str) -> Template:
+    """The template of a prefix expression ("/ N0 N1"); TemplateError on anything malformed."""
+    if not isinstance(text, str) or len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"prefix expression must be a string of at most {MAX_TEMPLATE_CHARS} characters")
+    words = text.split()
+    if not words:
+        raise TemplateError("empty prefix expression")
+    stack: list[Node] = []
+    for word in reversed(words):
+        arity = _ARITY.get("^" if word == "**" else word)
+        if arity is None:
+            tokens = _tokens(word)
+            if len(tokens) != 1 or tokens[0][0] not in ("N", "C"):
+                raise TemplateError(f"{word!r} in prefix expression {text!r} is not an operator or operand")
+            stack.append(tokens[0])
+            continue
+        if len(stack) < arity:
+            raise TemplateError(f"{word!r} in prefix expression {text!r} lacks an operand")
+        operands = [stack.pop() for _ in range(arity)]
+        stack.append(("^" if word == "**" else word, *operands))
+    if len(stack) != 1:
+        raise TemplateError(f"prefix expression {text!r} leaves {len(stack)} operands, expected one")
+    tree = stack[0]
+    return _build(_infix(tree), tree)
+
+
+# ---------------------------------------------------------------------------------------------- equivalence
+
+
+def _random_values(rng: random.Random, count: int) -> list[Fraction]:
+    """Distinct non-degenerate rationals: never 0 or 1 (which hide "+N0" or "*N1"), never integers only."""
+    values: list[Fraction] = []
+    while len(values) < count:
+        value = Fraction(rng.randint(2, 997), rng.choice((1, 1, 2, 3, 7, 11))) * rng.choice((1, 1, 1, -1))
+        if value not in values and value not in (0, 1, -1):
+            values.append(value)
+    return values
+
+
+def equivalent(
+    template_a: Template | str, template_b: Template | str, n_numbers: int, *, trials: int = 8, seed: int = 0
+) -> bool:
+    """Are two templates over N0..N<n_numbers-1> the same function? Numerically, on `trials` random points.
+
+    Each trial binds every placeholder to a distinct random rational (never 0 or +-1, sometimes negative,
+    sometimes not an integer) and compares exact values. A trial where exactly one side fails (division
+    by zero, overflow) counts as different; trials where both fail are skipped, and templates that fail
+    on every trial are equivalent only when their canonical spellings agree. A template that is
+    malformed or uses a placeholder >= n_numbers is equivalent to nothing. Deterministic for a seed.
+    """
+    try:
+        a, b = _as_template(template_a), _as_template(template_b)
+    except TemplateError:
+        return False
+    if a.max_index >= n_numbers or b.max_index >= n_numbers:
+        return False
+    if a.tree == b.tree:
+        return True
+    rng = random.Random(seed)
+    compared = 0
+    for _ in range(trials):
+        values = _random_values(rng, n_numbers)
+        results = []
+        for template in (a, b):
+            try:
+                results.append(template.evaluate(values))
+            except TemplateError:
+                results.append(None)
+        if results[0] is None and results[1] is None:
+            continue
+        if results[0] != results[1]:
+            return False
+        compared += 1
+    return compared > 0 or canonical_infix(a) == canonical_infix(b)
+
+
+# ---------------------------------------------------------------------------------------------- gold templates
+
+_UNKNOWN_SIDE = re.compile(r"^\s*\(?\s*[xX]\s*\)?\s*$")
+
+
+def _gold_expression(equation: str) -> str | None:
+    """The expression side of a dataset's gold equation: "X=((3.0+9.0)-10.0)", "12/4=3", "( 28.0 - 22.0 )"."""
+    if ";" in equation or re.search(r"[A-WYZa-wyz]", equation):
+        return None  # ASDiv's multi-step ("a; b"), remainder ("17/5=3 r2") and ratio formulas
+    sides = equation.split("=")
+    if len(sides) == 1:
+        return sides[0]
+    if len(sides) != 2:
+        return None
+    left, right = sides
+    if _UNKNOWN_SIDE.match(left):
+        return right
+    if _UNKNOWN_SIDE.match(right):
+        return left
+    if parse_number(right) is not None:  # ASDiv writes the result on the right: "12/4=3"
+        return left
+    return None
+
+
+def gold_template(problem: Problem, *, constants: Collection[str] = DEFAULT_CONSTANTS) -> str | None:
+    """The dataset's own gold equation as a canonical template over the problem's masked numbers.
+
+    SVAMP "( 28.0 - 22.0 )", MultiArith "X=((3.0+9.0)-10.0)", Math23K "x=28.4*1.4" and ASDiv "12/4=3"
+    are mapped by `equation_to_template` onto `problem.numbers` (which `mwp.verify.masking` owns).
+    None when the problem has no equation (GSM8K, Weak12K), when the equation uses a number that is
+    neither a problem number nor an allowed constant, when it is not one expression, or when the
+    template does not give the problem's answer (a fault of the data, e.g. Math23K 22085).
+    """
+    if not problem.equation or problem.answer is None:
+        return None
+    expression = _gold_expression(problem.equation)
+    if expression is None:
+        return None
+    try:
+        mapped = equation_to_template(expression, problem.numbers, constants=constants)
+        template = compile_template(mapped)
+    except EvaluationError:
+        return None
+    values = [parse_number(n) for n in problem.numbers]
+    if not verify_template(template, values, problem.answer, constants=constants).ok:
+        return None
+    return canonical_infix(template)
