@@ -5,25 +5,24 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mwp.data.artifact import DistilledRow
+from mwp.data.formats import problem_numbers
 from mwp.data.problem import Problem
-from mwp.verify.equation_checks import check_teacher_equation
-from mwp.verify.equations import DEFAULT_CONSTANTS, NumberMappingError, template_to_equation
-from mwp.verify.masking import mask_question
-from mwp.verify.numbers import format_number
+from mwp.verify.equations import DEFAULT_CONSTANTS, template_to_equation
+from mwp.verify.numbers import format_number, parse_number
+from mwp.verify.templates import (
+    MAX_TEMPLATE_CHARS,
+    canonical_infix,
+    equivalent,
+    gold_template,
+    verify_template,
+)
 
-# A decoded template longer than this is noise, not an equation: it is rejected before parsing.
-MAX_TEMPLATE_CHARS = 200
 _SPACES = re.compile(r"\s+")
 _LEADING_UNKNOWN = re.compile(r"^\s*x\s*=")
-
-
-def problem_numbers(problem: Problem) -> tuple[str, ...]:
-    """The numbers N0..Nk stand for: the masked question's, as the equation format's sources show them."""
-    return mask_question(problem.question, problem.language).numbers
 
 
 def verified_template(
@@ -31,23 +30,17 @@ def verified_template(
 ) -> str | None:
     """The canonical template if `template` (over N0..Nk, "x=" optional) solves `problem`, else None.
 
-    The candidate is untrusted model or teacher text: it is bounded in length, its placeholders are
-    substituted by the problem's numbers, and the equation goes through the distill stage's checks
-    (bounded evaluation, number mapping, answer comparison), so a recovered row passes exactly the
-    test a distilled one does.
+    The candidate is untrusted model or teacher text: it is bounded in length and checked by
+    `mwp.verify.templates.verify_template` (a small parser with caps, exact bounded arithmetic, only
+    the problem's numbers and `constants`, the answer compared as the distill stage compares it).
     """
     text = _SPACES.sub("", template)
     if not text or len(text) > MAX_TEMPLATE_CHARS or problem.answer is None:
         return None
-    numbers = problem_numbers(problem)
-    try:
-        equation = template_to_equation(_LEADING_UNKNOWN.sub("", text), numbers)
-    except NumberMappingError:
+    values = [parse_number(n) for n in problem_numbers(problem)]
+    if not verify_template(text, values, problem.answer, constants=tuple(constants)).ok:
         return None
-    check = check_teacher_equation(
-        f"x={equation}", replace(problem, numbers=numbers), constants=tuple(constants)
-    )
-    return check.template if check.passed else None
+    return canonical_infix(text)
 
 
 def recovered_row(
@@ -118,8 +111,6 @@ def semantic_precision(rows: Iterable[DistilledRow]) -> dict[str, Any]:
     Rows are counted per template; a problem without a gold equation, or whose gold equation does not
     map onto its numbers, is left out of the denominator and counted as `without_gold`.
     """
-    from mwp.verify.templates import equivalent, gold_template
-
     with_gold = equal = without_gold = 0
     for row in rows:
         if row.template is None:

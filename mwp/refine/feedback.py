@@ -23,6 +23,9 @@ from mwp.verify.numbers import format_number
 log = logging.getLogger(__name__)
 
 METHOD = "teacher_feedback"
+# `TeacherRequest.task` of a feedback prompt: caches keep it apart from distillation's prompts, and a
+# teacher that cannot read prompts (the simulated one) answers it as an equation step.
+TASK = "feedback"
 # An attempt quoted back to the teacher is cut to this many characters (it is untrusted text too).
 MAX_ATTEMPT_CHARS = 600
 

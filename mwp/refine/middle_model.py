@@ -120,11 +120,11 @@ def decoded_template(text: str, notation: str) -> str:
     """A decoded target back to an infix template (the equation format may train on prefix)."""
     if notation != "prefix":
         return text
-    from mwp.verify.templates import TemplateError, canonical_infix, from_prefix
+    from mwp.evaluation.equations import TemplateSyntaxError, prefix_to_infix
 
     try:
-        return canonical_infix(from_prefix(text))
-    except (TemplateError, ValueError):
+        return prefix_to_infix(text)
+    except TemplateSyntaxError:
         return ""
 
 
