@@ -292,3 +292,84 @@ def test_middle_model_rounds_train_on_earlier_rounds_additions(svamp_train, tmp_
     assert round_1 <= set((round_2_student / "train_problems.txt").read_text().split())
     assert stats["rounds"][1]["attempted"] == first["remaining"]
     assert not round_1 & {row.id for row in recovered if row.round == 2}
+
+
+# The experiments shrunk for a test: debug=default (60 problems, 4 steps) and a ~0.2M-parameter student.
+SHRINK = [
+    "debug=default",
+    "student.size.d_model=64",
+    "student.size.d_ff=128",
+    "student.size.num_layers=1",
+    "student.size.num_decoder_layers=1",
+    "student.size.num_heads=4",
+    "refine.max_rounds=1",
+]
+SHRINK_MIDDLE_MODEL = [
+    "refine.middle_model.max_steps=4",
+    "refine.middle_model.num_beams=2",
+    "refine.middle_model.num_return_sequences=2",
+]
+
+
+@pytest.mark.slow
+def test_fltt_svamp_runs_end_to_end_and_resumes_reusing_its_refined_data(tmp_path: Path) -> None:
+    from mwp.pipeline import run
+
+    cfg = compose_config(["experiment=fltt_svamp", *SHRINK, *SHRINK_MIDDLE_MODEL], run_dir=tmp_path)
+    assert list(cfg.stage.steps) == ["distill", "refine", "train", "evaluate"]
+    summary = run(cfg)
+    distilled = read_distilled(tmp_path / "distill")
+    assert summary["refine"]["failed"] == cfg.dataset.limit - len({row.id for row in distilled}) > 0
+    stats = json.loads((tmp_path / "refine" / STATS).read_text())
+    assert stats["distill"]["problems_failed"] == summary["refine"]["failed"]
+    assert stats["distill"]["precision"]["with_gold"] == len(
+        distilled
+    )  # every SVAMP problem has a gold equation
+    (first,) = stats["methods"]["middle_model"]["rounds"]
+    assert set(first) >= ROUND_FIELDS and first["candidates"] == 2 * first["attempted"]
+    refined = read_distilled(tmp_path / "refine" / REFINED)
+    assert refined[: len(distilled)] == distilled
+    # training read the refined artifact: every refined problem is a seen question
+    seen = (tmp_path / "student" / "seen_questions.txt").read_text().splitlines()
+    assert len(seen) == len({row.problem.question for row in refined})
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {r["dataset"] for r in results} == {"svamp", "multiarith", "asdiv_a", "gsm8k"}
+    assert {r["format"] for r in results} == {"equation"}
+
+    again = compose_config(
+        [
+            "experiment=fltt_svamp",
+            *SHRINK,
+            *SHRINK_MIDDLE_MODEL,
+            f"stage.resume={tmp_path}",
+            "trainer.max_steps=6",
+        ],
+        run_dir=tmp_path / "elsewhere",
+    )
+    resumed = run(again)
+    assert resumed["refine"] == {"reused": str(tmp_path / "refine" / REFINED)}
+    assert read_distilled(tmp_path / "refine" / REFINED) == refined
+
+
+@pytest.mark.slow
+def test_fltt_math23k_runs_end_to_end_with_the_simulated_teacher_and_feedback(tmp_path: Path) -> None:
+    from mwp.pipeline import run
+
+    cfg = compose_config(["experiment=fltt_math23k", *SHRINK, "refine=teacher_feedback"], run_dir=tmp_path)
+    assert cfg.student.tokenizer == "char" and cfg.teacher.name.startswith("simulated")
+    summary = run(cfg)
+    assert summary["status"] == "success"
+    rows = read_distilled(tmp_path / "refine" / REFINED)
+    recovered = [row for row in rows if row.method == "teacher_feedback"]
+    assert recovered and all(row.teacher.startswith("simulated") for row in recovered)
+    for row in recovered:
+        assert row.problem.language == "zh" and verified_template(row.problem, row.template) is not None
+    stats = json.loads((tmp_path / "refine" / STATS).read_text())["methods"]["teacher_feedback"]
+    assert stats["recovered"] == len({row.id for row in recovered})
+    assert stats["precision"]["with_gold"] > 0 and stats["rounds"][0]["teacher_calls"] > 0
+    assert (tmp_path / "refine" / "usage.json").is_file()
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [(r["dataset"], r["split"]) for r in results if r["model"] == "student"] == [
+        ("math23k", "test"),
+        ("weak12k", "test"),
+    ]
