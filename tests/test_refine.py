@@ -373,3 +373,25 @@ def test_fltt_math23k_runs_end_to_end_with_the_simulated_teacher_and_feedback(tm
         ("math23k", "test"),
         ("weak12k", "test"),
     ]
+
+
+def test_failed_problems_come_from_distills_record_or_from_the_split_minus_kept(
+    svamp_train, tmp_path
+) -> None:
+    from mwp.data.io import write_jsonl
+    from mwp.stages.refine import failed_problems
+
+    cfg = compose_config(["dataset.limit=10"], run_dir=tmp_path)
+    kept = kept_rows(svamp_train[:4])
+    failed, attempts = failed_problems(cfg, tmp_path, kept)
+    assert [p.id for p in failed] == [p.id for p in svamp_train[:10] if p.id not in {r.id for r in kept}]
+    assert attempts == {}
+    # distill's own record (with the failed attempts) wins; a problem kept after all is dropped from it
+    records = [
+        {"problem": p.to_json(), "attempts": [{"text": "x=1"}, {"text": f"x={i}+1"}]}
+        for i, p in enumerate(svamp_train[3:6])
+    ]
+    write_jsonl(tmp_path / FAILED, records)
+    failed, attempts = failed_problems(cfg, tmp_path, kept)
+    assert [p.id for p in failed] == [p.id for p in svamp_train[4:6]]
+    assert attempts == {svamp_train[4].id: "x=1+1", svamp_train[5].id: "x=2+1"}
