@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -220,3 +221,58 @@ def test_math23k_templates_round_trip(data_dir: Path) -> None:
         mapped += 1
     # Unmapped rows use numbers the text spells in Chinese or as a range ("0--3千米").
     assert mapped >= 1990, unmapped
+
+
+def test_an_exponent_that_is_a_constant_stays_a_constant() -> None:
+    # Numbers [3, 2]: the radius 3 and the width 2; the squares are constants, not "the 2 of the problem".
+    template = equation_to_template("x=3.14*[(3+2)^2-3^2]", ["3", "2"])
+    assert template == "x=3.14*((N0+N1)**2-N0**2)"
+    assert safe_eval(template_to_equation(template, ["3", "2"])[2:]) == safe_eval("3.14*((3+2)^2-3^2)")
+    # An exponent that is not an allowed constant is a problem number.
+    assert equation_to_template("x=5^3", ["5", "3"], constants=("1",)) == "x=N0**N1"
+
+
+def test_repeated_values_map_in_order() -> None:
+    assert equation_to_template("X=((4.0+50.0)-4.0)", ["4", "50", "4"], unknown="X") == "X=((N0+N1)-N2)"
+    assert equation_to_template("x=3*3", ["3"]) == "x=N0*N0"
+    assert equation_to_template("x=3*3*3", ["3", "3"]) == "x=N0*N1*N0"  # beyond their count: the first
+
+
+def _alternatives(template: str, numbers: list[str]) -> list[str]:
+    """Every template that swaps placeholders among problem numbers of equal value."""
+    values = [parse_number(n) for n in numbers]
+    used = sorted({int(k) for k in re.findall(r"N(\d+)", template)})
+    choices = [[j for j, v in enumerate(values) if v == values[k]] for k in used]
+    out = []
+    for picked in itertools.islice(itertools.product(*choices), 64):
+        mapping = dict(zip(used, picked, strict=True))
+        out.append(re.sub(r"N(\d+)", lambda m, mapping=mapping: f"N{mapping[int(m.group(1))]}", template))
+    return out
+
+
+def test_every_mapping_among_equal_values_verifies_alike(data_dir: Path) -> None:
+    from mwp.data.loaders import load_problems
+    from mwp.verify.templates import compile_template
+
+    problems = (
+        load_problems("math23k", "valid", data_dir)
+        + load_problems("math23k", "test", data_dir)
+        + load_problems("multiarith", "test", data_dir)
+    )
+    checked = 0
+    for problem in problems:
+        values = [parse_number(n) for n in problem.numbers]
+        if len(set(values)) == len(values):
+            continue
+        unknown = "X" if problem.source == "multiarith" else "x"
+        try:
+            template = equation_to_template(problem.equation, problem.numbers, unknown=unknown)
+            expected = compile_template(template).evaluate(values)
+        except EvaluationError:
+            continue
+        alternatives = _alternatives(template, list(problem.numbers))
+        assert len(alternatives) >= 1
+        for alternative in alternatives:
+            assert compile_template(alternative).evaluate(values) == expected, (problem.id, alternative)
+        checked += len(alternatives) > 1
+    assert checked >= 30  # 40 rows of these splits repeat a value that their equation uses

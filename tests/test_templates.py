@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from mwp.data.loaders import load_problems
+from mwp.verify.compare import answers_match
+from mwp.verify.numbers import parse_number
 from mwp.verify.templates import (
     TemplateError,
     canonical_infix,
@@ -86,7 +88,7 @@ def test_evaluation_is_bounded() -> None:
         compile_template("(N0^60)^60").evaluate([F(10)])
     with pytest.raises(TemplateError, match=r"N2 .* refers to number 2, but the problem has 2"):
         compile_template("N0+N2").evaluate([F(1), F(2)])
-    with pytest.raises(TemplateError, match=r"N1 .* has no numeric value"):
+    with pytest.raises(TemplateError, match=r"N1 has no numeric value in 'N0\+N1'"):
         compile_template("N0+N1").evaluate([F(1), None])  # type: ignore[list-item]
 
 
@@ -184,3 +186,30 @@ def test_svamp_gold_templates_round_trip_through_prefix(data_dir: Path) -> None:
         assert equivalent(rebuilt, template, len(problem.numbers)), problem.id
         checked += 1
     assert checked >= 0.99 * len(problems)
+
+
+def test_fast_verification_agrees_with_answers_match(data_dir: Path) -> None:
+    """The integer-pair evaluation and the float prefilter decide exactly as evaluate + answers_match."""
+    problems = load_problems("math23k", "valid", data_dir)[:300]
+    compared = accepted = 0
+    for problem in problems:
+        template = gold_template(problem)
+        if template is None:
+            continue
+        values = [parse_number(n) for n in problem.numbers]
+        exact = compile_template(template).evaluate(values)
+        # the exact answer, roundings of it (some within answers_match's tolerance), and near misses
+        golds = [exact, exact + Fraction(1, 10**6), exact * Fraction(1001, 1000), exact + 1]
+        golds += [Fraction(round(exact * 10**places), 10**places) for places in (1, 2, 3, 7)]
+        for candidate in (template, f"({template})*2", f"{template}-1", f"N0/({template})"):
+            try:
+                value = compile_template(candidate).evaluate(values)
+            except TemplateError:
+                assert not verify_template(candidate, values, exact).ok
+                continue
+            for gold in golds:
+                result = verify_template(candidate, values, gold)
+                assert result.ok == answers_match(value, gold), (problem.id, candidate, gold)
+                compared += 1
+                accepted += result.ok
+    assert compared > 2000 and 0 < accepted < compared

@@ -13,6 +13,18 @@ from mwp.verify.extract import cut_run_on, extract_answer, extract_answer_span
 from mwp.verify.masking import MaskedQuestion, mask_question, number_spans
 from mwp.verify.numbers import find_numbers, format_number, parse_number
 from mwp.verify.safe_eval import EvaluationError, UnsafeExpressionError, safe_eval
+from mwp.verify.templates import (
+    Template,
+    TemplateError,
+    Verification,
+    canonical_infix,
+    compile_template,
+    equivalent,
+    from_prefix,
+    gold_template,
+    to_prefix,
+    verify_template,
+)
 
 __all__ = [
     "DEFAULT_CONSTANTS",
@@ -20,19 +32,29 @@ __all__ = [
     "EvaluationError",
     "MaskedQuestion",
     "NumberMappingError",
+    "Template",
+    "TemplateError",
     "UnsafeExpressionError",
+    "Verification",
     "answers_match",
+    "canonical_infix",
+    "compile_template",
     "cut_run_on",
     "equation_to_template",
+    "equivalent",
     "extract_answer",
     "extract_answer_span",
     "find_numbers",
     "format_number",
+    "from_prefix",
     "gold_matches",
+    "gold_template",
     "mask_question",
     "number_spans",
     "parse_number",
     "safe_eval",
     "solve_equation",
     "template_to_equation",
+    "to_prefix",
+    "verify_template",
 ]

@@ -20,6 +20,10 @@ What one number is:
   (Weak12K's num_list) never include them, and a quantity spelled that way ("一半", "三个") is
   reached through an allowed constant instead.
 - Repeated numbers: each occurrence is its own placeholder.
+
+Known ambiguity: prose "4 1/2 pound steaks" (GSM8K train/1111) means four half-pound steaks, yet
+reads as the mixed number 4 1/2, as "1 1/2 rolls each" (train/197) rightly does. English number
+words ("six", "forty-two") are not masked; ASDiv spells many problem numbers that way.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ _FULL_WIDTH = str.maketrans(
 )
 _FULL_WIDTH_POINT = re.compile(r"(?<=\d)．(?=\d)")
 
-_CHINESE_NUMBER = re.compile(r"\d+\(\d+/\d+\)|\(\d+/\d+\)|(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?%?")
+_CHINESE_NUMBER = re.compile(
+    r"\d+\(\d+/\d+\)|\(\d+/\d+\)|(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:e-?\d+)?%?"
+)
 # A prose mixed number "7 2/3" before the general pattern, which would read it as 7 and 2/3.
 _ENGLISH_NUMBER = re.compile(r"(?<![A-Za-z0-9_.)%/])\d+ \d+/\d+(?![\d/]|\.\d)|" + NUMBER_PATTERN.pattern)
 

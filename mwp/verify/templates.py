@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from math import gcd
 from typing import TYPE_CHECKING
 
 from mwp.verify.compare import answers_match
@@ -83,27 +84,27 @@ class Template:
     tree: Node = field(repr=False)
     placeholders: tuple[int, ...]
     constants: tuple[Fraction, ...]
-    _run: Callable[[Sequence[Fraction]], Fraction] = field(repr=False, compare=False)
-
-    @property
-    def max_index(self) -> int:
-        """The largest placeholder index, -1 for a template without placeholders."""
-        return self.placeholders[-1] if self.placeholders else -1
+    max_index: int  # the largest placeholder index, -1 for a template without placeholders
+    _run: Callable[[Sequence[tuple[int, int]]], tuple[int, int]] = field(repr=False, compare=False)
 
     def evaluate(self, values: Sequence[Fraction]) -> Fraction:
         """The exact value with N<k> bound to values[k]; TemplateError on a missing value or bad arithmetic."""
+        numerator, denominator = self.evaluate_pair(values)
+        return Fraction(numerator, denominator)
+
+    def evaluate_pair(self, values: Sequence[Fraction | None]) -> tuple[int, int]:
+        """The value as an unreduced (numerator, denominator > 0) pair, for callers that compare many."""
         if self.max_index >= len(values):
             raise TemplateError(
                 f"N{self.max_index} in {self.text!r} refers to number {self.max_index}, "
                 f"but the problem has {len(values)}"
             )
         try:
-            return self._run(values)
+            return self._run(_pairs(values, self.placeholders))
         except ZeroDivisionError:
             raise TemplateError(f"division by zero in {self.text!r}") from None
-        except TypeError:  # a None value: a problem number that did not parse
-            missing = next((k for k in self.placeholders if values[k] is None), self.max_index)
-            raise TemplateError(f"N{missing} in {self.text!r} has no numeric value") from None
+        except TemplateError as error:
+            raise TemplateError(f"{error} in {self.text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -239,47 +240,97 @@ def _strip_unknown(text: str) -> str:
     return stripped
 
 
-def _check_size(value: Fraction) -> Fraction:
-    if value.numerator.bit_length() > MAX_VALUE_BITS or value.denominator.bit_length() > MAX_VALUE_BITS:
-        raise TemplateError(f"an intermediate value exceeds {MAX_VALUE_BITS} bits")
-    return value
+# Evaluation runs on unreduced (numerator, denominator) integer pairs: Fraction's gcd on every
+# operation costs more than the arithmetic itself, and templates are short. A pair is reduced only
+# when it grows past the size cap, and once at the end. Denominators are kept positive.
+Pair = tuple[int, int]
 
 
-def _power(base: Fraction, exponent: Fraction) -> Fraction:
-    if exponent.denominator != 1:
-        raise TemplateError(f"exponent {format_number(exponent)} is not an integer")
-    if abs(exponent.numerator) > MAX_EXPONENT:
-        shown = str(exponent) if exponent.numerator.bit_length() < 64 else f"of {len(str(exponent))} digits"
-        raise TemplateError(f"exponent {shown} exceeds {MAX_EXPONENT}")
-    if base == 0 and exponent < 0:
+def _bounded(numerator: int, denominator: int) -> Pair:
+    if numerator.bit_length() > MAX_VALUE_BITS or denominator.bit_length() > MAX_VALUE_BITS:
+        common = gcd(numerator, denominator)
+        numerator, denominator = numerator // common, denominator // common
+        if numerator.bit_length() > MAX_VALUE_BITS or denominator.bit_length() > MAX_VALUE_BITS:
+            raise TemplateError(f"an intermediate value exceeds {MAX_VALUE_BITS} bits")
+    return numerator, denominator
+
+
+def _add(a: Pair, b: Pair) -> Pair:
+    if a[1] == b[1]:
+        return _bounded(a[0] + b[0], a[1])
+    return _bounded(a[0] * b[1] + b[0] * a[1], a[1] * b[1])
+
+
+def _sub(a: Pair, b: Pair) -> Pair:
+    if a[1] == b[1]:
+        return _bounded(a[0] - b[0], a[1])
+    return _bounded(a[0] * b[1] - b[0] * a[1], a[1] * b[1])
+
+
+def _mul(a: Pair, b: Pair) -> Pair:
+    return _bounded(a[0] * b[0], a[1] * b[1])
+
+
+def _div(a: Pair, b: Pair) -> Pair:
+    if b[0] == 0:
         raise ZeroDivisionError
-    bits = max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exponent.numerator)
-    if bits > MAX_VALUE_BITS:
+    if b[0] < 0:
+        return _bounded(-a[0] * b[1], a[1] * -b[0])
+    return _bounded(a[0] * b[1], a[1] * b[0])
+
+
+def _power(base: Pair, exponent: Pair) -> Pair:
+    power, remainder = divmod(exponent[0], exponent[1])
+    if remainder:
+        raise TemplateError(f"exponent {format_number(Fraction(*exponent))} is not an integer")
+    if abs(power) > MAX_EXPONENT:
+        shown = str(power) if power.bit_length() < 64 else f"of {len(str(power))} digits"
+        raise TemplateError(f"exponent {shown} exceeds {MAX_EXPONENT}")
+    common = gcd(*base)
+    numerator, denominator = base[0] // common, base[1] // common
+    if max(numerator.bit_length(), denominator.bit_length()) * abs(power) > MAX_VALUE_BITS:
         raise TemplateError(f"a power exceeds {MAX_VALUE_BITS} bits")
-    return base ** int(exponent.numerator)
+    if power < 0:
+        return _div((1, 1), (numerator**-power, denominator**-power))
+    return numerator**power, denominator**power
 
 
-def _closure(node: Node) -> Callable[[Sequence[Fraction]], Fraction]:
+_BINARY = {"+": _add, "-": _sub, "*": _mul, "/": _div, "^": _power}
+
+
+def _closure(node: Node) -> Callable[[Sequence[Pair]], Pair]:
     kind = node[0]
     if kind == "N":
         index = node[1]
-        return lambda values: values[index] + 0  # "+ 0" turns a None into a TypeError here
+        return lambda values: values[index]
     if kind == "C":
-        constant = node[1]
+        constant = (node[1].numerator, node[1].denominator)
         return lambda values: constant
     if kind == "neg":
         operand = _closure(node[1])
-        return lambda values: -operand(values)
-    left, right = _closure(node[1]), _closure(node[2])
-    if kind == "+":
-        return lambda values: left(values) + right(values)
-    if kind == "-":
-        return lambda values: left(values) - right(values)
-    if kind == "*":
-        return lambda values: _check_size(left(values) * right(values))
-    if kind == "/":
-        return lambda values: _check_size(left(values) / right(values))
-    return lambda values: _power(left(values), right(values))
+
+        def negate(values: Sequence[Pair]) -> Pair:
+            numerator, denominator = operand(values)
+            return -numerator, denominator
+
+        return negate
+    left, right, operation = _closure(node[1]), _closure(node[2]), _BINARY[kind]
+    return lambda values: operation(left(values), right(values))
+
+
+def _pairs(values: Sequence[Fraction | None], used: tuple[int, ...]) -> list[Pair]:
+    """Values as pairs; a placeholder the template does not use may be None."""
+    try:
+        return [(value.numerator, value.denominator) for value in values]  # type: ignore[union-attr]
+    except AttributeError:
+        pass
+    pairs: list[Pair] = [(0, 1)] * len(values)
+    for k in used:
+        value = values[k]
+        if not isinstance(value, Fraction | int):
+            raise TemplateError(f"N{k} has no numeric value")
+        pairs[k] = (value.numerator, value.denominator)
+    return pairs
 
 
 def _walk(node: Node) -> list[Node]:
@@ -298,16 +349,42 @@ def _build(text: str, tree: Node) -> Template:
         raise TemplateError(f"template {text!r} has {len(nodes)} nodes; the limit is {MAX_TEMPLATE_NODES}")
     placeholders = tuple(sorted({n[1] for n in nodes if n[0] == "N"}))
     constants = tuple(sorted({n[1] for n in nodes if n[0] == "C"}))
-    return Template(text=text, tree=tree, placeholders=placeholders, constants=constants, _run=_closure(tree))
+    return Template(
+        text=text,
+        tree=tree,
+        placeholders=placeholders,
+        constants=constants,
+        max_index=placeholders[-1] if placeholders else -1,
+        _run=_closure(tree),
+    )
 
 
-@lru_cache(maxsize=_CACHE_SIZE)
 def compile_template(text: str) -> Template:
     """Parse a template ("N0/N1", "x=N0/N1", "(N0 - N1) * 2", "number0 * number1"), cached by its text.
 
     Raises TemplateError naming the template and the place for anything else: other names, "=" other
     than a leading "x=", unbalanced parentheses, more than MAX_TEMPLATE_CHARS characters.
     """
+    compiled = _compile_cached(text) if isinstance(text, str) else _compile(text)
+    if isinstance(compiled, TemplateError):
+        raise compiled
+    return compiled
+
+
+# Failures are cached too: an enumeration or a teacher repeats the same malformed text.
+@lru_cache(maxsize=_CACHE_SIZE)
+def _compile_cached(text: str) -> Template | TemplateError:
+    return _compile(text)
+
+
+def _compile(text: str) -> Template | TemplateError:
+    try:
+        return _parse(text)
+    except TemplateError as error:
+        return error
+
+
+def _parse(text: str) -> Template:
     if not isinstance(text, str):
         raise TemplateError(f"expected a template string, got {type(text).__name__}")
     if len(text) > MAX_TEMPLATE_CHARS:
@@ -317,7 +394,12 @@ def compile_template(text: str) -> Template:
 
 
 def _as_template(template: Template | str) -> Template:
-    return template if isinstance(template, Template) else compile_template(template)
+    if isinstance(template, Template):
+        return template
+    compiled = _compile_cached(template) if isinstance(template, str) else _compile(template)
+    if isinstance(compiled, TemplateError):
+        raise compiled
+    return compiled
 
 
 # ---------------------------------------------------------------------------------------------- verification
@@ -341,6 +423,9 @@ def _allowed(constants: Collection[str] | frozenset[Fraction]) -> frozenset[Frac
     return _constant_values(key)  # type: ignore[arg-type]
 
 
+_DEFAULT_ALLOWED = _constant_values(DEFAULT_CONSTANTS)
+
+
 def verify_template(
     template_text: str | Template,
     values: Sequence[Fraction | None],
@@ -356,31 +441,57 @@ def verify_template(
     (a string answer is parsed with `parse_number`, "50%" being 1/2). Never raises on bad teacher text:
     the reason says what failed.
     """
-    try:
-        template = _as_template(template_text)
-    except TemplateError as error:
-        return Verification(False, f"malformed: {error}", None)
+    template = _compile_cached(template_text) if type(template_text) is str else template_text
+    if not isinstance(template, Template):
+        try:
+            template = _as_template(template)
+        except TemplateError as error:
+            return Verification(False, f"malformed: {error}", None)
     if template.max_index >= len(values):
         return Verification(
             False, f"N{template.max_index} is out of range: the problem has {len(values)} numbers", None
         )
     if template.constants:
-        allowed = _allowed(DEFAULT_CONSTANTS if constants is None else constants)
+        allowed = (
+            _DEFAULT_ALLOWED if constants is None or constants is DEFAULT_CONSTANTS else _allowed(constants)
+        )
         for constant in template.constants:
             if constant not in allowed:
                 return Verification(False, f"constant {format_number(constant)} is not allowed", None)
     try:
-        value = template.evaluate(values)  # type: ignore[arg-type]
+        numerator, denominator = template._run(_pairs(values, template.placeholders))
+    except ZeroDivisionError:
+        return Verification(False, f"cannot evaluate: division by zero in {template.text!r}", None)
     except TemplateError as error:
-        return Verification(False, f"cannot evaluate: {error}", None)
+        return Verification(False, f"cannot evaluate: {error} in {template.text!r}", None)
     gold = parse_number(answer) if isinstance(answer, str) else answer
     if gold is None:
-        return Verification(False, "the problem has no numeric answer", value)
+        return Verification(False, "the problem has no numeric answer", Fraction(numerator, denominator))
+    gold_numerator, gold_denominator = gold.numerator, gold.denominator
+    if numerator * gold_denominator == gold_numerator * denominator:
+        return Verification(True, "", gold)
+    if not _may_match(numerator, denominator, gold_numerator, gold_denominator):
+        value = Fraction(numerator, denominator)
+        return Verification(False, f"value {value} is not the answer {gold}", value)
+    value = Fraction(numerator, denominator)
     if not answers_match(value, gold):
         return Verification(
             False, f"value {format_number(value)} is not the answer {format_number(gold)}", value
         )
     return Verification(True, "", value)
+
+
+# answers_match accepts at most a relative 1e-4 (or 1e-6 absolute) difference; anything ten times
+# farther apart is rejected here without building Fractions.
+_NEAR_REL, _NEAR_ABS = 1e-3, 1e-5
+
+
+def _may_match(numerator: int, denominator: int, gold_numerator: int, gold_denominator: int) -> bool:
+    try:
+        pred, gold = numerator / denominator, gold_numerator / gold_denominator
+    except OverflowError:
+        return True  # too large for a float: let the exact comparison decide
+    return abs(pred - gold) <= max(_NEAR_REL * max(abs(pred), abs(gold)), _NEAR_ABS)
 
 
 # ---------------------------------------------------------------------------------------------- spellings
