@@ -19,7 +19,7 @@ the second loses no reachable value, only a spelling of it. Further reductions, 
   in the sorted values of the matching level (a meet-in-the-middle step), so `max_ops` operators
   cost what building `max_ops - 1` levels costs.
 
-Values are built in floats (a pre-filter: deduplication keys are floats rounded to 1e-9) and every
+Values are built in floats (a pre-filter: deduplication keys are floats truncated to 1e-9) and every
 hit is confirmed exactly: the expression is re-evaluated in `Fraction`s and compared with
 `mwp.verify.compare.answers_match`. A float collision can at worst drop a candidate, never admit a
 wrong one. Magnitudes are bounded (1e-9 <= |value| <= 1e12), `max_ops` is a hard bound on the
@@ -69,7 +69,8 @@ MAX_OPS_LIMIT = 5
 
 _MAX_MAGNITUDE = 1e12
 _MIN_MAGNITUDE = 1e-9
-_KEY_DIGITS = 9
+_KEY_SCALE = 1e9  # dedup key: the value truncated to 1e-9 (int() of a product costs far less than round())
+_CLOCK_EVERY = 4095  # look at the clock once per 4096 candidates (a mask, so a power of two minus one)
 
 # An entry is a tuple (fast to build in the inner loop):
 # (float value, mask of used numbers, constants used, operators, precedence, leaf order, node)
@@ -177,15 +178,15 @@ class _Search:
             (float(value), 0, 1, 0, _LEAF_PREC, (len(values) + c,), value)
             for c, (_text, value) in enumerate(constants)
         ]
-        self.seen: dict[tuple[int, float], int] = {}
+        self.seen: dict[tuple[int, int], int] = {}
         for leaf in leaves:
-            self.seen.setdefault((leaf[_MASK], round(leaf[_VALUE], _KEY_DIGITS)), 0)
+            self.seen.setdefault((leaf[_MASK], int(leaf[_VALUE] * _KEY_SCALE)), 0)
         self.levels: list[list[tuple]] = [sorted(leaves, key=lambda entry: entry[_VALUE])]
         self.hits: dict[tuple[int, Fraction], tuple] = {}
 
     # -- building levels ---------------------------------------------------------------------------
     def build_level(self, k: int) -> None:
-        current: dict[tuple[int, float], tuple] = {}
+        current: dict[tuple[int, int], tuple] = {}
         for i in range((k - 1) // 2 + 1):
             j = k - 1 - i
             right_level = self.levels[j]
@@ -224,10 +225,12 @@ class _Search:
         self, current: dict, k: int, value: float, node: tuple, mask: int, consts: int, prec: int
     ) -> None:
         self.candidates += 1
+        if not self.candidates & _CLOCK_EVERY and time.monotonic() > self.deadline:
+            raise _TimeUp
         magnitude = abs(value)
         if magnitude > _MAX_MAGNITUDE or (magnitude < _MIN_MAGNITUDE and not (value == 0 and self.keep_zero)):
             return
-        key = (mask, round(value, _KEY_DIGITS))
+        key = (mask, int(value * _KEY_SCALE))
         if key in self.seen:
             return
         leaves = node[1][_LEAVES] + node[2][_LEAVES]
