@@ -741,10 +741,12 @@ class ChainConfig(Section):
         2, ge=0, le=10, help="rounds of format correction for equations that failed to parse"
     )
     dedup_trials: int = help_field(
-        3, ge=1, le=32, help="random N0..Nk assignments on which equivalent templates must agree"
+        8, ge=1, le=64, help="random N0..Nk assignments on which equivalent templates must agree"
     )
-    constants: list[str] = help_field(
-        ["1", "2", "100", "3.14"], help="numbers a template may use without their being in the problem"
+    constants: list[str] | None = help_field(
+        None,
+        help="numbers a template may use without their being in the problem "
+        "(null = mwp.verify.equations.DEFAULT_CONSTANTS)",
     )
 
 

@@ -30,6 +30,7 @@ from mwp.teachers.prompts import build_requests
 from mwp.teachers.scale import SamplingProgress, shard, teacher_usage
 from mwp.verify.compare import answers_match
 from mwp.verify.equation_checks import check_teacher_equation
+from mwp.verify.equations import DEFAULT_CONSTANTS
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number
 
@@ -209,7 +210,9 @@ def run_distill(cfg: DictConfig, out_dir: Path) -> DistillStats:
             settings = ChainSettings(
                 max_corrections=chain.max_corrections,
                 dedup_trials=chain.dedup_trials,
-                constants=tuple(str(c) for c in chain.constants),
+                constants=DEFAULT_CONSTANTS
+                if chain.constants is None
+                else tuple(str(c) for c in chain.constants),
                 final_expression=route == "final_expression",
             )
             chain_stats = distill_chain(

@@ -10,13 +10,13 @@
 
 A teacher that replays recordings cannot answer (b) or (c): then (c) is skipped and (b) is done
 deterministically (`equation_to_template`), and stats.json says so in the step's "by" field.
-Equivalent templates of one problem are kept once (equal values on seeded random N0..Nk).
+Equivalent templates of one problem are kept once (`mwp.verify.templates.equivalent`: equal values
+on seeded random N0..Nk); templates are stored in `canonical_infix` spelling.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import re
 import unicodedata
 from collections import Counter
@@ -30,15 +30,13 @@ from mwp.data.artifact import ARTIFACT, DistilledRow
 from mwp.data.io import append_jsonl, write_json
 from mwp.data.problem import Problem
 from mwp.teachers.base import SamplingParams, Teacher, TeacherRequest
-from mwp.teachers.cache import stable_seed
 from mwp.teachers.prompts import format_correction_request, masked_equation_request
 from mwp.teachers.scale import SamplingProgress, teacher_usage
-from mwp.verify.compare import answers_match
 from mwp.verify.equation_checks import EquationCheck, check_teacher_equation, equation_parses
-from mwp.verify.equations import DEFAULT_CONSTANTS, equation_to_template, solve_equation, template_to_equation
+from mwp.verify.equations import DEFAULT_CONSTANTS
 from mwp.verify.extract import extract_answer_span
-from mwp.verify.numbers import format_number
-from mwp.verify.safe_eval import EvaluationError
+from mwp.verify.numbers import format_number, parse_number
+from mwp.verify.templates import TemplateError, canonical_infix, compile_template, equivalent, verify_template
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +54,15 @@ REPLAYED = "deterministic (recorded teacher cannot answer new prompts)"
 NOT_ASKED = "not asked (recorded teacher cannot answer new prompts)"
 # Teacher text read for a template: the head holds the answer, and the checks' cost grows with length.
 MAX_TEMPLATE_TEXT_CHARS = 2_000
-_TEMPLATE_CANDIDATE = re.compile(
-    r"[xX]\s*=\s*([N0-9\s+\-*/^().%]+)|((?:[N0-9\s+\-*/^().%])*N\d[N0-9\s+\-*/^().%]*)"
-)
-_PLACEHOLDER = re.compile(r"N(\d+)")
-# Placeholders are checked and canonicalised as numbers far from any problem's (N<k> -> 90000+k).
-_STAND_IN = 90000
+# Runs of template characters (one class, so matching is linear); the first with a placeholder wins.
+_TEMPLATE_RUN = re.compile(r"[N0-9xX\s+\-*/^().%=]+")
+_PLACEHOLDER = re.compile(r"N\d")
 
 
 @dataclass(frozen=True)
 class ChainSettings:
     max_corrections: int = 2
-    dedup_trials: int = 3
+    dedup_trials: int = 8
     constants: tuple[str, ...] = DEFAULT_CONSTANTS
     # take the final "The answer is ..." expression of a chain-of-thought completion as the equation
     final_expression: bool = False
@@ -117,6 +112,10 @@ class TemplateCheck:
     template: str | None = None  # canonical, over N0..Nk, without "x="
     value: Fraction | None = None
 
+    @property
+    def passed(self) -> bool:
+        return self.failed is None
+
 
 @dataclass
 class _Attempt:
@@ -153,62 +152,45 @@ def _extract_template(text: str) -> str | None:
     prepared = (
         unicodedata.normalize("NFKC", text[:MAX_TEMPLATE_TEXT_CHARS]).replace("×", "*").replace("÷", "/")
     )
-    for match in _TEMPLATE_CANDIDATE.finditer(prepared):
-        body = (match.group(1) or match.group(2) or "").strip().rstrip(".")
-        if "N" in body or re.search(r"\d", body):
-            return body
+    for match in _TEMPLATE_RUN.finditer(prepared):
+        body = match.group(0).strip().rstrip(".").strip()
+        if _PLACEHOLDER.search(body):
+            return body  # "x=N0/N1" and "N0/N1=x" both compile
     return None
 
 
-def _stand_ins(count: int) -> list[str]:
-    return [str(_STAND_IN + k) for k in range(count)]
-
-
-def verify_template(
+def verify_masked(
     text: str, problem: Problem, constants: Collection[str] = DEFAULT_CONSTANTS
 ) -> TemplateCheck:
-    """Check a teacher's masked equation: extract, numbers (only N0..Nk and `constants`), format,
-    evaluate with the problem's numbers, answer. Thin until `mwp.verify.templates` owns this."""
+    """Check a teacher's masked equation, naming the first failing check: extract (an equation over
+    N0..Nk in the text), format (it compiles), numbers (only N0..Nk of this problem and `constants`),
+    evaluate (with the problem's numbers), answer (the gold answer)."""
     expression = _extract_template(text)
     if expression is None:
         return TemplateCheck("extract", "no equation over N0..Nk in the text")
+    try:
+        template = compile_template(expression)
+    except TemplateError as exc:
+        return TemplateCheck("format", str(exc))
     count = len(problem.numbers)
-    beyond = sorted({int(k) for k in _PLACEHOLDER.findall(expression) if int(k) >= count})
-    if beyond:
-        return TemplateCheck("numbers", f"N{beyond[0]} in {expression!r}: the problem has {count} numbers")
-    try:
-        spelled = template_to_equation(f"x={expression}", _stand_ins(count))
-    except EvaluationError as exc:
-        return TemplateCheck("numbers", str(exc))
-    if not equation_parses(spelled):
-        return TemplateCheck("format", f"{expression!r} is not a well-formed equation")
-    try:
-        canonical = equation_to_template(spelled, _stand_ins(count), constants=constants)
-    except EvaluationError as exc:
-        return TemplateCheck("numbers", str(exc).replace(str(_STAND_IN), "N"))
-    template = canonical.partition("=")[2]
-    try:
-        value = solve_equation(template_to_equation(canonical, problem.numbers))
-    except EvaluationError as exc:
-        return TemplateCheck("evaluate", str(exc), template)
-    if problem.answer is None or not answers_match(value, problem.answer):
+    if template.max_index >= count:
         return TemplateCheck(
-            "answer", f"{template} gives {value}, the gold answer is {problem.answer}", template, value
+            "numbers", f"N{template.max_index} in {expression!r}: the problem has {count} numbers"
         )
-    return TemplateCheck(None, "", template, value)
-
-
-def _signature(template: str, problem: Problem, trials: int) -> tuple[Fraction | None, ...]:
-    """Values of the template on `trials` seeded random assignments of N0..Nk (equal: equivalent)."""
-    values: list[Fraction | None] = []
-    for trial in range(trials):
-        rng = random.Random(stable_seed("template-signature", problem.id, trial))
-        numbers = [str(rng.randint(2, 997)) for _ in problem.numbers]
-        try:
-            values.append(solve_equation(template_to_equation(f"x={template}", numbers)))
-        except EvaluationError:
-            values.append(None)
-    return tuple(values)
+    allowed = {parse_number(c) for c in constants}
+    stray = [c for c in template.constants if c not in allowed]
+    if stray:
+        return TemplateCheck(
+            "numbers",
+            f"{format_number(stray[0])} in {expression!r} is neither N0..N{count - 1} nor an allowed constant",
+        )
+    canonical = canonical_infix(template)
+    values = [parse_number(n) for n in problem.numbers]
+    verification = verify_template(template, values, problem.answer, constants=constants)
+    if verification.ok:
+        return TemplateCheck(None, "", canonical, verification.value)
+    failed = "evaluate" if verification.value is None and problem.answer is not None else "answer"
+    return TemplateCheck(failed, verification.reason, canonical, verification.value)
 
 
 def _answers(teacher: Teacher) -> bool:
@@ -266,14 +248,16 @@ def distill_chain(
 
     # (c) format corrections, round by round, each repaired equation checked as in (a)
     correction = steps["format_correction"]
-    for _round in range(settings.max_corrections if live else 0):
+    for round_index in range(settings.max_corrections if live else 0):
         if not broken:
             break
         correction.rounds = (correction.rounds or 0) + 1
         asked: dict[TeacherRequest, list[_Attempt]] = {}
         for attempt in broken:
             equation = attempt.check.equation or attempt.rationale
-            request = format_correction_request(attempt.problem, equation, attempt.check.message, prompt_cfg)
+            request = format_correction_request(
+                attempt.problem, equation, attempt.check.message, prompt_cfg, attempt=round_index + 1
+            )
             asked.setdefault(request, []).append(attempt)
         correction.requests += len(asked)
         broken = []
@@ -303,13 +287,11 @@ def distill_chain(
             masked.completions += len(response.completions)
             text = response.completions[0].text.strip() if response.completions else ""
             for attempt in pending[response.request]:
-                checked.append((attempt, verify_template(text, attempt.problem, settings.constants), text))
+                checked.append((attempt, verify_masked(text, attempt.problem, settings.constants), text))
     else:
         for attempt in verified:
             template = attempt.check.template or ""
-            checked.append(
-                (attempt, verify_template(template, attempt.problem, settings.constants), template)
-            )
+            checked.append((attempt, verify_masked(template, attempt.problem, settings.constants), template))
     for _attempt, template_check, _text in checked:
         masked.record(template_check.failed)
 
@@ -317,18 +299,21 @@ def distill_chain(
     partial = out_dir / (ARTIFACT + ".partial")
     partial.unlink(missing_ok=True)
     partial.touch()
-    seen: dict[str, set[tuple[Fraction | None, ...]]] = {}
+    seen: dict[str, list[str]] = {}
     duplicates = kept = 0
     for attempt, template_check, _text in checked:
         if template_check.failed is not None or template_check.template is None:
             continue
         problem = attempt.problem
-        signature = _signature(template_check.template, problem, settings.dedup_trials)
-        classes = seen.setdefault(problem.id, set())
-        if signature in classes:
+        classes = seen.setdefault(problem.id, [])
+        count = len(problem.numbers)
+        if any(
+            equivalent(template_check.template, other, count, trials=settings.dedup_trials)
+            for other in classes
+        ):
             duplicates += 1
             continue
-        classes.add(signature)
+        classes.append(template_check.template)
         kept += 1
         row = DistilledRow(
             problem=problem,

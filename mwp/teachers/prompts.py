@@ -87,6 +87,7 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
             "equation in the form x=..., using only numbers, + - * / ^ and parentheses. Reply with the "
             "corrected equation only.\n\nProblem: {question}\nEquation: {equation}\nCorrected equation:"
         ),
+        "retry_note": "(Correction attempt {attempt}: the previous correction still failed to parse.)",
     },
     ("equation_chain", "zh"): {
         "instruction": "请为下面的数学应用题列出一个求解的方程，形式为 x=...，只使用数字、+ - * / ^ 和括号。只输出方程，不要解释。",
@@ -104,6 +105,7 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
             "只使用数字、+ - * / ^ 和括号。只输出改正后的方程，不要解释。\n\n"
             "题目：{question}\n方程：{equation}\n改正后的方程："
         ),
+        "retry_note": "（第 {attempt} 次改正：上一次改正后的方程仍无法解析。）",
     },
 }
 
@@ -337,13 +339,19 @@ def masked_equation_request(
 
 
 def format_correction_request(
-    problem: Problem, equation: str, error: str, prompt_cfg: Any = None
+    problem: Problem, equation: str, error: str, prompt_cfg: Any = None, attempt: int = 1
 ) -> TeacherRequest:
-    """Step (c) of the chain: repair an `equation` that failed to parse with `error`."""
+    """Step (c) of the chain: repair an `equation` that failed to parse with `error`.
+
+    A later `attempt` says so at the top of the prompt: an unchanged prompt would get the same
+    (cached or greedy) answer again.
+    """
     cfg = PromptConfig.from_config(prompt_cfg)
     prompt = cfg.chain_template("correction_query").format(
         error=error, question=problem.question.strip(), equation=equation
     )
+    if attempt > 1:
+        prompt = cfg.chain_template("retry_note").format(attempt=attempt) + "\n" + prompt
     return TeacherRequest(problem.id, prompt, cfg.system, task="format_correction", subject=equation)
 
 

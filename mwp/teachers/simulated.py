@@ -6,7 +6,7 @@ every artifact and log line carries that name. Each answer starts from the probl
 equations: a wrong operator, two numbers swapped, a wrong number, a malformed equation that does not
 parse, a refusal, or a plausible but wrong equation over the problem's numbers. The format-correction
 step repairs a malformed equation at `repair_rate`. Every draw is seeded by (seed, task, problem id,
-sample index, subject), so a rerun answers identically whatever the order or batch of the requests.
+sample index, prompt), so a rerun answers identically whatever the order or batch of the requests.
 
 Configuration: conf/teacher/simulated.yaml; which step a request is comes from `TeacherRequest.task`.
 """
@@ -31,9 +31,9 @@ from mwp.teachers.base import (
 from mwp.teachers.cache import stable_seed
 from mwp.teachers.prompts import clean_equation
 from mwp.verify.equation_checks import equation_parses
-from mwp.verify.equations import equation_to_template
 from mwp.verify.numbers import format_number, parse_number
 from mwp.verify.safe_eval import EvaluationError, Token, render_tokens, safe_eval, tokenize
+from mwp.verify.templates import gold_template
 
 ERROR_KINDS: tuple[str, ...] = (
     "wrong_operator",
@@ -109,8 +109,32 @@ def _replace(tokens: list[Token], i: int, text: str, kind: str | None = None) ->
     return out
 
 
+def _value(expression: str) -> object:
+    try:
+        return safe_eval(expression)
+    except EvaluationError:
+        return None
+
+
+# Draws of one error kind tried for one that changes the value ("3+4" swapped is still 7).
+_SPOIL_DRAWS = 8
+
+
 def _spoil(expression: str, kind: str, rng: random.Random, numbers: Sequence[str]) -> str:
-    """`expression` (the right side of "x=...", numbers or N0..Nk names) spoiled by one error `kind`."""
+    """`expression` (the right side of "x=...", with numbers) spoiled by one error `kind`: the first of
+    a few draws that changes its value, so that an error rate is a rate of wrong equations."""
+    if kind in ("malformed", "refusal"):
+        return _spoil_once(expression, kind, rng, numbers)
+    gold = _value(expression)
+    spoiled = expression
+    for _ in range(_SPOIL_DRAWS):
+        spoiled = _spoil_once(expression, kind, rng, numbers)
+        if _value(spoiled) != gold:
+            break
+    return spoiled
+
+
+def _spoil_once(expression: str, kind: str, rng: random.Random, numbers: Sequence[str]) -> str:
     tokens = tokenize(expression)
     operators, literals = _binary_operators(tokens), _numbers(tokens)
     if kind == "swapped_numbers" and len(literals) < 2:
@@ -205,10 +229,9 @@ class SimulatedTeacher(Teacher):
             yield TeacherResponse(request, [Completion(text=t, finish_reason="simulated") for t in texts])
 
     def answer(self, request: TeacherRequest, problem: Problem, sample_index: int) -> str:
-        """One completion for the request's step: deterministic in (seed, task, problem, index, subject)."""
-        rng = random.Random(
-            stable_seed(self.seed, request.task, problem.id, sample_index, request.subject or "")
-        )
+        """One completion for the request's step: deterministic in (seed, task, problem, index, prompt)."""
+        # The prompt is hashed, never read: a retried correction (a new prompt) draws anew.
+        rng = random.Random(stable_seed(self.seed, request.task, problem.id, sample_index, request.prompt))
         if request.task == "format_correction":
             repaired = repair_equation(request.subject or "") if rng.random() < self.repair_rate else None
             return repaired if repaired is not None else (request.subject or "")
@@ -227,10 +250,9 @@ class SimulatedTeacher(Teacher):
         kind = _draw_error(rng, self.profile["masked_equation"])
         if kind == "refusal":
             return REFUSALS.get(problem.language, REFUSALS["en"])
-        try:
-            template = equation_to_template(f"x={gold}", problem.numbers).partition("=")[2]
-        except EvaluationError:
-            return f"x={gold}"  # a gold equation with a number the problem lacks: the check rejects it
+        template = gold_template(problem)
+        if template is None:
+            return f"x={gold}"  # a gold equation that is no template of this problem: the check rejects it
         if kind is None:
             return f"x={template}"
         # Spoil over placeholder stand-ins (tokens must be numbers), then put the names back.
