@@ -43,7 +43,6 @@ from mwp.data.dedup import normalize_question
 from mwp.data.format_names import ANSWER_ONLY, EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
 from mwp.data.formats import (
     Example,
-    TemplateError,
     build_equation_example,
     build_example,
     build_source,
@@ -56,6 +55,7 @@ from mwp.data.problem import Problem
 from mwp.signals import SparseBatch, SparseSignal, collate_sparse, supervised_positions
 from mwp.signals.types import IGNORE_INDEX
 from mwp.verify.numbers import format_number
+from mwp.verify.templates import TemplateError
 
 
 @dataclass

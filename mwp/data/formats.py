@@ -29,12 +29,10 @@ from mwp.data.problem import Problem
 from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
 from mwp.verify.masking import mask_question
 from mwp.verify.numbers import format_number
+from mwp.verify.templates import TemplateError, canonical_infix, compile_template, to_prefix
 
 COT_TRIGGER = "Let's think step by step."
 EQUATION_TASK = "equation:"
-# The unknown a verified template solves for: "x=N0/N1" trains the student on "N0/N1".
-_SOLVED_FOR_UNKNOWN = re.compile(r"^\s*x\s*=\s*(?P<expression>[^=]+?)\s*$")
-_UNKNOWN = re.compile(r"(?<![A-Za-z0-9_])x(?![A-Za-z0-9_])")
 
 # A rationale already ends with its own answer sentence when its last 100 characters hold one.
 _HAS_ANSWER_SENTENCE = re.compile(re.escape(ANSWER_PREFIX) + r"\s[^\n]{0,100}$", re.IGNORECASE)
@@ -156,10 +154,6 @@ def build_source_kept(
     return _source(problem, fmt, exemplars, max_source_tokens, count_tokens)
 
 
-class TemplateError(ValueError):
-    """A template the equation format cannot train on (not solved for x, or over other numbers)."""
-
-
 def equation_source(problem: Problem) -> str:
     """ "equation: {question with its numbers as N0..Nk}" (`mwp.verify.masking`)."""
     return to_student_text(
@@ -173,17 +167,11 @@ def problem_numbers(problem: Problem) -> tuple[str, ...]:
 
 
 def template_expression(template: str) -> str:
-    """The expression a template computes: "x=(N0-N1)*N2" -> "(N0-N1)*N2" (a bare expression is kept).
+    """The expression a template computes, in one spelling: "x=((N0-N1))*N2" -> "(N0-N1)*N2".
 
-    An equation not solved for x ("N0*x=N1") has no expression to write and raises TemplateError.
+    An equation not solved for x ("N0*x=N1") has no expression to write: TemplateError.
     """
-    solved = _SOLVED_FOR_UNKNOWN.match(template)
-    expression = solved.group("expression") if solved else template.strip()
-    if "=" in expression or _UNKNOWN.search(expression):
-        raise TemplateError(f"template {template!r} is not solved for x")
-    if not expression:
-        raise TemplateError("empty template")
-    return "".join(expression.split())
+    return canonical_infix(template)
 
 
 def equation_target(template: str, notation: str = "infix") -> str:
@@ -192,12 +180,7 @@ def equation_target(template: str, notation: str = "infix") -> str:
         raise ValueError(
             f"data.equation_notation must be one of {list(EQUATION_NOTATIONS)}, got {notation!r}"
         )
-    expression = template_expression(template)
-    if notation == "prefix":
-        from mwp.evaluation.equations import infix_to_prefix
-
-        return infix_to_prefix(expression)
-    return expression
+    return to_prefix(template) if notation == "prefix" else canonical_infix(template)
 
 
 def build_equation_example(problem: Problem, template: str, notation: str = "infix") -> Example:
@@ -208,11 +191,9 @@ def build_equation_example(problem: Problem, template: str, notation: str = "inf
     """
     target = equation_target(template, notation)
     n_numbers = len(problem_numbers(problem))
-    used = [int(k) for k in re.findall(r"N(\d+)", target)]
-    if any(k >= n_numbers for k in used):
-        raise TemplateError(
-            f"{problem.id}: template {template!r} uses N{max(used)}, the question has {n_numbers}"
-        )
+    used = compile_template(template).max_index
+    if used >= n_numbers:
+        raise TemplateError(f"{problem.id}: template {template!r} uses N{used}, the question has {n_numbers}")
     return Example(source=equation_source(problem), target=target, problem_id=problem.id, format=EQUATION)
 
 

@@ -26,8 +26,8 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)
 
 # Placeholders and numbers stay whole; anything else that is not a letter or digit stands alone.
-_WORD = r"N\d+|\d+|[^\W\d_]+|[^\w\s]|_"
-_CHAR = r"N\d+|\d+|\S"
+_WORD = r"N\d+|\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]|_"
+_CHAR = r"N\d+|\d+(?:\.\d+)?|\S"
 
 
 def train_tokenizer(
