@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument(
         "--feedback-teacher", default="smollm2", help="teacher option re-prompted by feedback"
     )
+    parser.add_argument("--feedback-limit", type=int, default=None, help="refine.limit for teacher feedback")
     parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator of the middle model")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides")
@@ -90,7 +91,13 @@ def main() -> None:
         elif method == "enumeration":
             overrides.append(f"refine.enumeration.max_ops={args.max_ops}")
         elif method == "teacher_feedback":
-            overrides.append(f"+teacher@refine.teacher_feedback.teacher={args.feedback_teacher}")
+            overrides += [
+                f"+teacher@refine.teacher_feedback.teacher={args.feedback_teacher}",
+                # the completions stay with this benchmark's outputs, not in the user's teacher cache
+                f"refine.teacher_feedback.teacher.cache_path={out.resolve() / 'feedback_cache.jsonl'}",
+            ]
+            if args.feedback_limit:
+                overrides.append(f"refine.limit={args.feedback_limit}")
         method_cfg = compose_config(overrides, run_dir=out)
         validate(method_cfg)
         result = run_refine(method_cfg, distill_dir, out / f"refine_{method}")

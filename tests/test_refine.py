@@ -395,3 +395,23 @@ def test_failed_problems_come_from_distills_record_or_from_the_split_minus_kept(
     failed, attempts = failed_problems(cfg, tmp_path, kept)
     assert [p.id for p in failed] == [p.id for p in svamp_train[4:6]]
     assert attempts == {svamp_train[4].id: "x=1+1", svamp_train[5].id: "x=2+1"}
+
+
+def test_feedback_quotes_a_recorded_teachers_failed_attempt(tmp_path: Path) -> None:
+    from mwp.stages.refine import replayed_attempts
+
+    cfg = compose_config(["experiment=fltt_svamp", "dataset.limit=30"], run_dir=tmp_path)
+    problems = load_problems("svamp", "train", limit=30)
+    failed = problems[5:10]
+    attempts = replayed_attempts(cfg, failed)
+    assert set(attempts) == {p.id for p in failed}
+    # PaLM's recorded chain of thought for the first training problem: "... 84 / 2 = 42. The answer is ..."
+    luke = next((p for p in problems if p.id == "svamp/chal-994"), None)
+    assert luke is not None and "84 / 2" in replayed_attempts(cfg, [luke])[luke.id]
+    assert "A previous attempt wrote: Luke scored" in feedback_prompt(
+        luke, replayed_attempts(cfg, [luke])[luke.id]
+    )
+    live = compose_config(["experiment=fltt_math23k", "dataset.limit=5"], run_dir=tmp_path)
+    assert (
+        replayed_attempts(live, load_problems("math23k", "train", limit=2)) == {}
+    )  # never asks a live teacher again

@@ -253,12 +253,41 @@ def build_method(cfg: DictConfig, out_dir: Path) -> tuple[RefineMethod, Any]:
     raise ValueError(f"refine.method={settings.method!r}: not a refinement method")
 
 
+def replayed_attempts(cfg: DictConfig, failed: Sequence[Problem]) -> dict[str, str]:
+    """The failed attempts of a recorded distill teacher, replayed for the prompts it was recorded on.
+
+    Distill keeps only what verified; a recording answers its own prompts again at no cost, so teacher
+    feedback can quote the attempt that failed. Live teachers are not asked again (that would cost calls).
+    """
+    from mwp.teachers.factory import build_teacher, sampling_params
+    from mwp.teachers.prompts import build_requests
+
+    if not str(cfg.teacher.get("_target_", "")).endswith("RecordedTeacher") or not failed:
+        return {}
+    teacher = build_teacher(cfg.teacher)
+    try:
+        requests = [
+            r
+            for r in build_requests(failed, cfg.get("prompt"), data_dir=cfg.paths.data_dir)
+            if teacher.covers(r.problem_id)
+        ]
+        attempts: dict[str, str] = {}
+        for response in teacher.generate(requests, sampling_params(cfg.teacher)):
+            if response.completions and response.completions[0].text.strip():
+                attempts[response.request.problem_id] = response.completions[0].text.strip()
+        return attempts
+    finally:
+        teacher.close()
+
+
 def run_refine(cfg: DictConfig, distill_dir: Path, out_dir: Path) -> RefineResult:
     rows = read_distilled(distill_dir)
     source_dir = distill_dir if distill_dir.is_dir() else distill_dir.parent
     failed, attempts = failed_problems(cfg, source_dir, rows)
     if cfg.refine.get("limit"):
         failed = failed[: cfg.refine.limit]
+    if cfg.refine.method == "teacher_feedback" and not attempts:
+        attempts = replayed_attempts(cfg, failed)
     method, teacher = build_method(cfg, out_dir)
     try:
         result = refine(method, rows, failed, attempts, out_dir, precision=cfg.refine.precision)
