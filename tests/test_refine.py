@@ -293,6 +293,22 @@ def test_middle_model_rounds_train_on_earlier_rounds_additions(svamp_train, tmp_
     assert stats["rounds"][1]["attempted"] == first["remaining"]
     assert not round_1 & {row.id for row in recovered if row.round == 2}
 
+    # sampling instead of beam search: K samples per problem, from the same generator
+    from mwp.data.formats import equation_source
+    from mwp.refine.middle_model import CandidateGenerator, Decoding
+    from mwp.stages.evaluate import load_trained_student
+
+    model, tokenizer, _ = load_trained_student(tmp_path / "middle_model" / "round_1" / "student")
+    sampling = Decoding(
+        num_beams=1, num_return_sequences=5, do_sample=True, temperature=1.5, max_new_tokens=12
+    )
+    decoded = CandidateGenerator(model, tokenizer, sampling, max_source_len=None).candidates(
+        [equation_source(p) for p in failed[:3]]
+    )
+    assert [len(texts) for texts in decoded] == [5, 5, 5]
+    with pytest.raises(ValueError, match="num_return_sequences must be <= num_beams"):
+        Decoding(num_beams=2, num_return_sequences=3)
+
 
 # The experiments shrunk for a test: debug=default (60 problems, 4 steps) and a ~0.2M-parameter student.
 SHRINK = [
