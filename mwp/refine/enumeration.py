@@ -64,7 +64,7 @@ ENUMERATION_CONSTANTS: tuple[str, ...] = (*DEFAULT_CONSTANTS, "12", "60")
 DEFAULT_MAX_OPS = 3
 DEFAULT_MAX_RESULTS = 8
 DEFAULT_MAX_CONSTANTS = 1
-DEFAULT_TIME_LIMIT_S = 2.0
+DEFAULT_TIME_LIMIT_S = 10.0  # generous: the default depth needs < 0.5 s per problem; a bound, not a budget
 MAX_OPS_LIMIT = 5
 
 _MAX_MAGNITUDE = 1e12
