@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 from mwp.data.loaders import load_problems
@@ -103,13 +104,13 @@ def _numbers(tokens: Sequence[Token]) -> list[int]:
     return [i for i, t in enumerate(tokens) if t.kind == "num"]
 
 
-def _replace(tokens: list[Token], i: int, text: str, kind: str | None = None) -> list[Token]:
+def _replace(tokens: list[Token], i: int, text: str) -> list[Token]:
     out = list(tokens)
-    out[i] = Token(kind or tokens[i].kind, text, None)
+    out[i] = Token(tokens[i].kind, text, None)
     return out
 
 
-def _value(expression: str) -> object:
+def _value(expression: str) -> Fraction | None:
     try:
         return safe_eval(expression)
     except EvaluationError:
@@ -159,7 +160,7 @@ def _spoil_once(expression: str, kind: str, rng: random.Random, numbers: Sequenc
         a, b = rng.sample(values, 2)
         return f"{a}{rng.choice(_OPERATORS)}{b}"
     elif kind == "malformed":
-        # A doubled operator or an unbalanced "(": neither parses, as teachers' slips do not.
+        # The slips teachers make: a doubled operator or an unclosed "(" (neither parses).
         if operators and rng.random() < 0.5:
             i = rng.choice(operators)
             doubled = tokens[i].text + ("/" if tokens[i].text == "*" else "*")  # never "**" or "//"
