@@ -695,7 +695,7 @@ class EnumerationConfig(Section):
     max_results: int = help_field(8, ge=1, le=1000, help="verified templates the search keeps per problem")
     processes: int = help_field(1, ge=1, le=256, help="worker processes of the search")
     time_limit_s: float | None = help_field(
-        2.0, gt=0, le=3600, help="wall-time bound of one problem's search (null = none)"
+        10.0, gt=0, le=3600, help="wall-time bound of one problem's search (null = none)"
     )
 
 
