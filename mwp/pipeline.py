@@ -74,18 +74,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running"}
     started = time.monotonic()
 
-    refine_dir = run_dir / "refine"
-    if "refine" in steps:
-        from mwp.stages.refine import REFINED, distill_source, run_refine
-
-        if (resume or worker) and (refine_dir / REFINED).exists():
-            log.info("reusing the refined data in %s", refine_dir)
-            summary["refine"] = {"reused": str(refine_dir / REFINED)}
-        elif worker:
-            raise RuntimeError(f"rank > 0 found no refined data in {refine_dir}: rank 0 writes it first")
-        else:
-            summary["refine"] = run_refine(cfg, distill_source(cfg, distill_dir), refine_dir).to_json()
-
     loggers: list[Any] = []
     if "train" in steps or "evaluate" in steps:
         from mwp.loggers import build_loggers
@@ -106,6 +94,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 )
             else:
                 summary["distill"] = run_distill(cfg, distill_dir).to_json()
+
+        refine_dir = run_dir / "refine"
+        if "refine" in steps:
+            from mwp.stages.refine import REFINED, distill_source, run_refine
+
+            if (resume or worker) and (refine_dir / REFINED).exists():
+                log.info("reusing the refined data in %s", refine_dir)
+                summary["refine"] = {"reused": str(refine_dir / REFINED)}
+            elif worker:
+                raise RuntimeError(f"rank > 0 found no refined data in {refine_dir}: rank 0 writes it first")
+            else:
+                summary["refine"] = run_refine(cfg, distill_source(cfg, distill_dir), refine_dir).to_json()
 
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
         if "train" in steps:

@@ -275,6 +275,9 @@ class SimulatedErrors(Section):
     masked_equation: SimulatedErrorRates = help_field(
         SimulatedErrorRates(), help="rates of the masked-equation step"
     )
+    feedback: SimulatedErrorRates = help_field(
+        SimulatedErrorRates(), help="rates of refinement's teacher feedback (refine=teacher_feedback)"
+    )
 
 
 class SimulatedTeacherConfig(TeacherConfig):
