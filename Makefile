@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempotent).
 
-demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher, train a Flan-T5 student, evaluate it.
+demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student and an equation student, evaluate both.
 	$(BIN)/mwp experiment=demo $(ARGS)
+	$(BIN)/mwp experiment=demo_equation $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite offline (slow end-to-end tests included).
 	$(BIN)/python -m pytest

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from transformers import AutoTokenizer
 from mwp.data.datamodule import DistilledDataModule, split_problem_ids
 from mwp.data.formats import FORMATS
 from mwp.stages.distill import read_distilled, run_distill
+from mwp.verify.equation_checks import check_teacher_equation
 from tests.helpers import compose_config
 
 
@@ -16,7 +18,12 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("dm")
     cfg = compose_config(["stage=distill", "dataset.limit=80"], run_dir=out)
     run_distill(cfg, out / "distill")
-    return read_distilled(out / "distill")
+    # The equation format's templates, as the equation route writes them: the completions' final expressions.
+    rows = []
+    for row in read_distilled(out / "distill"):
+        check = check_teacher_equation(row.rationale, row.problem)
+        rows.append(dataclasses.replace(row, template=check.template) if check.passed else row)
+    return rows
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from mwp.data import (
     FORMATS,
     Example,
     Problem,
+    build_equation_example,
     build_example,
     build_source,
     load_problems,
@@ -23,6 +24,7 @@ from mwp.data import (
     to_student_text,
     token_counter,
 )
+from mwp.verify.equations import equation_to_template
 from mwp.verify.extract import cut_run_on, extract_answer
 
 FINAL_ANSWER = re.compile(r"The answer is ([^ ]+?)\.?$")
@@ -173,8 +175,16 @@ def test_all_formats_pass_the_tokenizer_without_unknowns(
         for problem in problems:
             rationale = rationale_of.get(problem.id, pool[0][1])
             for fmt in FORMATS:
-                exemplars = sample_exemplars(pool, 2, rng, problem.id) if fmt.startswith("in_context") else ()
-                example = build_example(problem, rationale, fmt, exemplars)
+                if fmt == "equation":
+                    if problem.equation is None:  # GSM8K has solutions, not equations
+                        continue
+                    template = equation_to_template(f"x={problem.equation}", problem.numbers)
+                    example = build_equation_example(problem, template)
+                else:
+                    exemplars = (
+                        sample_exemplars(pool, 2, rng, problem.id) if fmt.startswith("in_context") else ()
+                    )
+                    example = build_example(problem, rationale, fmt, exemplars)
                 texts += [example.source, example.target]
     ids = tokenizer(texts, add_special_tokens=False).input_ids
     assert not [t for t, i in zip(texts, ids, strict=True) if tokenizer.unk_token_id in i]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mwp.data.format_names import EVAL_FORMATS, FORMATS
+from mwp.data.format_names import EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
 from mwp.student.terms import LossTerm
 
 STEPS = ("distill", "train", "evaluate")
@@ -358,6 +358,23 @@ class StudentConfig(Section):
     )
     fallback_config: str | None = help_field(None, help="config + tokenizer folder for a random init")
     size: StudentSizeConfig = help_field(StudentSizeConfig(), help="architecture overrides for a random init")
+    tokenizer: Literal["pretrained", "word", "char"] = help_field(
+        "pretrained",
+        help="pretrained: the checkpoint's tokenizer; word / char: a word- or character-level vocabulary "
+        "trained on the training split's sources and targets, saved with the student (random init only)",
+    )
+    vocab_min_frequency: int = help_field(
+        1, ge=1, le=1000, help="trained tokenizer: entries seen fewer times map to <unk>"
+    )
+
+    @model_validator(mode="after")
+    def _trained_tokenizer_needs_random_init(self) -> StudentConfig:
+        if self.tokenizer != "pretrained" and self.pretrained != "never":
+            raise ValueError(
+                f"student.tokenizer={self.tokenizer} trains a new vocabulary that pretrained weights do not "
+                "share; set student.pretrained=never (or student.tokenizer=pretrained)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _size_needs_random_init(self) -> StudentConfig:
@@ -500,6 +517,24 @@ class DataConfig(Section):
     shuffle: bool = help_field(
         True, help="shuffle training examples each epoch (seeded by `seed` and the epoch)"
     )
+    equation_notation: Literal[EQUATION_NOTATIONS] = help_field(  # type: ignore[valid-type]
+        "infix",
+        help="equation format targets: infix '(N0-N1)*N2' or prefix '* - N0 N1 N2' (scored the same way)",
+    )
+
+    @model_validator(mode="after")
+    def _equation_validation(self) -> DataConfig:
+        if self.eval_format == EQUATION and EQUATION not in self.formats:
+            raise ValueError(
+                f"data.eval_format=equation validates templates, but data.formats={self.formats} trains none; "
+                "add equation to data.formats"
+            )
+        if self.formats == [EQUATION] and self.eval_format != EQUATION:
+            raise ValueError(
+                f"data.eval_format={self.eval_format}: a student trained only in the equation format writes "
+                "templates; set data.eval_format=equation"
+            )
+        return self
 
 
 class OptimConfig(Section):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from mwp.data.artifact import DistilledRow, read_distilled, write_distilled
-from mwp.data.format_names import EVAL_FORMATS, FORMATS, Format
+from mwp.data.format_names import EQUATION, EVAL_FORMATS, FORMATS, Format
 from mwp.data.formats import (
     COT_TRIGGER,
     Example,
     answer_target,
+    build_equation_example,
     build_example,
     build_source,
     cot_target,
+    equation_source,
+    equation_target,
     gold_answer_text,
+    problem_numbers,
     sample_exemplars,
     token_counter,
 )
@@ -44,6 +48,7 @@ from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
 __all__ = [
     "ANSWER_PREFIX",
     "COT_TRIGGER",
+    "EQUATION",
     "EVAL_FORMATS",
     "FORMATS",
     "DataError",
@@ -56,17 +61,21 @@ __all__ = [
     "append_jsonl",
     "available_datasets",
     "available_splits",
+    "build_equation_example",
     "build_example",
     "build_source",
     "canonical_name",
     "cot_target",
     "encode_jsonl_line",
+    "equation_source",
+    "equation_target",
     "find_chinese_numbers",
     "gold_answer_text",
     "join_body_question",
     "load_problems",
     "match_svamp_teacher_rows",
     "parse_jsonl_line",
+    "problem_numbers",
     "read_complete_jsonl",
     "read_distilled",
     "read_json",

@@ -1,4 +1,9 @@
-"""Lightning DataModule serving distilled data in Fu et al.'s four formats.
+"""Lightning DataModule serving distilled data in Fu et al.'s four formats and the equation format.
+
+The equation format trains on the rows' verified templates (`DistilledRow.template`): one example
+per problem and distinct template, source the masked question; rows without a usable template are
+skipped for this format and counted in `stats["equation"]` (train_stats.json), together with the
+most frequent training template, the trivial baseline the evaluate stage scores beside the student.
 
 Validation problems are held out by normalised question (`mwp.data.dedup`: all samples of every
 problem with that question leave the training set, whatever its id), so the checkpoint chosen on
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,18 +40,29 @@ from transformers import PreTrainedTokenizerBase
 
 from mwp.data.artifact import DistilledRow
 from mwp.data.dedup import normalize_question
-from mwp.data.format_names import ANSWER_ONLY, EVAL_FORMATS, FORMATS
-from mwp.data.formats import Example, build_example, build_source, sample_exemplars, token_counter
+from mwp.data.format_names import ANSWER_ONLY, EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
+from mwp.data.formats import (
+    Example,
+    build_equation_example,
+    build_example,
+    build_source,
+    problem_numbers,
+    sample_exemplars,
+    template_expression,
+    token_counter,
+)
 from mwp.data.problem import Problem
 from mwp.signals import SparseSignal, collate_sparse
 from mwp.signals.positions import COT_ROWS_KEY, window_counts
 from mwp.verify.numbers import format_number
+from mwp.verify.templates import TemplateError
 
 
 @dataclass
 class EvalItem:
     problem: Problem
     source: str
+    format: str = "zero_shot_cot"
 
 
 def split_problem_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -125,6 +141,8 @@ def build_train_items(
     max_source_tokens: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
     require_split: str | None = None,
+    equation_notation: str = "infix",
+    skipped: Counter[str] | None = None,
 ) -> list[TrainItem]:
     """One item per kept sample and CoT format, one per problem and answer-only format. CoT items
     carry their row's index (`row_indices[i]` for `rows[i]`, default i): the teacher signal covers
@@ -132,7 +150,11 @@ def build_train_items(
 
     In-context exemplars come from `rows` (the training side of the hold-out), never a problem with
     the example's own normalised question; `require_split` is the dataset's training split (e.g.
-    Weak12K's "valid"), which every exemplar must come from (None: not checked)."""
+    Weak12K's "valid"), which every exemplar must come from (None: not checked).
+
+    The equation format makes one item per problem and distinct target from the rows' templates
+    (in `equation_notation`), with no teacher signal (that covers rationales); rows without a
+    template, or with one it cannot train on, are counted in `skipped` by reason."""
     if row_indices is not None and len(row_indices) != len(rows):
         raise ValueError(f"row_indices has {len(row_indices)} entries for {len(rows)} rows")
     unknown = set(formats) - set(FORMATS)
@@ -145,6 +167,11 @@ def build_train_items(
     for position, (problem, rationale) in enumerate(pool):
         row_index = row_indices[position] if row_indices is not None else position
         for fmt in formats:
+            if fmt == EQUATION:
+                item = _equation_item(rows[position], equation_notation, answered, skipped)
+                if item is not None:
+                    items.append(item)
+                continue
             if fmt in ANSWER_ONLY:
                 if (problem.id, fmt) in answered:
                     continue
@@ -171,6 +198,52 @@ def build_train_items(
             )
             items.append(TrainItem(example, None if fmt in ANSWER_ONLY else row_index))
     return items
+
+
+def vocabulary_texts(
+    rows: Sequence[DistilledRow], formats: Sequence[str], equation_notation: str = "infix"
+) -> list[str]:
+    """The sources and targets a trained student tokenizer is built from (`student.tokenizer`).
+
+    In-context formats add no words of their own (their exemplars are training problems), so their
+    zero-shot counterparts stand in for them.
+    """
+    zero_shot = sorted({f.replace("in_context", "zero_shot") for f in formats})
+    items = build_train_items(rows, zero_shot, 0, 0, equation_notation=equation_notation)
+    return [text for item in items for text in (item.example.source, item.example.target)]
+
+
+def _equation_item(
+    row: DistilledRow, notation: str, seen: set[tuple[str, str]], skipped: Counter[str] | None
+) -> TrainItem | None:
+    reason = None
+    if row.template is None:
+        reason = "no_template"
+    else:
+        try:
+            example = build_equation_example(row.problem, row.template, notation)
+        except TemplateError:
+            reason = "unusable_template"
+    if reason is not None:
+        if skipped is not None:
+            skipped[reason] += 1
+        return None
+    key = (row.id, f"{EQUATION}:{example.target}")
+    if key in seen:
+        if skipped is not None:
+            skipped["repeated_template"] += 1
+        return None
+    seen.add(key)
+    return TrainItem(example, None)
+
+
+def _usable_expression(template: str | None) -> str | None:
+    if template is None:
+        return None
+    try:
+        return template_expression(template)
+    except TemplateError:
+        return None
 
 
 def encode_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int | None) -> Any:
@@ -347,25 +420,33 @@ class WindowedTrainLoader:
 class EvalCollator:
     """Batches for generation: encoded sources plus the problems to score against."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_len: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_source_len: int, equation_notation: str = "infix"
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_source_len = max_source_len
+        self.equation_notation = equation_notation
 
     def __call__(self, items: Sequence[EvalItem]) -> dict[str, Any]:
         enc = encode_padded(self.tokenizer, [i.source for i in items], self.max_source_len)
-        return {
+        batch = {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "ids": [i.problem.id for i in items],
             "answers": [format_number(i.problem.answer) for i in items],
         }
+        if any(i.format == EQUATION for i in items):
+            # Equation completions are templates: scoring substitutes each problem's numbers back.
+            batch["numbers"] = [problem_numbers(i.problem) for i in items]
+            batch["notation"] = self.equation_notation
+        return batch
 
 
 def eval_items(problems: Sequence[Problem], fmt: str) -> list[EvalItem]:
     """Sources for greedy evaluation in a zero-shot format (no exemplars at test time)."""
     if fmt not in EVAL_FORMATS:
         raise ValueError(f"data.eval_format must be one of {list(EVAL_FORMATS)}, got {fmt!r}")
-    return [EvalItem(p, build_source(p, fmt)) for p in problems]
+    return [EvalItem(p, build_source(p, fmt), fmt) for p in problems]  # type: ignore[arg-type]
 
 
 class DistilledDataModule(pl.LightningDataModule):
@@ -395,14 +476,20 @@ class DistilledDataModule(pl.LightningDataModule):
         seed: int = 0,
         signals: Signals | None = None,
         train_split: str | None = None,
+        equation_notation: str = "infix",
     ) -> None:
         super().__init__()
         if not rows:
             raise ValueError("no distilled rows to train on (did the distill stage keep anything?)")
         if signals is not None and len(signals) != len(rows):
             raise ValueError(f"teacher signals have {len(signals)} rows for {len(rows)} distilled rows")
+        if equation_notation not in EQUATION_NOTATIONS:
+            raise _config_error(
+                f"data.equation_notation={equation_notation!r}: one of {list(EQUATION_NOTATIONS)}"
+            )
         self.rows = list(rows)
         self.tokenizer = tokenizer
+        self.equation_notation = equation_notation
         self.formats = list(formats)
         self.eval_format = eval_format
         self.num_exemplars = num_exemplars
@@ -450,8 +537,10 @@ class DistilledDataModule(pl.LightningDataModule):
                 val_keys.add(key)
                 val_problems.append(problem)
         self.val_items = eval_items(val_problems, self.eval_format)
+        skipped: Counter[str] = Counter()
 
         def items(budget: int | None) -> list[TrainItem]:
+            skipped.clear()
             return build_train_items(
                 train_rows,
                 self.formats,
@@ -461,6 +550,8 @@ class DistilledDataModule(pl.LightningDataModule):
                 max_source_tokens=budget,
                 count_tokens=token_counter(self.tokenizer),
                 require_split=self.train_split,
+                equation_notation=self.equation_notation,
+                skipped=skipped,
             )
 
         # Built with every exemplar first: the sources' real lengths decide the source budget.
@@ -485,6 +576,11 @@ class DistilledDataModule(pl.LightningDataModule):
                 # The few longest drop trailing exemplars rather than lose the question to truncation.
                 self.train_items = items(self.max_source_len)
         self.train_examples = [item.example for item in self.train_items]
+        if not self.train_examples:
+            raise ValueError(
+                f"no training examples in data.formats={self.formats} from {len(train_rows)} training rows "
+                f"(equation format: {dict(skipped)} rows skipped; it needs rows with a verified template)"
+            )
 
         target_lengths = token_lengths(self.tokenizer, [e.target for e in self.train_examples])
         # Per format: short answer-only targets must not hide the chain-of-thought ones' length.
@@ -501,6 +597,34 @@ class DistilledDataModule(pl.LightningDataModule):
                 f"before their answer sentence. Raise it, or set data.max_new_tokens={AUTO} to derive it"
             )
         self.stats = self._stats(source_lengths, target_lengths, needed, len(val_problems))
+        if EQUATION in self.formats:
+            self.stats["equation"] = self._equation_stats(train_rows, skipped)
+
+    def _equation_stats(self, train_rows: Sequence[DistilledRow], skipped: Counter[str]) -> dict[str, Any]:
+        """How many equation examples were made and skipped, and the trivial baseline's template."""
+        examples = [e for e in self.train_examples if e.format == EQUATION]
+        used = {e.problem_id for e in examples}
+        # The baseline template, in infix over the problems' N0..Nk, counted once per problem and template.
+        templates = sorted(
+            {
+                (row.id, expression)
+                for row in train_rows
+                if row.id in used and (expression := _usable_expression(row.template)) is not None
+            }
+        )
+        common = Counter(t for _, t in templates).most_common(1)
+        return {
+            "notation": self.equation_notation,
+            "examples": len(examples),
+            "problems": len(used),
+            "rows": len(train_rows),
+            "skipped_no_template": skipped["no_template"],
+            "skipped_unusable_template": skipped["unusable_template"],
+            "skipped_repeated_template": skipped["repeated_template"],
+            "distinct_templates": len({t for _, t in templates}),
+            "most_frequent_template": common[0][0] if common else None,
+            "most_frequent_template_count": common[0][1] if common else 0,
+        }
 
     def _stats(
         self, source_lengths: list[int], target_lengths: list[int], needed: int, n_val: int
@@ -568,6 +692,6 @@ class DistilledDataModule(pl.LightningDataModule):
             self.val_items,
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=EvalCollator(self.tokenizer, self.max_source_len),
+            collate_fn=EvalCollator(self.tokenizer, self.max_source_len, self.equation_notation),
             num_workers=self.num_workers,
         )

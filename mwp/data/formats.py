@@ -1,4 +1,5 @@
-"""Fu et al. (2023)'s four training formats: {zero-shot, in-context} x {chain-of-thought, answer-only}.
+"""The student's training formats: Fu et al. (2023)'s four, {zero-shot, in-context} x {chain-of-thought,
+answer-only}, and From Large to Tiny's equation format.
 
 Every source and target goes through `to_student_text`, and every target ends with the same
 final-answer sentence, "The answer is N.", that the answer extractor reads:
@@ -7,6 +8,11 @@ final-answer sentence, "The answer is N.", that the answer extractor reads:
 - zero_shot_answer:  "Q: {question} A:"                            ->  "The answer is N."
 - in_context_cot:    k x "Q: {q} A: Let's think step by step. {rationale}", then the zero-shot CoT source
 - in_context_answer: k x "Q: {q} A: The answer is {a}.", then the zero-shot answer-only source
+- equation:          "equation: {question, numbers as N0..Nk}"          ->  "(N0-N1)*N2" (or prefix "* - N0 N1 N2")
+
+The equation format's targets are templates, not answer sentences: its own task prefix tells its
+sources apart from the CoT ones in a multi-task student, and scoring substitutes the problem's
+numbers back (`mwp.evaluation.equations`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mwp.data.dedup import normalize_question
-from mwp.data.format_names import FORMATS, Format
+from mwp.data.format_names import EQUATION, EQUATION_NOTATIONS, FORMATS, Format
 from mwp.data.problem import Problem
 from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
+from mwp.verify.masking import mask_question
 from mwp.verify.numbers import format_number
+from mwp.verify.templates import TemplateError, canonical_infix, compile_template, to_prefix
 
 COT_TRIGGER = "Let's think step by step."
+EQUATION_TASK = "equation:"
 
 # A rationale already ends with its own answer sentence when its last 100 characters hold one.
 _HAS_ANSWER_SENTENCE = re.compile(re.escape(ANSWER_PREFIX) + r"\s[^\n]{0,100}$", re.IGNORECASE)
@@ -104,6 +113,8 @@ def build_example(
     zero-exemplar source may still exceed the budget.
     """
     _check_format(fmt)
+    if fmt == EQUATION:
+        raise ValueError(f"{problem.id}: the equation format's examples come from build_equation_example")
     if fmt.endswith("_cot"):
         if rationale is None:
             raise ValueError(
@@ -143,6 +154,49 @@ def build_source_kept(
     return _source(problem, fmt, exemplars, max_source_tokens, count_tokens)
 
 
+def equation_source(problem: Problem) -> str:
+    """ "equation: {question with its numbers as N0..Nk}" (`mwp.verify.masking`)."""
+    return to_student_text(
+        f"{EQUATION_TASK} {mask_question(problem.question, problem.language).text.strip()}"
+    )
+
+
+def problem_numbers(problem: Problem) -> tuple[str, ...]:
+    """The numbers N0..Nk stand for: the masked question's, so sources and scoring agree by construction."""
+    return mask_question(problem.question, problem.language).numbers
+
+
+def template_expression(template: str) -> str:
+    """The expression a template computes, in one spelling: "x=((N0-N1))*N2" -> "(N0-N1)*N2".
+
+    An equation not solved for x ("N0*x=N1") has no expression to write: TemplateError.
+    """
+    return canonical_infix(template)
+
+
+def equation_target(template: str, notation: str = "infix") -> str:
+    """The student's target for a verified template, in `notation` (infix "(N0-N1)*N2" or prefix "* - N0 N1 N2")."""
+    if notation not in EQUATION_NOTATIONS:
+        raise ValueError(
+            f"data.equation_notation must be one of {list(EQUATION_NOTATIONS)}, got {notation!r}"
+        )
+    return to_prefix(template) if notation == "prefix" else canonical_infix(template)
+
+
+def build_equation_example(problem: Problem, template: str, notation: str = "infix") -> Example:
+    """One equation-format example: the masked question -> the template's expression.
+
+    The template's N<k> must be numbers of the masked question (TemplateError otherwise): a
+    template mapped over other numbers would teach placeholders the source does not show.
+    """
+    target = equation_target(template, notation)
+    n_numbers = len(problem_numbers(problem))
+    used = compile_template(template).max_index
+    if used >= n_numbers:
+        raise TemplateError(f"{problem.id}: template {template!r} uses N{used}, the question has {n_numbers}")
+    return Example(source=equation_source(problem), target=target, problem_id=problem.id, format=EQUATION)
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; available: {', '.join(FORMATS)}")
@@ -157,6 +211,10 @@ def _source(
 ) -> tuple[str, tuple[str, ...]]:
     if max_source_tokens is not None and count_tokens is None:
         raise ValueError("max_source_tokens needs count_tokens (see token_counter)")
+    if fmt == EQUATION:
+        if exemplars:
+            raise ValueError(f"format {fmt} takes no exemplars, got {len(exemplars)}")
+        return equation_source(problem), ()
     chain_of_thought = fmt.endswith("_cot")
     in_context = fmt.startswith("in_context")
     if in_context and not exemplars:

@@ -1,7 +1,10 @@
 """Greedy evaluation on benchmark sets: accuracy with strict and flexible extraction, per model and format.
 
 `score_problems` is the one scoring loop: any `Generator` (student, teacher, HF folder) completes
-the sources, and every answer is read with the same extraction. `evaluate_problems` is the
+the sources, and every answer is read with the same extraction; in the equation format the
+completion is a template, scored by substituting the problem's numbers and evaluating it safely
+(extraction mode "equation", `mwp.evaluation.equations`). `score_baseline` scores one fixed template
+on every problem: the trivial baseline of the most frequent training template. `evaluate_problems` is the
 student's zero-shot shortcut kept for callers that hold a model and a tokenizer.
 """
 
@@ -14,10 +17,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from mwp.data.format_names import Format
-from mwp.data.formats import build_source_kept
+from mwp.data.format_names import EQUATION, Format
+from mwp.data.formats import build_source_kept, problem_numbers
 from mwp.data.io import write_jsonl
 from mwp.data.problem import Problem
+from mwp.evaluation.equations import EQUATION_EXTRACTION, EquationScore, score_template
 from mwp.evaluation.exemplars import ExemplarPool
 from mwp.evaluation.models import Generator, Seq2SeqGenerator
 from mwp.verify.compare import answers_match
@@ -56,6 +60,11 @@ class EvalResult(Accuracies):
     exemplars_shown: int = 0  # exemplars in all sources together (sources that were too long keep fewer)
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
+    @property
+    def extraction(self) -> str:
+        """How answers were read: strict and flexible answer extraction, or the equation format's template."""
+        return EQUATION_EXTRACTION if self.format == EQUATION else "strict/flexible"
+
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -63,6 +72,7 @@ class EvalResult(Accuracies):
             "split": self.split,
             "role": self.role,
             "format": self.format,
+            "extraction": self.extraction,
             "size": self.size,
             "mean_exemplars": round(self.exemplars_shown / self.size, 2) if self.size else 0.0,
             "strict_acc": round(self.strict_acc, 4),
@@ -84,6 +94,7 @@ def score_problems(
     exemplar_seed: int = 0,
     exclude_ids: set[str] | frozenset[str] = frozenset(),
     dropped: int = 0,
+    equation_notation: str = "infix",
 ) -> EvalResult:
     """Complete every problem's source in format `fmt` and score it; `exclude_ids` are never scored.
 
@@ -121,6 +132,11 @@ def score_problems(
     texts = generator.complete(
         [s for _, s, _ in sources], desc=f"eval {generator.label} {dataset}/{split} {fmt}"
     )
+    if fmt == EQUATION:
+        for (problem, _, _), text in zip(sources, texts, strict=True):
+            score = score_template(text, problem_numbers(problem), problem.answer, notation=equation_notation)
+            _add_equation_prediction(result, problem, score, completion=text)
+        return result
     for (problem, _, shown), text in zip(sources, texts, strict=True):
         strict = extract_answer(text, mode="strict")
         flexible = extract_answer(text, mode="flexible")
@@ -144,6 +160,60 @@ def score_problems(
                 "correct_flexible": ok_flexible,
             }
         )
+    return result
+
+
+def _add_equation_prediction(
+    result: EvalResult, problem: Problem, score: EquationScore, *, completion: str
+) -> None:
+    result.strict_correct += score.correct
+    result.flexible_correct += score.correct
+    result.predictions.append(
+        {
+            "id": problem.id,
+            "model": result.model,
+            "format": EQUATION,
+            "question": problem.question,
+            "numbers": list(problem_numbers(problem)),
+            "answer": format_number(problem.answer),
+            "completion": completion,
+            "template": score.template,
+            "equation": score.equation,
+            "value": format_number(score.value),
+            "correct": score.correct,
+            "error": score.error,
+        }
+    )
+
+
+def baseline_label(template: str) -> str:
+    return f"baseline: most frequent template ({template})"
+
+
+def score_baseline(
+    template: str,
+    problems: Sequence[Problem],
+    *,
+    dataset: str,
+    split: str,
+    role: str,
+    exclude_ids: set[str] | frozenset[str] = frozenset(),
+    dropped: int = 0,
+) -> EvalResult:
+    """The trivial baseline: `template` (infix, over N0..Nk) applied to every problem, scored like a student's."""
+    kept = [p for p in problems if p.id not in exclude_ids]
+    result = EvalResult(
+        dataset,
+        split,
+        role,
+        size=len(kept),
+        dropped=dropped + len(problems) - len(kept),
+        model=baseline_label(template),
+        format=EQUATION,
+    )
+    for problem in kept:
+        score = score_template(template, problem_numbers(problem), problem.answer)
+        _add_equation_prediction(result, problem, score, completion=template)
     return result
 
 
@@ -212,7 +282,19 @@ def save_predictions(result: EvalResult, out_dir: Path) -> Path:
 
 
 def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> str:
-    header = ("model", "dataset", "split", "role", "format", "size", "dropped", "strict acc", "flexible acc")
+    header = (
+        "model",
+        "dataset",
+        "split",
+        "role",
+        "format",
+        "extraction",
+        "size",
+        "dropped",
+        "strict acc",
+        "flexible acc",
+    )
+    # An equation row has one accuracy (its template's value), shown in the first accuracy column.
     rows = [
         (
             r.model,
@@ -220,10 +302,11 @@ def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> st
             r.split,
             r.role,
             r.format,
+            r.extraction,
             str(r.size),
             str(r.dropped),
             f"{100 * r.strict_acc:.1f}%",
-            f"{100 * r.flexible_acc:.1f}%",
+            "-" if r.format == EQUATION else f"{100 * r.flexible_acc:.1f}%",
         )
         for r in results
     ]

@@ -8,6 +8,9 @@ answer extraction; in-context exemplars come from the training dataset's train s
 A test problem whose normalised question the student saw (its distilled problems, listed in
 `student/seen_questions.txt`) or that is in the dataset's training split is dropped before
 scoring, and counted per set (`dropped` in results.json, the logged metrics and the table).
+
+In the equation format every set also gets the trivial baseline: the student's most frequent
+training template (`student/train_stats.json`) applied to every problem, as a row of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from omegaconf import DictConfig
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from mwp.data.dedup import drop_seen, question_keys
+from mwp.data.format_names import EQUATION
 from mwp.data.io import write_json
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
@@ -33,6 +37,7 @@ from mwp.evaluation.evaluate import (
     model_slug,
     result_slug,
     save_predictions,
+    score_baseline,
     score_problems,
 )
 from mwp.evaluation.exemplars import ExemplarPool
@@ -70,6 +75,15 @@ def select_eval_problems(
     filtered = drop_seen(load_problems(name, split, data_dir), seen)
     kept = filtered.kept[:limit] if limit is not None else filtered.kept
     return kept, len(filtered.dropped)
+
+
+def baseline_template(student_dir: Path) -> str | None:
+    """The most frequent equation template the student trained on (None: it trained on none)."""
+    stats_path = student_dir / "train_stats.json"
+    if not stats_path.exists():
+        return None
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    return (stats.get("equation") or {}).get("most_frequent_template")
 
 
 def generation_lengths(cfg: DictConfig, student_dir: Path) -> tuple[int | None, int]:
@@ -150,6 +164,11 @@ def run_evaluate(
                 pool.removed_overlap,
             )
     results: list[EvalResult] = []
+    baseline = baseline_template(student_dir) if EQUATION in formats else None
+    if EQUATION in formats and baseline is None:
+        log.info(
+            "no equation templates in %s/train_stats.json: the equation rows have no baseline", student_dir
+        )
     for entry in ev.models:
         with open_model(entry, cfg, student_dir, max_source_len, max_new_tokens) as (generator, exclude):
             for index, (spec, problems, dropped) in enumerate(sets):
@@ -166,20 +185,22 @@ def run_evaluate(
                         exemplar_seed=ev.exemplar_seed,
                         exclude_ids=exclude,
                         dropped=dropped,
+                        equation_notation=cfg.data.equation_notation,
                     )
-                    save_predictions(result, out_dir)
-                    prefix = f"test/{result_slug(result)}"
-                    log_metrics(
-                        loggers,
-                        {
-                            f"{prefix}/strict_acc": result.strict_acc,
-                            f"{prefix}/flexible_acc": result.flexible_acc,
-                            f"{prefix}/size": result.size,
-                            f"{prefix}/dropped": result.dropped,
-                        },
-                    )
-                    log_table(loggers, f"predictions/{result_slug(result)}", result.predictions)
+                    _record(result, out_dir, loggers)
                     results.append(result)
+                    if fmt == EQUATION and entry == "student" and baseline is not None:
+                        base = score_baseline(
+                            baseline,
+                            problems,
+                            dataset=spec.name,
+                            split=spec.split,
+                            role=spec.role,
+                            exclude_ids=exclude,
+                            dropped=dropped,
+                        )
+                        _record(base, out_dir, loggers)
+                        results.append(base)
             usage = generator.usage()
             if usage is not None:
                 usage.write(out_dir / f"usage_{model_slug(generator.label)}.json")
@@ -188,13 +209,32 @@ def run_evaluate(
     origin = (
         f"student distilled from teacher {cfg.teacher.name!r} on {cfg.dataset.name}/{cfg.dataset.train_split}"
     )
-    title = f"Evaluation of {models} ({origin}; greedy; strict = answer phrase, flexible = else last number)"
+    title = f"Evaluation of {models} ({origin}; greedy; strict = answer phrase, flexible = else last number"
+    if EQUATION in formats:
+        title += "; equation = the generated template with the problem's numbers, evaluated"
+    title += ")"
     print(format_table(results, title=title), flush=True)
     if ev.get("bbh") is not None:
         # BIG-Bench Hard measures what specialisation costs the student in generality.
         model, tokenizer, _ = load_trained_student(student_dir)
         run_bbh(model, tokenizer, ev.bbh, cfg.paths.data_dir, out_dir, loggers, model_name=str(student_dir))
     return results
+
+
+def _record(result: EvalResult, out_dir: Path, loggers: list[Logger]) -> None:
+    """Save a result's predictions and log its metrics and prediction table."""
+    save_predictions(result, out_dir)
+    prefix = f"test/{result_slug(result)}"
+    log_metrics(
+        loggers,
+        {
+            f"{prefix}/strict_acc": result.strict_acc,
+            f"{prefix}/flexible_acc": result.flexible_acc,
+            f"{prefix}/size": result.size,
+            f"{prefix}/dropped": result.dropped,
+        },
+    )
+    log_table(loggers, f"predictions/{result_slug(result)}", result.predictions)
 
 
 def run_bbh(

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mwp.data.artifact import DistilledRow, read_distilled
-from mwp.data.datamodule import DistilledDataModule, Signals
+from mwp.data.datamodule import DistilledDataModule, Signals, vocabulary_texts
 from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
@@ -154,7 +154,13 @@ def run_train(
     rows = read_distilled(data_path)
     terms = loss_terms(cfg)
     student = student_config(cfg)
-    bundle = instantiate(student, _convert_="all")
+    if student.get("tokenizer", "pretrained") != "pretrained":
+        # A vocabulary of the training split's own sources and targets, in every format trained or validated on.
+        formats = [*cfg.data.formats, cfg.data.eval_format]
+        texts = vocabulary_texts(rows, formats, cfg.data.equation_notation)
+        bundle = instantiate(student, _convert_="all", training_texts=texts)
+    else:
+        bundle = instantiate(student, _convert_="all")
     signals: Signals | None = None
     signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):

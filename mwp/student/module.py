@@ -1,7 +1,8 @@
 """LightningModule wrapping the Flan-T5 student: the configured loss terms (cross-entropy, optionally
 KL/JSD to a teacher's per-token distributions), AdamW with warmup/decay, validation accuracy by
 greedy generation + answer extraction (`val_extraction`, strict by default: the checkpoint is chosen
-on the same reading of answers as the headline test accuracy and distillation's filter).
+on the same reading of answers as the headline test accuracy and distillation's filter), or, for
+validation in the equation format, the generated template scored with the problem's numbers.
 
 Every term is a token mean over the whole optimizer step: a batch from `DistilledDataModule`
 carries its accumulation window's token counts, which are all-reduced over ranks; each
@@ -25,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
+from mwp.evaluation.equations import score_template
 from mwp.signals import SignalSource, SparseBatch
 from mwp.signals.on_policy import ON_POLICY_KEY
 from mwp.signals.positions import COT_ROWS_KEY
@@ -213,9 +215,14 @@ class StudentModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
-        for text, gold in zip(texts, batch["answers"], strict=True):
-            pred = extract_answer(text, mode=self.val_extraction)
-            self._val_correct += int(answers_match(pred, parse_number(gold)))
+        numbers = batch.get("numbers")
+        for index, (text, gold) in enumerate(zip(texts, batch["answers"], strict=True)):
+            if numbers is not None:  # the equation format: a template over the problem's numbers
+                score = score_template(text, numbers[index], parse_number(gold), notation=batch["notation"])
+                correct = score.correct
+            else:
+                correct = answers_match(extract_answer(text, mode=self.val_extraction), parse_number(gold))
+            self._val_correct += int(correct)
             self._val_total += 1
 
     def on_validation_epoch_end(self) -> None:
