@@ -403,6 +403,14 @@ class SignalConfig(Section):
     teacher_model: str | None = help_field(
         None, help="dense only: T5 checkpoint with the student's vocabulary"
     )
+    dense_top_k: int | None = help_field(
+        None,
+        ge=1,
+        le=1000,
+        help="dense only: hand the losses the teacher's top-k per position (log-probabilities at "
+        "temperature 1, as a sparse signal: exactly what a stored top-k holds) instead of its full "
+        "logits; null = full logits",
+    )
     missing: Literal[MISSING_SIGNAL] = help_field(  # type: ignore[valid-type]
         "empty",
         help="rows without logprobs: train on CE only, teacher-force them through the scorer, or fail",
@@ -462,6 +470,11 @@ class LossConfig(Section):
                     "loss.on_policy.fraction > 0 needs loss.signal.source=dense: the student's samples are "
                     "scored by a teacher with its vocabulary (loss.signal.teacher_model)"
                 )
+        if self.signal.dense_top_k is not None and self.signal.source != "dense":
+            raise ValueError(
+                "loss.signal.dense_top_k applies to loss.signal.source=dense only (a sparse source's "
+                "width is its rows' top-k; a term's top_k keeps fewer)"
+            )
         if not any(t.needs_teacher for t in self.terms):
             return self
         if self.signal.source == "dense" and not self.signal.teacher_model:

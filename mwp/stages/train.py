@@ -174,7 +174,9 @@ def run_train(
                 seed=int(cfg.seed),
             )
         elif cfg.loss.signal.source == "dense":
-            signal_source = DenseTeacherSource.from_pretrained(str(cfg.loss.signal.teacher_model))
+            signal_source = DenseTeacherSource.from_pretrained(
+                str(cfg.loss.signal.teacher_model), top_k=cfg.loss.signal.dense_top_k
+            )
         else:
             signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
             signal_source = StoredSparseSource()
