@@ -428,8 +428,9 @@ class OnPolicyConfig(Section):
         0.0,
         ge=0,
         le=1,
-        help="GKD lambda: share of optimizer steps trained on the student's own samples, scored by the dense "
-        "teacher (0 = off; needs loss.signal.source=dense)",
+        help="GKD lambda: share of optimizer steps trained on the student's own samples (0 = off), scored by "
+        "the dense teacher (loss.signal.source=dense) or, with source=sparse, by the causal LM of "
+        "loss.signal.scorer, span-aligned to the samples",
     )
     temperature: float = help_field(
         1.0, gt=0, le=10, help="sampling temperature of the student's on-policy samples"
@@ -465,10 +466,12 @@ class LossConfig(Section):
                     "loss.on_policy.fraction > 0 needs a distillation term in loss.terms (e.g. loss=ce_kl): "
                     "on-policy batches train the divergence terms only"
                 )
-            if self.signal.source != "dense":
+            scorer = self.signal.scorer
+            if self.signal.source == "sparse" and not (scorer.gguf_package or scorer.model):
                 raise ValueError(
-                    "loss.on_policy.fraction > 0 needs loss.signal.source=dense: the student's samples are "
-                    "scored by a teacher with its vocabulary (loss.signal.teacher_model)"
+                    "loss.on_policy.fraction > 0 needs a teacher to score the student's samples: "
+                    "loss.signal.source=dense (a T5 with the student's vocabulary, loss.signal.teacher_model) "
+                    "or loss.signal.source=sparse with a causal LM in loss.signal.scorer.gguf_package or .model"
                 )
         if self.signal.dense_top_k is not None and self.signal.source != "dense":
             raise ValueError(
