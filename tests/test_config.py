@@ -145,8 +145,17 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
         },
         "dataset": {
             name: ["teacher=smollm2"]
-            for name in ("gsm8k", "multiarith", "asdiv_a", "math23k", "weak12k", "example_custom")
+            for name in (
+                "gsm8k",
+                "multiarith",
+                "asdiv_a",
+                "math23k",
+                "weak12k",
+                "example_custom",
+                "mawps_svamp",
+            )
         },
+        "experiment": {name: [f"stage.data={tmp_path}"] for name in ("kd_effect", "kd_effect_teacher")},
     }
     for group, options in group_options().items():
         for option in options:

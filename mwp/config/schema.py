@@ -407,6 +407,14 @@ class SignalConfig(Section):
     teacher_model: str | None = help_field(
         None, help="dense only: T5 checkpoint with the student's vocabulary"
     )
+    dense_top_k: int | None = help_field(
+        None,
+        ge=1,
+        le=1000,
+        help="dense only: hand the losses the teacher's top-k per position (log-probabilities at "
+        "temperature 1, as a sparse signal: exactly what a stored top-k holds) instead of its full "
+        "logits; null = full logits",
+    )
     missing: Literal[MISSING_SIGNAL] = help_field(  # type: ignore[valid-type]
         "empty",
         help="rows without logprobs: train on CE only, teacher-force them through the scorer, or fail",
@@ -424,8 +432,9 @@ class OnPolicyConfig(Section):
         0.0,
         ge=0,
         le=1,
-        help="GKD lambda: share of optimizer steps trained on the student's own samples, scored by the dense "
-        "teacher (0 = off; needs loss.signal.source=dense)",
+        help="GKD lambda: share of optimizer steps trained on the student's own samples (0 = off), scored by "
+        "the dense teacher (loss.signal.source=dense) or, with source=sparse, by the causal LM of "
+        "loss.signal.scorer, span-aligned to the samples",
     )
     temperature: float = help_field(
         1.0, gt=0, le=10, help="sampling temperature of the student's on-policy samples"
@@ -461,11 +470,18 @@ class LossConfig(Section):
                     "loss.on_policy.fraction > 0 needs a distillation term in loss.terms (e.g. loss=ce_kl): "
                     "on-policy batches train the divergence terms only"
                 )
-            if self.signal.source != "dense":
+            scorer = self.signal.scorer
+            if self.signal.source == "sparse" and not (scorer.gguf_package or scorer.model):
                 raise ValueError(
-                    "loss.on_policy.fraction > 0 needs loss.signal.source=dense: the student's samples are "
-                    "scored by a teacher with its vocabulary (loss.signal.teacher_model)"
+                    "loss.on_policy.fraction > 0 needs a teacher to score the student's samples: "
+                    "loss.signal.source=dense (a T5 with the student's vocabulary, loss.signal.teacher_model) "
+                    "or loss.signal.source=sparse with a causal LM in loss.signal.scorer.gguf_package or .model"
                 )
+        if self.signal.dense_top_k is not None and self.signal.source != "dense":
+            raise ValueError(
+                "loss.signal.dense_top_k applies to loss.signal.source=dense only (a sparse source's "
+                "width is its rows' top-k; a term's top_k keeps fewer)"
+            )
         if not any(t.needs_teacher for t in self.terms):
             return self
         if self.signal.source == "dense" and not self.signal.teacher_model:

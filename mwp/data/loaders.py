@@ -11,6 +11,7 @@ Datasets and splits (ids are stable and unique within a dataset):
 | `multiarith` | train 420 / test 180                     | `multiarith/17`         |
 | `math23k`    | train 21,162 / valid 1,000 / test 1,000  | `math23k/35`            |
 | `weak12k`    | valid 1,000 / test 1,000 (no public train split) | `weak12k/1562`  |
+| `mawps_svamp`| train 3,138 (MAWPS + ASDiv-A) / dev 1,000 (SVAMP), the SVAMP paper's protocol | `mawps_svamp/train/17` |
 
 Any other dataset is a `dataset.source` mapping in one YAML file (`register_dataset`,
 `conf/dataset/example_custom.yaml`): JSON, JSON-lines or CSV files with a field mapping.
@@ -37,7 +38,7 @@ from mwp.data.io import DataError, read_json, read_jsonl_lines
 from mwp.data.problem import Problem
 from mwp.paths import default_data_dir
 from mwp.verify.masking import number_spans
-from mwp.verify.numbers import parse_number
+from mwp.verify.numbers import format_number, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -563,6 +564,64 @@ def register_dataset(name: str, source: dict[str, Any]) -> str:
     return key
 
 
+# ---------------------------------------------------------------------------------------------- mawps_svamp
+
+MAWPS_SVAMP_DIR = "svamp/mawps-asdiv-a_svamp"
+_NUMBER_SLOT = re.compile(r"\bnumber(\d+)\b")
+_TEMPLATE_SLOT = re.compile(r"\bN(\d+)\b")
+
+
+def _load_mawps_svamp(data_dir: Path, split: str) -> list[Problem]:
+    """The SVAMP paper's equation data: questions with `number0..` slots, a `Numbers` column, and a
+    prefix equation over the slots ("* number0 number1"). The slots are filled back in (so masking
+    finds the same N0..Nk) and the equation is written infix over the numbers ("56 * 9")."""
+    from mwp.verify.templates import TemplateError, canonical_infix, from_prefix
+
+    path = _require_file(data_dir, f"{MAWPS_SVAMP_DIR}/{split}.csv")
+    problems = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for index, row in enumerate(csv.DictReader(handle)):
+            line = index + 2  # the header is line 1
+            raw_numbers = _text_field(row, "Numbers", path, line=line).split()
+            numbers = []
+            for raw in raw_numbers:
+                value = parse_number(raw)
+                if value is None:
+                    raise DataError(f"unparseable number {raw!r}", path=path, line=line, field="Numbers")
+                numbers.append(format_number(value))
+
+            def fill(match: re.Match[str], numbers: list[str] = numbers, line: int = line) -> str:
+                slot = int(match.group(1))
+                if slot >= len(numbers):
+                    raise DataError(
+                        f"slot {match.group(0)} but only {len(numbers)} numbers", path=path, line=line
+                    )
+                return numbers[slot]
+
+            question = _normalise_space(_NUMBER_SLOT.sub(fill, _text_field(row, "Question", path, line=line)))
+            prefix = _NUMBER_SLOT.sub(r"N\1", _text_field(row, "Equation", path, line=line))
+            try:
+                infix = canonical_infix(from_prefix(prefix))
+            except TemplateError as err:
+                raise DataError(
+                    f"unreadable equation ({err})", path=path, line=line, field="Equation"
+                ) from err
+            raw_answer = _field(row, "Answer", path, line=line)
+            problems.append(
+                Problem(
+                    id=f"mawps_svamp/{split}/{index}",
+                    question=question,
+                    answer=_parse_answer(raw_answer, path, field="Answer", line=line),
+                    answer_text=str(raw_answer),
+                    numbers=question_numbers(question),
+                    equation=_TEMPLATE_SLOT.sub(lambda m, n=numbers: n[int(m.group(1))], infix),
+                    source="mawps_svamp",
+                    meta={"split": split, "index": index},
+                )
+            )
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 Loader = Callable[[Path, str], list[Problem]]
@@ -579,6 +638,7 @@ _DATASETS: dict[str, dict[str, Loader]] = {
     "multiarith": {"train": _load_multiarith, "test": _load_multiarith},
     "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},
     "weak12k": {"valid": _load_weak12k, "test": _load_weak12k},
+    "mawps_svamp": {"train": _load_mawps_svamp, "dev": _load_mawps_svamp},
 }
 _BUILTIN = frozenset(_DATASETS)
 _NOT_PUBLIC = {

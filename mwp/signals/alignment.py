@@ -29,9 +29,10 @@ Choices:
   Where the teacher text repeats itself next to a rewrite (a dropped note that restates the
   expression before it) either copy may be taken; both are the same text.
 * Each teacher alternative is mapped to the student token spelled the same, with `▁` when the
-  alternative begins a word at that position; an alternative no single student token spells is
-  dropped (its probability becomes part of the teacher's missing mass). The sampled token is
-  always included with its own logprob.
+  alternative begins a word at that position; an alternative no single student token spells keeps
+  its own slot, marked unshared (`SparseSignal.in_vocab` False, id `UNSHARED_ID`): the KL terms
+  count it as the teacher's missing mass, `hybrid` and `uld` compare its probability. The sampled
+  token is always included with its own logprob.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mwp.data.text import CALCULATOR_NOTE
-from mwp.signals.types import SparseSignal
+from mwp.signals.types import UNSHARED_ID, SparseSignal
 from mwp.teachers.base import TokenLogprobs
 
 SPM_SPACE = "▁"
@@ -67,6 +68,9 @@ _LONGEST_TOKEN = 64
 MATCH_LENGTH_RATIO = 4
 MATCH_SLACK_CHARS = 1024
 MAX_EXACT_MATCH_CELLS = 4_000_000
+# One slot of an aligned distribution: student id, teacher logprob, whether the student's vocabulary
+# shares the teacher token (False: the id is the placeholder `UNSHARED_ID`).
+Slot = tuple[int, float, bool]
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -384,7 +388,7 @@ class TokenAligner:
     def _assemble(
         self,
         prepared: _Prepared,
-        rows: dict[int, list[tuple[int, float]]],
+        rows: dict[int, list[Slot]],
         pairs: list[tuple[int, int]],
         spans: list[tuple[list[int], list[int]]] | None = None,
     ) -> Alignment:
@@ -394,12 +398,18 @@ class TokenAligner:
         ids = torch.full((length, width), -1, dtype=torch.int32)
         logprobs = torch.full((length, width), float("-inf"), dtype=torch.float32)
         mask = torch.zeros(length, dtype=torch.bool)
+        in_vocab = torch.zeros((length, width), dtype=torch.bool)
         for s, dist in rows.items():
             ids[s, : len(dist)] = torch.tensor([d[0] for d in dist], dtype=torch.int32)
             logprobs[s, : len(dist)] = torch.tensor([d[1] for d in dist], dtype=torch.float32)
+            in_vocab[s, : len(dist)] = torch.tensor([d[2] for d in dist], dtype=torch.bool)
             mask[s] = True
         signal = SparseSignal(
-            ids=ids, logprobs=logprobs, mask=mask, target_ids=torch.tensor(student_ids, dtype=torch.int32)
+            ids=ids,
+            logprobs=logprobs,
+            mask=mask,
+            target_ids=torch.tensor(student_ids, dtype=torch.int32),
+            in_vocab=in_vocab,
         )
         n_targets = sum(1 for i in student_ids if i not in self.special_ids)
         return Alignment(
@@ -433,7 +443,7 @@ class TokenAligner:
         )
         in_place = _SameContext(teacher_norm, [x if x != _SPECIAL else "" for x in student_norm])
         has_top = len(teacher.top_tokens) == len(teacher.tokens)
-        rows: dict[int, list[tuple[int, float]]] = {}
+        rows: dict[int, list[Slot]] = {}
         kept: list[tuple[int, int]] = []
         for t, s in one_to_one(pairs):
             target = student_ids[s]
@@ -460,8 +470,10 @@ class TokenAligner:
         student_space: bool,
         teacher_space: bool,
         span_logprob: float | None = None,
-    ) -> list[tuple[int, float]]:
-        """Student ids and teacher logprobs at one matched position, most likely first.
+    ) -> list[Slot]:
+        """Student ids, teacher logprobs and whether the id is the teacher token's own (shared) at one
+        matched position, most likely first; an alternative no student token spells is an unshared
+        slot of its own.
 
         `span_logprob` (span alignment) replaces the sampled token's own logprob: the target then
         stands for the whole span that starts with teacher token `t`.
@@ -477,7 +489,10 @@ class TokenAligner:
         elif teacher.logprobs[t] is not None:
             by_text[sampled] = max(by_text.get(sampled, float("-inf")), float(teacher.logprobs[t]))
         mass: dict[int, float] = {}
+        unshared: list[Slot] = []
         for text, lp in by_text.items():
+            if not lp > float("-inf"):
+                continue
             if text == sampled:
                 token_id: int | None = target  # the matched pair: same text, same token
             else:
@@ -486,10 +501,12 @@ class TokenAligner:
                 # brings its own space or lack of it.
                 alt_space = starts_with_space(text)
                 token_id = self._student_id(text, student_space if alt_space == teacher_space else alt_space)
-            if token_id is None or not lp > float("-inf"):
+            if token_id is None:
+                unshared.append((UNSHARED_ID, lp, False))
                 continue
             mass[token_id] = _logaddexp(mass.get(token_id, float("-inf")), lp)
-        return sorted(mass.items(), key=lambda item: -item[1])
+        slots = [(token_id, lp, True) for token_id, lp in mass.items()] + unshared
+        return sorted(slots, key=lambda slot: -slot[1])
 
 
 class SpanAligner(TokenAligner):
@@ -523,13 +540,13 @@ class SpanAligner(TokenAligner):
     * the first student position: the target with the teacher's logprob of the whole span (the sum
       of its teacher tokens' logprobs, whitespace tokens included), plus the alternatives of the
       span's first teacher position, each mapped to the student token spelled like it (with `▁`
-      as in `TokenAligner`); alternatives that no student token spells are dropped.
+      as in `TokenAligner`); alternatives that no student token spells are unshared slots.
     * every later student position of the span: its target with logprob 0 (probability 1).
     The product over the span's student positions is thus exactly the teacher's probability of the
     span. Approximations: an alternative's probability also holds its own continuations (`Ġ5` may
     go on to `Ġ5`,`0`), so it stands for the shortest student token starting with it; and the
     teacher's alternatives inside a span (after `4`: `5` instead of `8`) are not seen. Tail mass:
-    nothing is renormalised; what the listed ids leave (the dropped alternatives, and the prefix
+    nothing is renormalised; what the shared ids leave (the unshared alternatives, and the prefix
     mass `p(first token) - p(span)` of continuations other than the sampled one) is the top-k's
     missing mass, which `tail: bucket` keeps as one outcome.
     """
@@ -575,7 +592,7 @@ class SpanAligner(TokenAligner):
         whitespace = [not t.strip() for t in texts]
         dropped = [b == a or charmap.teacher_only(a, b) for a, b in teacher_range]
 
-        rows: dict[int, list[tuple[int, float]]] = {}
+        rows: dict[int, list[Slot]] = {}
         pairs: list[tuple[int, int]] = []
         spans: list[tuple[list[int], list[int]]] = []
         n_student = len(prepared.student_ids)
@@ -634,7 +651,7 @@ class SpanAligner(TokenAligner):
         span_teacher: list[int],
         span_students: list[int],
         span_logprob: float,
-        rows: dict[int, list[tuple[int, float]]],
+        rows: dict[int, list[Slot]],
     ) -> None:
         first, *rest = span_students
         t = span_teacher[0]
@@ -645,7 +662,7 @@ class SpanAligner(TokenAligner):
             prepared.teacher, prepared.texts, t, target, student_space, teacher_space, span_logprob
         )
         for s in rest:
-            rows[s] = [(prepared.student_ids[s], 0.0)]
+            rows[s] = [(prepared.student_ids[s], 0.0, True)]
 
 
 class _CharMap:

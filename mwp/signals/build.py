@@ -139,6 +139,8 @@ def prepare_signals(
         "missing": missing,
         "tokenizer": tokenizer_id(tokenizer),
         "alignment": alignment,
+        # Stores from before unshared slots were kept are rebuilt.
+        "slots": "shared+unshared",
     }
     if missing == "score" and scorer is not None:
         settings["scorer"] = scorer.identity

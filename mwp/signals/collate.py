@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mwp.signals.types import IGNORE_INDEX, LOGPROB_DTYPE, PAD_ID, SparseSignal
+from mwp.signals.types import IGNORE_INDEX, IN_VOCAB_KEY, LOGPROB_DTYPE, PAD_ID, SparseSignal
 
 
 def collate_sparse(
@@ -24,7 +24,9 @@ def collate_sparse(
     """Pad (or cut) a batch of sparse signals to `[B, target_len, k]`.
 
     Returns `teacher_ids` int32, `teacher_logprobs` float32 and `teacher_mask` bool
-    `[B, target_len]` (`SparseBatch.from_batch` reads them back). A `None` entry (an example
+    `[B, target_len]` (`SparseBatch.from_batch` reads them back), and `teacher_in_vocab` bool
+    `[B, target_len, k]` when any signal marks its slots (a signal that does not counts every
+    valid slot as shared). A `None` entry (an example
     without a signal, e.g. an answer-only target) is a row with no distribution anywhere.
     With `labels` (`[B, target_len]`, -100 = padding), a position keeps its distribution only where
     the label is real and, when the signal recorded its `target_ids`, equals the token the signal
@@ -43,6 +45,8 @@ def collate_sparse(
     mask = torch.zeros((batch, target_len), dtype=torch.bool)
     aligned_to = torch.full((batch, target_len), PAD_ID, dtype=torch.int64)
     has_targets = torch.zeros(batch, dtype=torch.bool)
+    marks_slots = any(s.in_vocab is not None for s in present)
+    in_vocab = torch.zeros((batch, target_len, width), dtype=torch.bool) if marks_slots else None
     for row, signal in enumerate(signals):
         if signal is None:
             continue
@@ -50,6 +54,9 @@ def collate_sparse(
         ids[row, :n, : signal.k] = signal.ids[:n]
         logprobs[row, :n, : signal.k] = signal.logprobs[:n]
         mask[row, :n] = signal.mask[:n]
+        if in_vocab is not None:
+            shared = signal.in_vocab if signal.in_vocab is not None else signal.ids >= 0
+            in_vocab[row, :n, : signal.k] = shared[:n]
         if signal.target_ids is not None:
             aligned_to[row, :n] = signal.target_ids[:n].to(torch.int64)
             has_targets[row] = True
@@ -58,4 +65,7 @@ def collate_sparse(
             raise ValueError(f"labels must be [{batch}, {target_len}], got {tuple(labels.shape)}")
         agrees = labels == aligned_to
         mask &= (labels != IGNORE_INDEX) & (agrees | ~has_targets[:, None])
-    return {"teacher_ids": ids, "teacher_logprobs": logprobs, "teacher_mask": mask}
+    out = {"teacher_ids": ids, "teacher_logprobs": logprobs, "teacher_mask": mask}
+    if in_vocab is not None:
+        out[IN_VOCAB_KEY] = in_vocab
+    return out

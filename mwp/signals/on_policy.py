@@ -1,9 +1,19 @@
 """On-policy distillation (GKD, Agarwal et al., 2024): the student learns on sequences it samples.
 
-`OnPolicySource` is a `DenseTeacherSource` (a T5 teacher with the student's vocabulary) that, on a
-share `fraction` (lambda) of the optimizer steps, replaces a batch's dataset targets with the
-student's own samples before the teacher scores them; the configured divergence terms then compare
-the two on those samples. Cross-entropy terms skip on-policy batches (the module drops them).
+On a share `fraction` (lambda) of the optimizer steps a source replaces a batch's dataset targets
+with the student's own samples before the teacher scores them; the configured divergence terms then
+compare the two on those samples. Cross-entropy terms skip on-policy batches (the module drops them).
+Two teachers (both share `StudentSampling`):
+
+* `OnPolicySource` - a `DenseTeacherSource` (a T5 teacher with the student's vocabulary) scores the
+  sampled ids directly: logits `[B, L, V]`.
+* `CausalOnPolicySource` - a local causal LM with its own tokenizer (`loss.signal.scorer`, e.g.
+  SmolLM2 through `HFTeacher.score`) teacher-forces the sample's text as its answer to the source's
+  text; its top-k is carried onto the sampled student tokens by the span aligner
+  (`loss.signal.alignment`) into a sparse signal. A sampled token sequence the student's tokenizer
+  would spell differently keeps a distribution only up to where the two agree (`collate_sparse`
+  checks the aligned target ids against the labels). Off-policy steps read the stored sparse signal
+  of the dataset's targets, as `StoredSparseSource` does.
 
 Which steps are on-policy is a pure function of (seed, optimizer step): the same for every
 micro-batch of an accumulation window and on every rank, and reproducible across runs and resumes.
@@ -19,10 +29,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from mwp.signals.alignment import make_aligner
+from mwp.signals.collate import collate_sparse
 from mwp.signals.positions import COT_ROWS_KEY
-from mwp.signals.sources import DenseTeacherSource
-from mwp.signals.types import IGNORE_INDEX
+from mwp.signals.scoring import TeacherForcedScorer
+from mwp.signals.sources import DenseTeacherSource, StoredSparseSource
+from mwp.signals.types import IGNORE_INDEX, SparseBatch
 
 # A batch whose targets are the student's own samples carries `on_policy: True`.
 ON_POLICY_KEY = "on_policy"
@@ -49,19 +63,15 @@ def sampled_labels(sequences: torch.Tensor, eos_token_id: int, decoder_start_tok
     return sequences.masked_fill(after_eos, IGNORE_INDEX)
 
 
-class OnPolicySource(DenseTeacherSource):
-    """A dense T5 teacher scoring the student's own samples on a share of the steps (module doc)."""
+class StudentSampling:
+    """Which steps are on-policy, and the student's samples as a batch's targets (module doc)."""
 
-    def __init__(
-        self,
-        teacher: nn.Module,
-        *,
-        fraction: float,
-        temperature: float = 1.0,
-        max_new_tokens: int = 128,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(teacher)
+    fraction: float
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+    def _init_sampling(self, fraction: float, temperature: float, max_new_tokens: int, seed: int) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"loss.on_policy.fraction must be in [0, 1], got {fraction}")
         if not temperature > 0:
@@ -74,19 +84,6 @@ class OnPolicySource(DenseTeacherSource):
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.seed = seed
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, path: str, *, fraction: float, temperature: float, max_new_tokens: int, seed: int
-    ) -> OnPolicySource:
-        dense = DenseTeacherSource.from_pretrained(path)
-        return cls(
-            dense.teacher,
-            fraction=fraction,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-        )
 
     def is_on_policy(self, step: int) -> bool:
         return is_on_policy_step(self.fraction, self.seed, step)
@@ -123,3 +120,78 @@ class OnPolicySource(DenseTeacherSource):
         if COT_ROWS_KEY in batch:
             out[COT_ROWS_KEY] = batch[COT_ROWS_KEY]
         return out
+
+
+class OnPolicySource(StudentSampling, DenseTeacherSource):
+    """A dense T5 teacher scoring the student's own samples on a share of the steps (module doc)."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        *,
+        fraction: float,
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+        seed: int = 0,
+    ) -> None:
+        DenseTeacherSource.__init__(self, teacher)
+        self._init_sampling(fraction, temperature, max_new_tokens, seed)
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, path: str, *, fraction: float, temperature: float, max_new_tokens: int, seed: int
+    ) -> OnPolicySource:
+        dense = DenseTeacherSource.from_pretrained(path)
+        return cls(
+            dense.teacher,
+            fraction=fraction,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+
+
+class CausalOnPolicySource(StudentSampling, StoredSparseSource):
+    """A local causal LM with its own vocabulary scoring the student's samples, span-aligned (module doc).
+
+    `scorer` is a `TeacherForcedScorer` (its `HFTeacher` loads on the first on-policy step);
+    `tokenizer` the student's (a fast one: the aligner needs character offsets).
+    """
+
+    def __init__(
+        self,
+        scorer: TeacherForcedScorer,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        fraction: float,
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+        seed: int = 0,
+        alignment: str = "span",
+    ) -> None:
+        self._init_sampling(fraction, temperature, max_new_tokens, seed)
+        self.scorer = scorer
+        self.tokenizer = tokenizer
+        self.aligner = make_aligner(alignment, tokenizer)
+
+    def scored_texts(self, batch: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """The batch's sources and sampled targets as text (what the causal teacher reads)."""
+        sources = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.tokenizer.pad_token_id)
+        samples = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return [" ".join(s.split()) for s in sources], [" ".join(s.split()) for s in samples]
+
+    def signal(self, batch: Mapping[str, Any]) -> SparseBatch:
+        if not batch.get(ON_POLICY_KEY):
+            return super().signal(batch)
+        sources, samples = self.scored_texts(batch)
+        scored = self.scorer.score_texts(sources, samples)
+        signals = [
+            self.aligner.align(logprobs, text).signal for logprobs, text in zip(scored, samples, strict=True)
+        ]
+        labels = batch["labels"]
+        collated = collate_sparse(signals, labels.shape[1], labels=labels.cpu())
+        return SparseBatch.from_batch({key: value.to(labels.device) for key, value in collated.items()})
+
+    def close(self) -> None:
+        self.scorer.close()

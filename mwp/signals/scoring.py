@@ -73,5 +73,19 @@ class TeacherForcedScorer:
             max_completion_tokens=MAX_SCORED_TOKENS,
         )
 
+    def score_texts(self, sources: Sequence[str], completions: Sequence[str]) -> list[TokenLogprobs]:
+        """Like `score`, for texts without a `Problem`: each completion as the answer to its source
+        (on-policy: a student's sample of the source it was given), rendered as `Q: {source}\nA:`."""
+        requests = [
+            TeacherRequest(f"on-policy/{i}", f"Q: {source.strip()}\nA:") for i, source in enumerate(sources)
+        ]
+        return self.teacher.score(
+            requests,
+            list(completions),
+            top_logprobs=self.top_logprobs,
+            batch_size=self.batch_size,
+            max_completion_tokens=MAX_SCORED_TOKENS,
+        )
+
     def close(self) -> None:
         self.teacher.close()

@@ -8,7 +8,8 @@ trainer):
   `SignalStore` (`teacher_ids`, `teacher_logprobs`, `teacher_mask`). Rows a recorded teacher left
   without logprobs were scored into that store at build time (`mwp.signals.scoring`), so a
   "scored by a local causal LM" teacher is this source too.
-* `DenseTeacherSource` - a same-vocabulary T5 teacher run beside the student: logits `[B, L, V]`.
+* `DenseTeacherSource` - a same-vocabulary T5 teacher run beside the student: logits `[B, L, V]`,
+  or with `top_k` its top-k per position as a `SparseBatch` (what a stored top-k of it holds).
 * `NoSignal` - cross-entropy only (a module may also be given no source at all).
 * `mwp.signals.on_policy.OnPolicySource` - a dense teacher that, on a share of the optimizer
   steps, scores sequences the student samples itself instead of the dataset's targets (GKD).
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mwp.signals.types import BATCH_KEYS, SparseBatch, TeacherSignal
+from mwp.signals.types import BATCH_KEYS, IGNORE_INDEX, LOGPROB_DTYPE, SparseBatch, TeacherSignal
 
 
 class SignalSource(ABC):
@@ -73,16 +74,19 @@ class DenseTeacherSource(SignalSource):
     always runs in eval mode without autograd.
     """
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, teacher: nn.Module, *, top_k: int | None = None) -> None:
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"loss.signal.dense_top_k must be >= 1 or null, got {top_k}")
         self.teacher = teacher.eval().requires_grad_(False)
+        self.top_k = top_k
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> DenseTeacherSource:
+    def from_pretrained(cls, path: str | Path, *, top_k: int | None = None) -> DenseTeacherSource:
         """A teacher from a local T5 checkpoint folder (`loss.signal.teacher_model`)."""
         from transformers import T5ForConditionalGeneration
 
         try:
-            return cls(T5ForConditionalGeneration.from_pretrained(str(path)))
+            return cls(T5ForConditionalGeneration.from_pretrained(str(path)), top_k=top_k)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(
                 f"loss.signal.teacher_model={str(path)!r}: no T5 checkpoint could be loaded ({err})"
@@ -97,15 +101,22 @@ class DenseTeacherSource(SignalSource):
                 "a dense teacher must share the student's vocabulary"
             )
 
-    def signal(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    def signal(self, batch: Mapping[str, Any]) -> TeacherSignal:
         device = batch["input_ids"].device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
             # Decoder inputs, not `labels=`: T5 would compute a [B, L, V] cross-entropy nobody reads.
-            return self.teacher(
+            logits = self.teacher(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 decoder_input_ids=self.teacher._shift_right(batch["labels"]),
             ).logits
+        if self.top_k is None:
+            return logits
+        logprobs, ids = torch.log_softmax(logits.float(), dim=-1).topk(
+            min(self.top_k, logits.shape[-1]), dim=-1
+        )
+        mask = batch["labels"] != IGNORE_INDEX
+        return SparseBatch(ids.to(torch.int32), logprobs.to(LOGPROB_DTYPE), mask)

@@ -20,13 +20,23 @@ import numpy as np
 from mwp.signals.types import PAD_ID, SparseSignal
 
 STORE_FORMAT = "mwp-sparse-signal"
-# Version 2: logprobs float32 (version 1 stored float16; such a file is rebuilt, not read).
-STORE_VERSION = "2"
+# Version 3 adds `in_vocab` (which slots the student's vocabulary shares); version 2 files (every
+# slot shared) are still read. Version 1 stored float16 logprobs; such a file is rebuilt, not read.
+STORE_VERSION = "3"
+_READABLE_VERSIONS = ("2", STORE_VERSION)
 
 
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "BOOL": np.bool_}
 # Tensor name -> safetensors dtype; written in this order so each tensor's start stays aligned.
-_LAYOUT = (("offsets", "I64"), ("ids", "I32"), ("target_ids", "I32"), ("logprobs", "F32"), ("mask", "BOOL"))
+_LAYOUT = (
+    ("offsets", "I64"),
+    ("ids", "I32"),
+    ("target_ids", "I32"),
+    ("logprobs", "F32"),
+    ("mask", "BOOL"),
+    ("in_vocab", "BOOL"),
+)
+_OPTIONAL = {"in_vocab"}  # absent from version 2 files
 
 
 class SignalStoreError(ValueError):
@@ -37,7 +47,8 @@ class SignalStore:
     """Sparse signals of one artifact in one `.safetensors` file, read row by row from a memory map.
 
     Tensors: `ids int32 [N, k]`, `logprobs float32 [N, k]`, `mask bool [N]`, `target_ids int32 [N]`
-    (-1 where not recorded) over all N positions of all rows, and `offsets int64 [R + 1]`: row r
+    (-1 where not recorded), `in_vocab bool [N, k]` (shared slots; every valid one where a row did
+    not mark them) over all N positions of all rows, and `offsets int64 [R + 1]`: row r
     spans positions `offsets[r]:offsets[r + 1]`. Metadata: format, version, k, rows, plus the
     caller's string metadata (teacher, student tokenizer, coverage, ...).
     """
@@ -61,10 +72,10 @@ class SignalStore:
             raise SignalStoreError(
                 f"{self.path}: format is {meta.get('format')!r}, expected {STORE_FORMAT!r}"
             )
-        if meta.get("version") != STORE_VERSION:
+        if meta.get("version") not in _READABLE_VERSIONS:
             raise SignalStoreError(f"{self.path}: version {meta.get('version')!r} is not supported")
         names = set(handle.keys())
-        missing = {name for name, _ in _LAYOUT} - names
+        missing = {name for name, _ in _LAYOUT} - names - _OPTIONAL
         if missing:
             raise SignalStoreError(f"{self.path}: missing tensors {sorted(missing)}")
         offsets = handle.get_tensor("offsets")
@@ -73,6 +84,7 @@ class SignalStore:
             handle.get_slice("logprobs").get_shape() == [n_pos, k]
             and handle.get_slice("mask").get_shape() == [n_pos]
             and handle.get_slice("target_ids").get_shape() == [n_pos]
+            and ("in_vocab" not in names or handle.get_slice("in_vocab").get_shape() == [n_pos, k])
             and offsets.dim() == 1
             and len(offsets) >= 1
         )
@@ -81,6 +93,7 @@ class SignalStore:
         if int(offsets[0]) != 0 or int(offsets[-1]) != n_pos or bool((offsets[1:] < offsets[:-1]).any()):
             raise SignalStoreError(f"{self.path}: row offsets do not cover the {n_pos} positions in order")
         self._file = handle
+        self._has_in_vocab = "in_vocab" in names
         self._offsets = offsets
         self.k = int(k)
         self.metadata: dict[str, str] = dict(meta)
@@ -102,6 +115,7 @@ class SignalStore:
             logprobs=self._file.get_slice("logprobs")[start:stop],
             mask=self._file.get_slice("mask")[start:stop],
             target_ids=self._file.get_slice("target_ids")[start:stop] if with_targets else None,
+            in_vocab=self._file.get_slice("in_vocab")[start:stop] if self._has_in_vocab else None,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -160,6 +174,11 @@ class SignalStore:
                     parts["ids"].write(ids.tobytes())
                     parts["logprobs"].write(logprobs.tobytes())
                     parts["mask"].write(row.mask.numpy().astype(np.bool_).tobytes())
+                    in_vocab = np.zeros((n, k), dtype=np.bool_)
+                    in_vocab[:, : row.k] = (
+                        row.in_vocab if row.in_vocab is not None else row.ids >= 0
+                    ).numpy()
+                    parts["in_vocab"].write(in_vocab.tobytes())
                     parts["target_ids"].write(targets.astype(np.int32).tobytes())
                     offsets.append(offsets[-1] + n)
             finally:
@@ -172,6 +191,7 @@ class SignalStore:
                 "target_ids": [n_pos],
                 "logprobs": [n_pos, k],
                 "mask": [n_pos],
+                "in_vocab": [n_pos, k],
             }
             meta = {
                 **dict(metadata or {}),

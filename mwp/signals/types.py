@@ -7,7 +7,10 @@
   `logprobs float32 [L, k]`, `mask bool [L]` (positions that carry a distribution; the others fall
   back to plain cross-entropy). Unused slots hold id -1 and logprob -inf. `target_ids int32 [L]`
   optionally records the student tokens the signal was aligned to, so a batch can drop positions
-  whose labels disagree (truncation, a different tokenizer).
+  whose labels disagree (truncation, a different tokenizer). `in_vocab bool [L, k]` optionally
+  marks the slots whose teacher token maps onto a student token; an unshared slot (a teacher
+  token the student's vocabulary lacks) keeps its logprob under the placeholder id `UNSHARED_ID`
+  (a valid id, never read as a token: -1 would make it an unused slot).
 * `SparseBatch` - a collated batch of sparse signals (`ids [B, L, k]`, `logprobs [B, L, k]`,
   `mask [B, L]`), what the losses consume; `collate_sparse` builds it, as the `teacher_*` entries
   of a training batch.
@@ -26,10 +29,15 @@ import torch
 from torch import Tensor
 
 PAD_ID = -1
+# The id of a slot whose teacher token no student token spells (`in_vocab` False): valid for a
+# gather, and read by no loss as a token.
+UNSHARED_ID = 0
 IGNORE_INDEX = -100
 LOGPROB_DTYPE = torch.float32
 # Keys of a training batch that carry a collated sparse signal.
 BATCH_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_mask")
+# Optional batch key: which slots are shared with the student's vocabulary (`SparseBatch.in_vocab`).
+IN_VOCAB_KEY = "teacher_in_vocab"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class SparseSignal:
     logprobs: Tensor
     mask: Tensor
     target_ids: Tensor | None = None
+    in_vocab: Tensor | None = None
 
     def __post_init__(self) -> None:
         ids, logprobs, mask = self.ids, self.logprobs, self.mask
@@ -77,6 +86,10 @@ class SparseSignal:
             raise ValueError(
                 f"SparseSignal.target_ids must be [L]={ids.shape[0]}, got {tuple(self.target_ids.shape)}"
             )
+        if self.in_vocab is not None and self.in_vocab.shape != ids.shape:
+            raise ValueError(
+                f"SparseSignal.in_vocab must be {tuple(ids.shape)} like ids, got {tuple(self.in_vocab.shape)}"
+            )
         ids = ids.to(torch.int32)
         logprobs = logprobs.to(LOGPROB_DTYPE)
         # One convention for unused slots whichever side marked them.
@@ -84,6 +97,8 @@ class SparseSignal:
         if bool(unused.any()):
             ids = ids.masked_fill(unused, PAD_ID)
             logprobs = logprobs.masked_fill(unused, float("-inf"))
+        if self.in_vocab is not None:
+            object.__setattr__(self, "in_vocab", self.in_vocab.to(torch.bool) & ~unused)
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "logprobs", logprobs)
         object.__setattr__(self, "mask", mask.to(torch.bool))
@@ -137,6 +152,19 @@ class SparseBatch:
             raise ValueError(
                 f"SparseBatch.in_vocab must be {tuple(self.ids.shape)} like ids, got {tuple(self.in_vocab.shape)}"
             )
+
+    def shared_only(self) -> SparseBatch:
+        """The batch without its unshared slots (they become unused), for the terms that compare
+        distributions over student ids (forward/reverse KL, JSD): to those, an unshared token's
+        probability is part of the teacher's missing mass."""
+        if self.in_vocab is None:
+            return self
+        unshared = ~self.in_vocab.to(torch.bool)
+        return SparseBatch(
+            self.ids.masked_fill(unshared, PAD_ID),
+            self.logprobs.masked_fill(unshared, float("-inf")),
+            self.mask,
+        )
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, Tensor], prefix: str = "teacher_") -> SparseBatch:

@@ -24,8 +24,8 @@ from mwp.data.datamodule import DistilledDataModule, Signals, vocabulary_texts
 from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
-from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource
-from mwp.signals.on_policy import OnPolicySource
+from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource, TeacherForcedScorer
+from mwp.signals.on_policy import CausalOnPolicySource, OnPolicySource
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
 
@@ -165,7 +165,24 @@ def run_train(
     signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):
         on_policy = cfg.loss.on_policy
-        if on_policy.fraction > 0:
+        if on_policy.fraction > 0 and cfg.loss.signal.source == "sparse":
+            # A causal LM teacher with its own vocabulary scores the samples (span-aligned); the other
+            # steps train on the rows' stored signals.
+            if on_policy.fraction < 1:
+                signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+            scorer = TeacherForcedScorer.from_config(
+                OmegaConf.to_container(cfg.loss.signal.scorer, resolve=True)
+            )  # type: ignore[arg-type]
+            signal_source = CausalOnPolicySource(
+                scorer,
+                bundle.tokenizer,
+                fraction=float(on_policy.fraction),
+                temperature=float(on_policy.temperature),
+                max_new_tokens=int(on_policy.max_new_tokens),
+                seed=int(cfg.seed),
+                alignment=cfg.loss.signal.alignment,
+            )
+        elif on_policy.fraction > 0:
             signal_source = OnPolicySource.from_pretrained(
                 str(cfg.loss.signal.teacher_model),
                 fraction=float(on_policy.fraction),
@@ -174,7 +191,9 @@ def run_train(
                 seed=int(cfg.seed),
             )
         elif cfg.loss.signal.source == "dense":
-            signal_source = DenseTeacherSource.from_pretrained(str(cfg.loss.signal.teacher_model))
+            signal_source = DenseTeacherSource.from_pretrained(
+                str(cfg.loss.signal.teacher_model), top_k=cfg.loss.signal.dense_top_k
+            )
         else:
             signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
             signal_source = StoredSparseSource()

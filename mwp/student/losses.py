@@ -17,12 +17,16 @@ The teacher's missing mass (a top-k sums to less than 1) is an explicit choice, 
 * `"none"`: the top-k as reported (not renormalised, no rest outcome), forward KL only:
   sum_i p_i (log p_i - log q_i) over the k ids, Fu et al.'s (2023) distribution matching.
 
+Forward/reverse KL and JSD compare distributions over student ids, so a sparse teacher's unshared
+slots (`SparseBatch.in_vocab` False: teacher tokens the student's vocabulary lacks) are part of its
+missing mass there (`SparseBatch.shared_only`).
+
 Tokenizer-free terms (no vocabulary mapping needed, `uld_loss` / `hybrid_loss`):
 * `uld` - Boizard et al. (2024), universal logit distillation: per position, the closed-form
   Wasserstein-1 distance between teacher and student distributions under a uniform transport cost,
   sum_i |p_(i) - q_(i)| over both probability vectors sorted in descending order, the shorter padded
   with zeros (range [0, 2]). A dense teacher's whole vocabulary (of any size) is sorted; a sparse
-  teacher's top-k is compared with the student's top-k (same k). `tail='renormalize'` rescales both
+  teacher's top-k (shared and unshared slots alike) is compared with the student's top-k (same k). `tail='renormalize'` rescales both
   top-k's to sum to 1; otherwise the raw probabilities are compared (the unseen tail is not a slot).
 * `hybrid` - GOLD-style: per supervised position, forward KL on the tokens the two vocabularies share
   plus ULD on the rest. Shared = the sparse slots with `SparseBatch.in_vocab` True (every valid slot
@@ -272,6 +276,8 @@ def distill_loss(
     if isinstance(teacher, SparseBatch):
         if teacher.mask.shape != shape:
             raise ValueError(f"sparse teacher is {tuple(teacher.mask.shape)}, student logits {tuple(shape)}")
+        # An unshared slot names no student token: its probability is missing mass here.
+        teacher = teacher.shared_only()
         if student_at_ids is None:
             student_at_ids = gathered_log_softmax(student_logits, teacher.ids.clamp(min=0), temperature)
         teacher_lp, student_lp = _sparse_distributions(student_at_ids, teacher, temperature, tail)

@@ -30,6 +30,7 @@ from mwp.evaluation.equations import score_template
 from mwp.signals import SignalSource, SparseBatch
 from mwp.signals.on_policy import ON_POLICY_KEY
 from mwp.signals.positions import COT_ROWS_KEY
+from mwp.signals.types import BATCH_KEYS
 from mwp.student.losses import combine, count_tokens, term_count_key
 from mwp.student.terms import LossTerm
 from mwp.verify.compare import answers_match
@@ -128,7 +129,9 @@ class StudentModule(pl.LightningModule):
         this micro-batch's, all-reduced, times the micro-batches per step, so each micro-batch of an
         on-policy window weighs equally (exact token means over devices, not over micro-batches).
         """
-        sparse = isinstance(teacher, SparseBatch)
+        # Window counts of teacher-covered tokens exist for a sparse signal the collator put in the
+        # batch; one a source builds at training time (a dense teacher's top-k) covers every label.
+        sparse = isinstance(teacher, SparseBatch) and BATCH_KEYS[0] in batch
         accumulate = self.trainer.accumulate_grad_batches
         if batch.get(ON_POLICY_KEY):
             local = count_tokens(terms, batch["labels"], teacher, batch.get(COT_ROWS_KEY))

@@ -299,10 +299,14 @@ def test_alternatives_map_into_the_student_vocabulary(t5_tokenizer) -> None:
 
     def dist(position: int) -> dict[int, float]:
         ids, logprobs = signal.ids[position], signal.logprobs[position].float()
-        return {int(i): float(p) for i, p in zip(ids, logprobs, strict=True) if i >= 0}
+        shared = signal.in_vocab[position]
+        return {int(i): float(p) for i, p, s in zip(ids, logprobs, shared, strict=True) if i >= 0 and s}
 
-    # " 42" -> "▁42", " 40" -> "▁40", "42" (no space) -> "42"; " ⁂" and " 4 2" have no single student token.
+    # " 42" -> "▁42", " 40" -> "▁40", "42" (no space) -> "42"; " ⁂" and " 4 2" have no single student
+    # token: they are unshared slots, with their own probabilities.
     assert dist(3) == pytest.approx({vocab["▁42"]: -0.4, vocab["▁40"]: -1.5, vocab["42"]: -2.5}, abs=2e-3)
+    unshared = torch.isfinite(signal.logprobs[3]) & ~signal.in_vocab[3]
+    assert sorted(signal.logprobs[3][unshared].tolist()) == pytest.approx([-5.0, -4.0])
     assert signal.ids[3, 0] == alignment.student_ids[3]  # most likely first
     # After a teacher newline the student sees a space: "So" and " The" both become "▁..." ids,
     # and "The" / " The" land on the same student token, so their probabilities add up.

@@ -97,3 +97,29 @@ def test_dense_teacher_source_runs_frozen_in_eval_mode_without_autograd(flan_t5_
         source.check_student(_t5(flan_t5_dir, seed=1, vocab=vocab + 8))
     with pytest.raises(FileNotFoundError, match=r"loss\.signal\.teacher_model='/nonexistent'"):
         DenseTeacherSource.from_pretrained("/nonexistent")
+
+
+def test_a_dense_teachers_top_k_is_a_sparse_signal_and_its_full_width_is_the_dense_kl(flan_t5_dir) -> None:
+    from mwp.student.losses import distill_loss
+
+    teacher = _t5(flan_t5_dir)
+    batch = _batch()
+    logits = DenseTeacherSource(teacher).signal(batch)
+    top5 = DenseTeacherSource(teacher, top_k=5).signal(batch)
+    assert isinstance(top5, SparseBatch) and top5.ids.shape == (2, 4, 5)
+    expected_lp, expected_ids = torch.log_softmax(logits.float(), -1).topk(5, dim=-1)
+    assert torch.equal(top5.ids.long(), expected_ids)
+    torch.testing.assert_close(top5.logprobs, expected_lp)
+    assert torch.equal(top5.mask, batch["labels"] != -100)  # every labelled position, padding none
+    # Keeping the whole vocabulary loses nothing: the bucketed sparse KL is the dense KL.
+    vocab = logits.shape[-1]
+    full = DenseTeacherSource(teacher, top_k=vocab).signal(batch)
+    student = torch.randn_like(logits)
+    mask = batch["labels"] != -100
+    dense_kl = distill_loss("forward_kl", student, logits, mask=mask).total
+    sparse_kl = distill_loss("forward_kl", student, full, mask=mask).total
+    torch.testing.assert_close(sparse_kl, dense_kl, rtol=1e-4, atol=1e-4)
+    # Fewer slots: the bucket is a coarsening, so a lower bound of the full KL.
+    assert distill_loss("forward_kl", student, top5, mask=mask).total < dense_kl
+    with pytest.raises(ValueError, match=r"loss\.signal\.dense_top_k"):
+        DenseTeacherSource(teacher, top_k=0)

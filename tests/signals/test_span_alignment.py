@@ -59,8 +59,10 @@ def synthetic_teacher(tokenizer, text: str) -> TokenLogprobs:
 
 
 def dist(alignment, position: int) -> dict[int, float]:
-    ids, logprobs = alignment.signal.ids[position], alignment.signal.logprobs[position]
-    return {int(i): float(p) for i, p in zip(ids, logprobs, strict=True) if i >= 0}
+    """The shared slots of one position (unshared ones: `test_unshared_slots`)."""
+    signal = alignment.signal
+    ids, logprobs, shared = signal.ids[position], signal.logprobs[position], signal.in_vocab[position]
+    return {int(i): float(p) for i, p, s in zip(ids, logprobs, shared, strict=True) if i >= 0 and s}
 
 
 # --- analytic cases -----------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def test_one_student_number_over_teacher_digits_gets_the_sum_of_their_logprobs(t
     assert alignment.spans == [([0], [0]), ([1], [1]), ([2, 3, 4], [2]), ([5], [3, 4]), ([6], [5])]
     lp = teacher.logprobs
     # The chain rule: p(▁48) = p(Ġ) p(4 | Ġ) p(8 | Ġ4); the alternatives come from the first covered
-    # position (Ġ's top-k), " two" -> ▁two; " ⁂" has no student token and joins the tail.
+    # position (Ġ's top-k), " two" -> ▁two; " ⁂" has no student token: an unshared slot.
     assert dist(alignment, 2) == pytest.approx({vocab["▁48"]: lp[2] + lp[3] + lp[4], vocab["▁two"]: -2.0})
     # One teacher token over two student tokens: the first gets all of it, the rest probability 1.
     assert dist(alignment, 3) == pytest.approx({vocab["▁marble"]: lp[5]})
