@@ -51,6 +51,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 bench: $(STAMP) ## Run the benchmark scripts in benchmarks/ (they print figures; nothing is asserted).
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+ablation: $(STAMP) ## The refinement ablation (SVAMP with PaLM, Math23K simulated) and its report; `ARGS=debug=default` for a smoke run.
+	bash experiments/refinement_ablation/run.sh $(ARGS)
+
 report: $(STAMP) ## Compare runs side by side: `make report RUNS="outputs/demo/multiruns/..."` (table + PNGs in reports/).
 	$(BIN)/mwp-report $(or $(RUNS),outputs) --out reports $(REPORT_ARGS)
 

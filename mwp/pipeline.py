@@ -1,9 +1,10 @@
-"""Run the configured stages in order inside one run folder: distill → train → evaluate.
+"""Run the configured stages in order inside one run folder: distill → (refine →) train → evaluate.
 
 The whole config is validated first, before any teacher call, model load or W&B run. A run
 folder belongs to one run: a new run never writes into a folder that already holds one, and
-`stage.resume=<run folder>` continues that run in place (its distilled data is reused, training
-resumes from `checkpoints/last.ckpt`).
+`stage.resume=<run folder>` continues that run in place (its distilled and refined data are reused,
+training resumes from `checkpoints/last.ckpt`). When the refine step runs, training reads its
+`refine/refined.jsonl` instead of the distilled rows.
 """
 
 from __future__ import annotations
@@ -94,11 +95,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             else:
                 summary["distill"] = run_distill(cfg, distill_dir).to_json()
 
+        refine_dir = run_dir / "refine"
+        if "refine" in steps:
+            from mwp.stages.refine import REFINED, distill_source, run_refine
+
+            if (resume or worker) and (refine_dir / REFINED).exists():
+                log.info("reusing the refined data in %s", refine_dir)
+                summary["refine"] = {"reused": str(refine_dir / REFINED)}
+            elif worker:
+                raise RuntimeError(f"rank > 0 found no refined data in {refine_dir}: rank 0 writes it first")
+            else:
+                summary["refine"] = run_refine(cfg, distill_source(cfg, distill_dir), refine_dir).to_json()
+
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
         if "train" in steps:
             from mwp.stages.train import run_train
 
-            data_path = Path(cfg.stage.data) if cfg.stage.data else distill_dir
+            if "refine" in steps:
+                data_path = refine_dir / REFINED
+            else:
+                data_path = Path(cfg.stage.data) if cfg.stage.data else distill_dir
             trained = run_train(cfg, run_dir, loggers, data_path, resume=resume)
             if not trained.is_global_zero:
                 status = "success"

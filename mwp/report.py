@@ -135,28 +135,40 @@ def _differing(records: Sequence[RunRecord], drop: Sequence[str] = ()) -> list[s
 
 def _result_key(result: dict[str, Any], multi_format: bool) -> str:
     key = f"{result.get('dataset')}/{result.get('split')}"
-    if result.get("model") not in (None, "student"):
-        key = f"{result['model']}:{key}"
+    model = str(result.get("model") or "student")
+    if model != "student" and not model.startswith("baseline"):
+        key = f"{model}:{key}"
     if multi_format and result.get("format"):
         key += f" [{result['format']}]"
     return key
 
 
+def _accuracy_figures(result: dict[str, Any], multi_format: bool) -> dict[str, float]:
+    """An equation-format result has one accuracy (the template's value); CoT has strict and flexible.
+    The most-frequent-template baseline gets its own column next to the student's."""
+    key = _result_key(result, multi_format)
+    baseline = str(result.get("model") or "").startswith("baseline")
+    if result.get("extraction") == "equation":
+        value = _number(result.get("strict_acc"))
+        return {} if value is None else {f"{key} {'baseline' if baseline else 'acc'}": 100 * value}
+    out = {}
+    for name in ("strict_acc", "flexible_acc"):
+        value = _number(result.get(name))
+        if value is not None:
+            label = name.removesuffix("_acc")
+            out[f"{key} {f'baseline {label}' if baseline else label}"] = 100 * value
+    return out
+
+
 def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
-    """Flat numeric figures of one run: accuracy per evaluation set, yield, recovery, calls, time."""
+    """Flat numeric figures of one run: data yield, refinement, accuracy per evaluation set, calls, time."""
     out: dict[str, float] = {}
-    for result in record.results:
-        key = _result_key(result, multi_format)
-        for name in ("strict_acc", "flexible_acc", "baseline_acc"):
-            if isinstance(result.get(name), int | float):
-                out[f"{key} {name.removesuffix('_acc')}"] = 100 * float(result[name])
     if record.distill and isinstance(record.distill.get("problem_yield"), int | float):
         out["distill yield %"] = 100 * float(record.distill["problem_yield"])
-    if record.refine:
-        for name in ("recovered", "recovered_share", "semantic_precision"):
-            value = record.refine.get(name)
-            if isinstance(value, int | float):
-                out[f"refine {name}"] = 100 * float(value) if name != "recovered" else float(value)
+    out.update(_chain_figures(record.distill))
+    out.update(_refine_figures(record.refine))
+    for result in record.results:
+        out.update(_accuracy_figures(result, multi_format))
     if record.steps is not None:
         out["steps"] = float(record.steps)
     out["teacher calls"] = float(record.teacher_calls)
@@ -165,6 +177,93 @@ def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
     if record.wall_time_s is not None:
         out["wall s"] = record.wall_time_s
     return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _chain_figures(distill: dict[str, Any] | None) -> dict[str, float]:
+    """Yield of each step of the equation chain (`distill/stats.json` "steps"), in percent."""
+    out: dict[str, float] = {}
+    steps = (distill or {}).get("steps")
+    if not isinstance(steps, dict):
+        return out
+    requests = 0.0
+    for name, step in steps.items():
+        if not isinstance(step, dict):
+            continue
+        requests += _number(step.get("requests")) or 0.0
+        if step.get("checked") and _number(step.get("yield")) is not None:
+            out[f"{name} yield %"] = 100 * float(step["yield"])
+    out["teacher requests"] = requests
+    return out
+
+
+def _refine_figures(refine: dict[str, Any] | None) -> dict[str, float]:
+    """Failed problems, recovered ones (per round too) and semantic precision from `refine/stats.json`."""
+    out: dict[str, float] = {}
+    if not refine:
+        return out
+    distill = refine.get("distill") or {}
+    if _number(distill.get("problems_failed")) is not None:
+        out["failed by distill"] = float(distill["problems_failed"])
+    precision = _number((distill.get("precision") or {}).get("precision"))
+    if precision is not None:
+        out["distill precision %"] = 100 * precision
+    for method in (refine.get("methods") or {}).values():
+        if not isinstance(method, dict):
+            continue
+        if _number(method.get("recovered")) is not None:
+            out["recovered"] = float(method["recovered"])
+        if _number(method.get("recovered_share")) is not None:
+            out["recovered % of failed"] = 100 * float(method["recovered_share"])
+        precision = _number((method.get("precision") or {}).get("precision"))
+        if precision is not None:
+            out["refine precision %"] = 100 * precision
+        for round_stats in method.get("rounds") or []:
+            if isinstance(round_stats, dict) and _number(round_stats.get("recovered")) is not None:
+                out[f"round {round_stats.get('round')} recovered"] = float(round_stats["recovered"])
+        calls = sum(
+            _number(r.get("teacher_calls")) or 0.0 for r in method.get("rounds") or [] if isinstance(r, dict)
+        )
+        if calls:
+            out["refine teacher requests"] = calls
+        if _number(method.get("wall_s")) is not None:
+            out["refine s"] = float(method["wall_s"])
+    return out
+
+
+# Column order: the data (yields, refinement), then accuracy, then what the run cost.
+_FIRST = (
+    "distill yield %",
+    "failed by distill",
+    "distill precision %",
+    "recovered",
+    "recovered % of failed",
+    "refine precision %",
+)
+_LAST = (
+    "refine s",
+    "steps",
+    "teacher requests",
+    "refine teacher requests",
+    "teacher calls",
+    "cost $",
+    "wall s",
+)
+
+
+def _column_rank(name: str) -> tuple[int, int]:
+    if name in _FIRST:
+        return (1, _FIRST.index(name))
+    if name.endswith(" yield %"):
+        return (0, 0)
+    if name.startswith("round "):
+        return (2, int(name.split()[1]) if name.split()[1].isdigit() else 0)
+    if name in _LAST:
+        return (4, _LAST.index(name))
+    return (3, 0)
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -211,6 +310,7 @@ def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) 
                 if name not in metric_names:
                     metric_names.append(name)
         per_group.append(merged)
+    metric_names.sort(key=_column_rank)
     columns = ["run", "status", *(["runs"] if aggregate else []), *metric_names]
     rows, labels = [], []
     for (key, members), merged in zip(groups.items(), per_group, strict=True):
@@ -237,7 +337,8 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    accuracy_columns = [c for c in table.columns if c.endswith((" strict", " flexible"))]
+    kinds = [k for k in ("acc", "strict", "flexible") if any(c.endswith(f" {k}") for c in table.columns)]
+    accuracy_columns = [c for c in table.columns if c.endswith(tuple(f" {k}" for k in kinds))]
     sets = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in accuracy_columns))
     if not sets:
         return written
@@ -245,7 +346,8 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     axes = [axes] if len(sets) == 1 else list(axes)
     width = 0.38
     for ax, name in zip(axes, sets, strict=True):
-        for offset, kind in ((-width / 2, "strict"), (width / 2, "flexible")):
+        offsets = [width * (j - (len(kinds) - 1) / 2) for j in range(len(kinds))]
+        for offset, kind in zip(offsets, kinds, strict=True):
             column = f"{name} {kind}"
             means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
             errors = [
@@ -253,7 +355,7 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
             ]
             positions = [i + offset for i in range(len(table.labels))]
             ax.bar(positions, means, width, yerr=errors, capsize=3, label=kind)
-        baseline = f"{name} baseline"
+        baseline = f"{name} baseline" if "acc" in kinds else f"{name} baseline strict"
         if any(v.get(baseline) for v in table.values):
             level = statistics.fmean([x for v in table.values for x in v.get(baseline, [])])
             ax.axhline(level, color="grey", linestyle="--", label="baseline")
@@ -270,10 +372,44 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     return written
 
 
+def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
+    """The refinement ablation: share of distillation's failures recovered, and how many keep their meaning."""
+    columns = [
+        c
+        for c in ("recovered % of failed", "refine precision %", "distill precision %")
+        if c in table.columns
+    ]
+    if "recovered % of failed" not in columns:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(table.labels)), 4.2))
+    width = 0.8 / len(columns)
+    for j, column in enumerate(columns):
+        means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
+        errors = [statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values]
+        positions = [i - 0.4 + width * (j + 0.5) for i in range(len(table.labels))]
+        ax.bar(positions, means, width, yerr=errors, capsize=3, label=column.removesuffix(" %"))
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("refinement: recovery and semantic precision")
+    ax.set_xticks(range(len(table.labels)))
+    ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "refinement.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
 def write_report(records: Sequence[RunRecord], out_dir: Path, *, aggregate: Sequence[str] = ()) -> Table:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(records, aggregate=aggregate)
-    plots = _plot_accuracy(table, out_dir)
+    plots = _plot_accuracy(table, out_dir) + _plot_refinement(table, out_dir)
     text = ["# mwp report", "", f"{len(records)} runs", "", table.markdown(), ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     (out_dir / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")

@@ -225,7 +225,8 @@ def test_help_offers_only_real_options_and_points_to_mwp_config() -> None:
         [sys.executable, "-m", "mwp.cli", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0
-    assert "stage: distill, evaluate, pipeline, train" in proc.stdout
+    assert "stage: distill, evaluate, fltt, pipeline, train" in proc.stdout
+    assert "refine: enumeration, middle_model, none, teacher_feedback" in proc.stdout
     assert "_base" not in proc.stdout and "mwp-config" in proc.stdout
 
 

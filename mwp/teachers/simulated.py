@@ -44,7 +44,7 @@ ERROR_KINDS: tuple[str, ...] = (
     "refusal",
     "plausible_wrong",
 )
-STEPS: tuple[str, ...] = ("equation", "masked_equation")
+STEPS: tuple[str, ...] = ("equation", "masked_equation", "feedback")
 REFUSALS = {
     "en": "I'm sorry, I cannot write an equation for this problem.",
     "zh": "抱歉，我无法为这道题列出方程。",
@@ -239,7 +239,8 @@ class SimulatedTeacher(Teacher):
         gold = clean_equation(problem.equation or "").partition("=")[2]
         if request.task == "masked_equation":
             return self._masked(gold, problem, rng)
-        kind = _draw_error(rng, self.profile["equation"])
+        # Refinement's teacher feedback (shown its failed attempt and the right answer) has its own rates.
+        kind = _draw_error(rng, self.profile["feedback" if request.task == "feedback" else "equation"])
         if kind == "refusal":
             return REFUSALS.get(problem.language, REFUSALS["en"])
         expression = _spoil(gold, kind, rng, problem.numbers) if kind else gold

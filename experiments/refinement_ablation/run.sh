@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# From Large to Tiny's refinement ablation: distill only vs + middle-model search vs + teacher feedback vs
+# + enumeration search, over seeds, on
+#   (a) SVAMP with the recorded PaLM-540B teacher (teacher feedback is n/a there: a recording cannot
+#       answer new prompts; run it with a live teacher, see conf/experiment/refinement_ablation_svamp.yaml),
+#   (b) Math23K with the SIMULATED teacher (answers from gold equations at set error rates);
+# each a Hydra multirun (one W&B offline run per job, group = experiment, job_type = stage), then the
+# report: a table per dataset (step yields, failed/recovered per method and round, semantic precision,
+# student accuracy per evaluation set with the most-frequent-template baseline, teacher calls, wall time)
+# and PNG plots.
+#   bash experiments/refinement_ablation/run.sh                        # SEEDS=1,2,3
+#   SEEDS=1 bash experiments/refinement_ablation/run.sh debug=default  # a smoke run
+#   DATASETS=svamp bash experiments/refinement_ablation/run.sh         # one half only
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-.venv/bin}
+SEEDS=${SEEDS:-1,2,3}
+DATASETS=${DATASETS:-svamp math23k}
+OUT=${OUT:-outputs/refinement_ablation/$(date +%Y-%m-%d_%H-%M-%S)}
+# one thread per job: small models on CPU train faster that way, and jobs can share the cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+declare -A METHODS=(
+  [svamp]=none,middle_model,enumeration
+  [math23k]=none,middle_model,teacher_feedback,enumeration
+)
+started=$(date +%s)
+for dataset in $DATASETS; do
+  "$BIN/mwp" -m "experiment=refinement_ablation_$dataset" "refine=${METHODS[$dataset]}" "seed=$SEEDS" \
+    "hydra.sweep.dir=$OUT/$dataset" "$@"
+done
+for dataset in $DATASETS; do
+  echo
+  echo "== refinement ablation, $dataset ($([[ $dataset == svamp ]] && echo 'recorded PaLM-540B teacher; teacher feedback: n/a, a recording cannot answer new prompts' || echo 'SIMULATED teacher from gold equations'))"
+  "$BIN/mwp-report" "$OUT/$dataset" --aggregate seed --out "$OUT/report/$dataset"
+done
+echo
+echo "ablation wall time: $(( $(date +%s) - started )) s; runs and reports under $OUT"
