@@ -98,7 +98,8 @@ class TeacherFeedback:
             stats = RoundStats(method=METHOD, round=round_index, attempted=len(remaining))
             calls_before = usage.calls
             requests = [
-                TeacherRequest(pid, feedback_prompt(p, latest.get(pid)), task=TASK) for pid, p in remaining.items()
+                TeacherRequest(pid, feedback_prompt(p, latest.get(pid)), task=TASK)
+                for pid, p in remaining.items()
             ]
             recovered: list[DistilledRow] = []
             answered = 0
