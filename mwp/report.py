@@ -330,46 +330,57 @@ def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) 
 # ------------------------------------------------------------------------------------------ plots
 
 
-def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    written: list[Path] = []
+    return plt
+
+
+def _bars(ax: Any, table: Table, column: str, offset: float, width: float, label: str) -> None:
+    """One bar per row of `table` at x = row + offset: the mean of `column`, the std over its runs."""
+    means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
+    errors = [statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values]
+    positions = [i + offset for i in range(len(table.labels))]
+    ax.bar(positions, means, width, yerr=errors, capsize=3, label=label)
+
+
+def _finish_axis(ax: Any, table: Table, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(len(table.labels)))
+    ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     kinds = [k for k in ("acc", "strict", "flexible") if any(c.endswith(f" {k}") for c in table.columns)]
     accuracy_columns = [c for c in table.columns if c.endswith(tuple(f" {k}" for k in kinds))]
     sets = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in accuracy_columns))
     if not sets:
-        return written
+        return []
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(sets), figsize=(max(4.0, 1.2 * len(table.labels)) * len(sets), 4.2))
     axes = [axes] if len(sets) == 1 else list(axes)
     width = 0.38
     for ax, name in zip(axes, sets, strict=True):
-        offsets = [width * (j - (len(kinds) - 1) / 2) for j in range(len(kinds))]
-        for offset, kind in zip(offsets, kinds, strict=True):
-            column = f"{name} {kind}"
-            means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
-            errors = [
-                statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values
-            ]
-            positions = [i + offset for i in range(len(table.labels))]
-            ax.bar(positions, means, width, yerr=errors, capsize=3, label=kind)
+        for j, kind in enumerate(kinds):
+            _bars(ax, table, f"{name} {kind}", width * (j - (len(kinds) - 1) / 2), width, kind)
         baseline = f"{name} baseline" if "acc" in kinds else f"{name} baseline strict"
         if any(v.get(baseline) for v in table.values):
             level = statistics.fmean([x for v in table.values for x in v.get(baseline, [])])
             ax.axhline(level, color="grey", linestyle="--", label="baseline")
-        ax.set_title(name)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_xticks(range(len(table.labels)))
-        ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-    return written
+        _finish_axis(ax, table, name, "accuracy (%)")
+    return [_save(fig, out_dir / "accuracy.png")]
 
 
 def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
@@ -381,29 +392,13 @@ def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
     ]
     if "recovered % of failed" not in columns:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(table.labels)), 4.2))
+    fig, ax = _pyplot().subplots(figsize=(max(5.0, 1.4 * len(table.labels)), 4.2))
     width = 0.8 / len(columns)
     for j, column in enumerate(columns):
-        means = [statistics.fmean(v[column]) if v.get(column) else math.nan for v in table.values]
-        errors = [statistics.stdev(v[column]) if len(v.get(column, [])) > 1 else 0.0 for v in table.values]
-        positions = [i - 0.4 + width * (j + 0.5) for i in range(len(table.labels))]
-        ax.bar(positions, means, width, yerr=errors, capsize=3, label=column.removesuffix(" %"))
-    ax.set_ylabel("%")
+        _bars(ax, table, column, width * (j + 0.5) - 0.4, width, column.removesuffix(" %"))
     ax.set_ylim(0, 105)
-    ax.set_title("refinement: recovery and semantic precision")
-    ax.set_xticks(range(len(table.labels)))
-    ax.set_xticklabels(table.labels, rotation=30, ha="right", fontsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "refinement.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    _finish_axis(ax, table, "refinement: recovery and semantic precision", "%")
+    return [_save(fig, out_dir / "refinement.png")]
 
 
 def write_report(records: Sequence[RunRecord], out_dir: Path, *, aggregate: Sequence[str] = ()) -> Table:
