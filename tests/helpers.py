@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -23,3 +24,22 @@ def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir if run_dir is not None else REPO_ROOT / "outputs" / "composed")
     return cfg
+
+
+def bare_trainer(max_steps: int, *, accumulate: int = 1, callbacks: Sequence[Any] = (), **kwargs: Any) -> Any:
+    """A CPU Lightning Trainer that only trains: no checkpoints, progress bar, summary or validation, and
+    no logger unless one is passed (`logger=...`); other Trainer arguments pass through."""
+    import lightning.pytorch as pl
+
+    kwargs.setdefault("logger", False)
+    return pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+        **kwargs,
+    )

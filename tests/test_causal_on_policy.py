@@ -16,7 +16,7 @@ from mwp.signals import SparseBatch, TeacherForcedScorer
 from mwp.signals.on_policy import ON_POLICY_KEY, CausalOnPolicySource
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm
-from tests.helpers import compose_config
+from tests.helpers import bare_trainer, compose_config
 from tests.test_on_policy import _tiny_t5, items_and_tokenizer  # noqa: F401 (a fixture)
 
 
@@ -86,16 +86,7 @@ def test_a_causal_lm_scores_the_students_own_samples_through_span_alignment(
     loader = WindowedTrainLoader(items[:6], TrainCollator(tokenizer, 128, 96), batch_size=2, shuffle=False)
     recorder = _Gradients()
     pl.seed_everything(0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[recorder],
-    )
+    trainer = bare_trainer(3, callbacks=[recorder])
     try:
         trainer.fit(module, train_dataloaders=loader)
     finally:

@@ -19,7 +19,7 @@ from mwp.stages.distill import read_distilled, run_distill
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm
-from tests.helpers import compose_config
+from tests.helpers import bare_trainer, compose_config
 
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
 MAX_TARGET = 96
@@ -67,18 +67,7 @@ def _one_step(
     module: StudentModule, loader: DataLoader, accumulate: int, **trainer_kwargs
 ) -> _GradientRecorder:
     recorder = _GradientRecorder()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        accumulate_grad_batches=accumulate,
-        logger=trainer_kwargs.pop("logger", False),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[recorder],
-        **trainer_kwargs,
-    )
+    trainer = bare_trainer(1, accumulate=accumulate, callbacks=[recorder], **trainer_kwargs)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 1
     return recorder

@@ -18,7 +18,7 @@ from mwp.student.losses import forward_kl
 from mwp.student.model import build_student
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm
-from tests.helpers import compose_config
+from tests.helpers import bare_trainer, compose_config
 
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
 
@@ -72,17 +72,7 @@ class _LossRecorder(pl.Callback):
 def _train(module: StudentModule, loader, steps: int, accumulate: int) -> _LossRecorder:
     pl.seed_everything(0)  # the samples, and so the losses, are the same on every run
     recorder = _LossRecorder()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[recorder],
-    )
+    trainer = bare_trainer(steps, accumulate=accumulate, callbacks=[recorder])
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == steps
     return recorder
