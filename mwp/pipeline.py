@@ -2,9 +2,10 @@
 
 The whole config is validated first, before any teacher call, model load or W&B run. A run
 folder belongs to one run: a new run never writes into a folder that already holds one, and
-`stage.resume=<run folder>` continues that run in place (its distilled and refined data are reused,
-training resumes from `checkpoints/last.ckpt`). When the refine step runs, training reads its
-`refine/refined.jsonl` instead of the distilled rows.
+`stage.resume=<run folder>` continues that run in place (training resumes from
+`checkpoints/last.ckpt`). Every stage's output lives in the stage cache (`mwp.cache`, under
+`cache.dir`), keyed by the settings that determine it, and is linked into the run folder as
+`distill/`, `refine/`, `student/` and `eval/`: a sweep over student or loss settings distils once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mwp.cache import (
+    StageCache,
+    StageKey,
+    StageOutcome,
+    file_fingerprint,
+    folder_stamp,
+    forced_stages,
+    link_into_run,
+    stage_key,
+)
 from mwp.config import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -59,8 +70,24 @@ def claim_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def _stage_log(outcome: StageOutcome) -> None:
+    log.info(
+        "[%s] %s key=%s in %.1f s -> %s",
+        outcome.stage,
+        outcome.status,
+        outcome.key,
+        outcome.wall_time_s,
+        outcome.path,
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job as a plain function (the CLI is a thin Hydra wrapper around it)."""
+    """The whole job as a plain function (the CLI is a thin Hydra wrapper around it).
+
+    Each stage's output comes from the stage cache (`mwp.cache`): reused when a run with the same
+    settings computed it before, computed (once, even by parallel jobs) otherwise, and linked into
+    the run folder under the stage's name. `summary.json` says which, with each stage's key.
+    """
     validate(cfg)
     if cfg.stage.resume:
         # Everything of a resumed run (checkpoints, logs) goes to its own folder, not Hydra's new one.
@@ -71,8 +98,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.stage.resume or cfg.paths.output_dir) if worker else claim_run_dir(cfg)
     resume = bool(cfg.stage.resume)
     steps = list(cfg.stage.steps)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running"}
+    cache = StageCache(cfg.cache.dir, force=forced_stages(cfg.cache.force, steps))
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "stages": {}}
     started = time.monotonic()
+
+    def staged(name: str, key: StageKey, compute: Any, link: str | None = None) -> StageOutcome:
+        """The stage's output from the cache (rank > 0 only reads it), linked into the run folder."""
+        if worker:
+            found = cache.lookup(key)
+            if found is None:
+                raise RuntimeError(
+                    f"rank > 0 found no {name} output {key.key} in {cache.root}: rank 0 writes it first"
+                )
+            return found
+        log.info("[%s] start key=%s", name, key.key)
+        outcome = cache.get_or_compute(key, compute, run_dir=run_dir)
+        link_into_run(run_dir, link or name, outcome.path)
+        summary["stages"][name] = {
+            "status": outcome.status,
+            "key": outcome.key,
+            "path": str(outcome.path),
+            "wall_time_s": round(outcome.wall_time_s, 2),
+        }
+        _stage_log(outcome)
+        return outcome
 
     loggers: list[Any] = []
     if "train" in steps or "evaluate" in steps:
@@ -81,55 +130,74 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loggers = build_loggers(cfg)
     status = "failed"
     try:
-        distill_dir = run_dir / "distill"
+        # What the next stage reads, and the key (or content fingerprint) that identifies it.
+        data_path: Path | None = Path(cfg.stage.data) if cfg.stage.data else None
+        upstream = {"data": file_fingerprint(data_path)} if data_path is not None else {}
         if "distill" in steps:
-            from mwp.stages.distill import ARTIFACT, run_distill
+            from mwp.stages.distill import run_distill
 
-            if (resume or worker) and (distill_dir / ARTIFACT).exists():
-                log.info("reusing the distilled data in %s", distill_dir)
-                summary["distill"] = {"reused": str(distill_dir / ARTIFACT)}
-            elif worker:
-                raise RuntimeError(
-                    f"rank > 0 found no distilled data in {distill_dir}: rank 0 writes it first"
-                )
-            else:
-                summary["distill"] = run_distill(cfg, distill_dir).to_json()
+            key = stage_key(cfg, "distill")
+            outcome = staged("distill", key, lambda out: run_distill(cfg, out).to_json())
+            summary["distill"] = outcome.result
+            data_path, upstream = outcome.path, {"distill": key.key}
 
-        refine_dir = run_dir / "refine"
         if "refine" in steps:
-            from mwp.stages.refine import REFINED, distill_source, run_refine
+            from mwp.stages.refine import REFINED, run_refine
 
-            if (resume or worker) and (refine_dir / REFINED).exists():
-                log.info("reusing the refined data in %s", refine_dir)
-                summary["refine"] = {"reused": str(refine_dir / REFINED)}
-            elif worker:
-                raise RuntimeError(f"rank > 0 found no refined data in {refine_dir}: rank 0 writes it first")
-            else:
-                summary["refine"] = run_refine(cfg, distill_source(cfg, distill_dir), refine_dir).to_json()
+            assert data_path is not None
+            source = data_path
+            key = stage_key(cfg, "refine", upstream)
+            outcome = staged("refine", key, lambda out: run_refine(cfg, source, out).to_json())
+            summary["refine"] = outcome.result
+            data_path, upstream = outcome.path / REFINED, {"refine": key.key}
 
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
+        student_key = {"student": folder_stamp(student_dir)} if cfg.stage.student else {}
         if "train" in steps:
-            from mwp.stages.train import run_train
+            from mwp.stages.train import STUDENT_DIR, run_train
 
-            if "refine" in steps:
-                data_path = refine_dir / REFINED
-            else:
-                data_path = Path(cfg.stage.data) if cfg.stage.data else distill_dir
-            trained = run_train(cfg, run_dir, loggers, data_path, resume=resume)
-            if not trained.is_global_zero:
+            assert data_path is not None
+            train_data = data_path
+            signals_dir = cache.root / "signals"
+            if worker:
+                # Ranks > 0 train beside rank 0 (which holds the cache entry) and save nothing.
+                run_train(cfg, run_dir, loggers, train_data, resume=resume, signals_dir=signals_dir)
                 status = "success"
                 return summary
-            student_dir = trained.student_dir
-            summary["train"] = {
-                "steps": trained.steps,
-                "best_val_acc": trained.best_val_acc,
-                "student_dir": str(student_dir),
-            }
-        if "evaluate" in steps and not worker:
-            from mwp.stages.evaluate import run_evaluate
 
-            results = run_evaluate(cfg, run_dir, loggers, student_dir)
-            summary["evaluate"] = [r.summary() for r in results]
+            def train(out: Path) -> dict[str, Any]:
+                # Checkpoints stay in the run folder (a killed run resumes there); the student is the entry.
+                trained = run_train(
+                    cfg, run_dir, loggers, train_data, resume=resume, student_dir=out, signals_dir=signals_dir
+                )
+                result = {"steps": trained.steps, "best_val_acc": trained.best_val_acc}
+                if trained.signals is not None:
+                    signals = trained.signals
+                    summary["stages"]["signals"] = {
+                        "status": "reused" if signals["reused"] else "computed",
+                        "path": signals["path"],
+                    }
+                    result["signals"] = signals
+                return result
+
+            key = stage_key(cfg, "train", upstream)
+            outcome = staged("train", key, train, link=STUDENT_DIR)
+            student_dir = outcome.path
+            summary["train"] = {**outcome.result, "student_dir": str(student_dir)}
+            student_key = {"train": key.key}
+        if "evaluate" in steps and not worker:
+            from mwp.stages.evaluate import replay_evaluation, run_evaluate
+
+            evaluated = student_dir
+            key = stage_key(cfg, "evaluate", student_key)
+
+            def evaluate(out: Path) -> dict[str, Any]:
+                return {"results": [r.summary() for r in run_evaluate(cfg, out, loggers, evaluated)]}
+
+            outcome = staged("evaluate", key, evaluate, link="eval")
+            if outcome.status == "reused":
+                replay_evaluation(outcome.path, loggers)
+            summary["evaluate"] = outcome.result["results"]
         status = "success"
     except BaseException as err:
         summary["error"] = f"{type(err).__name__}: {str(err)[:500]}"

@@ -74,9 +74,23 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def _usage(run_dir: Path) -> tuple[int, float]:
+# The run folder's name for each stage's output (a link into the stage cache).
+_STAGE_FOLDERS = {"distill": "distill", "refine": "refine", "student": "train", "eval": "evaluate"}
+
+
+def _reused_stages(summary: dict[str, Any]) -> set[str]:
+    stages = summary.get("stages") if isinstance(summary.get("stages"), dict) else {}
+    return {
+        name for name, info in stages.items() if isinstance(info, dict) and info.get("status") == "reused"
+    }
+
+
+def _usage(run_dir: Path, reused: set[str] = frozenset()) -> tuple[int, float]:
+    """Teacher calls and cost this run paid for: a stage it reused from the cache cost it nothing."""
     calls, cost = 0, 0.0
     for path in sorted(run_dir.glob("*/usage*.json")):
+        if _STAGE_FOLDERS.get(path.parent.name) in reused:
+            continue
         usage = _read_json(path)
         if isinstance(usage, dict):
             calls += int(usage.get("calls") or 0)
@@ -94,7 +108,7 @@ def read_run(run_dir: Path) -> RunRecord:
     results = _read_json(run_dir / "eval" / "results.json")
     distill = _read_json(run_dir / "distill" / "stats.json")
     refine = _read_json(run_dir / "refine" / "stats.json")
-    calls, cost = _usage(run_dir)
+    calls, cost = _usage(run_dir, _reused_stages(summary))
     return RunRecord(
         path=run_dir,
         status=status,
@@ -172,6 +186,8 @@ def _metrics(record: RunRecord, multi_format: bool) -> dict[str, float]:
     if record.steps is not None:
         out["steps"] = float(record.steps)
     out["teacher calls"] = float(record.teacher_calls)
+    if "stages" in record.summary:
+        out["stages reused"] = float(len(_reused_stages(record.summary)))
     if record.cost_usd:
         out["cost $"] = record.cost_usd
     if record.wall_time_s is not None:
@@ -250,6 +266,7 @@ _LAST = (
     "refine teacher requests",
     "teacher calls",
     "cost $",
+    "stages reused",
     "wall s",
 )
 

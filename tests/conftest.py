@@ -34,3 +34,11 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def flan_t5_dir() -> Path:
     return default_models_dir() / "flan-t5-small"
+
+
+@pytest.fixture(autouse=True)
+def stage_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own stage cache (`cache.dir` defaults to $MWP_STAGE_CACHE): no test reuses another's outputs."""
+    path = tmp_path_factory.mktemp("stage-cache")
+    monkeypatch.setenv("MWP_STAGE_CACHE", str(path))
+    return path

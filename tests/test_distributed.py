@@ -138,7 +138,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_parameters(
         "stage.checkpoint_every_n_steps=1",
         "optim.lr=3e-3",
     ]
-    _mwp(tmp_path / "whole", *common)
+    # its own stage cache: the resumed run below must train, not reuse this run's student
+    _mwp(tmp_path / "whole", *common, f"cache.dir={tmp_path / 'whole-cache'}")
 
     killed = _mwp(
         tmp_path / "killed",

@@ -312,7 +312,7 @@ def test_smollm2_samples_train_a_tiny_student_with_ce_and_kl(t5_tokenizer, flan_
 
 
 @pytest.mark.slow
-def test_pipeline_with_ce_kl_scores_the_recorded_teacher(tmp_path: Path) -> None:
+def test_pipeline_with_ce_kl_scores_the_recorded_teacher(tmp_path: Path, stage_cache: Path) -> None:
     pytest.importorskip("gguf")
     overrides = ["experiment=demo", "debug=default", "loss=ce_kl", "dataset.limit=8", "trainer.max_steps=2"]
     # The recorded PaLM teacher has no logprobs: without a scorer that is a clear error...
@@ -322,10 +322,20 @@ def test_pipeline_with_ce_kl_scores_the_recorded_teacher(tmp_path: Path) -> None
     cfg = compose_config([*overrides, "loss.signal.missing=score"], run_dir=tmp_path / "scored")
     summary = run(cfg)
     assert summary["train"]["steps"] == 2
-    (coverage,) = (tmp_path / "scored" / "signals").glob("*.coverage.json")
-    report = json.loads(coverage.read_text())
+    # The signals are a stage of the cache: scored once, named by the content they were built from.
+    # (the failed run above left the store it built without a scorer: all rows empty)
+    reports = [json.loads(path.read_text()) for path in (stage_cache / "signals").glob("*.coverage.json")]
+    (report,) = [r for r in reports if r["rows_scored"]]
     assert report["rows_scored"] == report["rows"] == summary["distill"]["samples_kept"]
     assert report["coverage"] > 0.3
+    assert summary["stages"]["signals"]["status"] == "computed"
     (metrics_file,) = (tmp_path / "scored" / "csv").glob("version_*/metrics.csv")
     metrics = list(csv.DictReader(metrics_file.open()))
     assert any(m.get("train/kl") for m in metrics) and any(m.get("train/ce") for m in metrics)
+    # Another member of a sweep (a new learning rate) trains anew on the same signals without scoring again.
+    other = run(
+        compose_config([*overrides, "loss.signal.missing=score", "optim.lr=3e-3"], run_dir=tmp_path / "lr")
+    )
+    assert other["stages"]["train"]["status"] == "computed"
+    assert other["stages"]["signals"] == {**summary["stages"]["signals"], "status": "reused"}
+    assert len(list((stage_cache / "signals").glob("*.safetensors"))) == len(reports) == 2

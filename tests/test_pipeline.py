@@ -65,7 +65,10 @@ def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: 
     # The resumed run wrote its checkpoints into its own folder, not into Hydra's new one.
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 6
     assert not (tmp_path / "elsewhere" / "checkpoints").exists()
-    assert summary["distill"] == {"reused": str(tmp_path / "distill" / "distilled.jsonl")}
+    # Distillation is reused from the stage cache (same settings); training is a new key (max_steps).
+    assert summary["stages"]["distill"]["status"] == "reused"
+    assert summary["stages"]["train"]["status"] == "computed"
+    assert (tmp_path / "distill").resolve() == Path(summary["stages"]["distill"]["path"])
     assert (tmp_path / "distill" / "distilled.jsonl").read_bytes() == distilled
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "success"
     assert list(tmp_path.glob("config.resume-*.yaml"))

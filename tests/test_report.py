@@ -77,3 +77,15 @@ def test_cli_writes_markdown_and_a_plot(
 def test_missing_path_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_run_that_reused_the_distilled_data_paid_no_teacher_calls(tmp_path: Path) -> None:
+    computed = _run(tmp_path, "0", ["experiment=demo", "optim.lr=1e-3"], status="success", acc=0.2)
+    reused = _run(tmp_path, "1", ["experiment=demo", "optim.lr=3e-3"], status="success", acc=0.3)
+    for run_dir, status in ((computed, "computed"), (reused, "reused")):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["stages"] = {"distill": {"status": status}, "train": {"status": "computed"}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    table = build_table(collect_runs([tmp_path]))
+    calls, reused_count = table.columns.index("teacher calls"), table.columns.index("stages reused")
+    assert [(row[calls], row[reused_count]) for row in table.rows] == [("3.0", "0.0"), ("0.0", "1.0")]

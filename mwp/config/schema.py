@@ -832,6 +832,18 @@ class StageConfig(Section):
         return self
 
 
+class CacheConfig(Section):
+    dir: str = help_field(
+        help="the stage cache: every stage's output under <dir>/<stage>/<key> ($MWP_STAGE_CACHE, "
+        "else <paths.log_dir>/cache)"
+    )
+    force: bool | list[Literal[STEPS]] = help_field(  # type: ignore[valid-type]
+        False,
+        help="recompute instead of reusing: true = every stage, or a list of stages (each recomputes "
+        "the stages after it too)",
+    )
+
+
 class RunConfig(Section):
     """The whole composed config (the `hydra` node excluded)."""
 
@@ -852,6 +864,7 @@ class RunConfig(Section):
     callbacks: dict[str, OpenSection | None] = help_field({}, help="Lightning callbacks (_target_ mappings)")
     evaluation: EvaluationConfig
     stage: StageConfig
+    cache: CacheConfig
     refine: RefineConfig = help_field(RefineConfig(), help="the refine step (From Large to Tiny)")
     experiment: Any = None
     hparams_search: Any = None

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mwp.data.bbh import BBHExample, PromptStyle, load_bbh_prompt, load_bbh_task, resolve_bbh_tasks
 from mwp.data.io import write_jsonl
 from mwp.evaluation.evaluate import Accuracies
+from mwp.progress import Progress
 from mwp.verify.bbh_answers import bbh_matches, extract_bbh_answer
 
 __all__ = ["BBHResult", "BBHTaskResult", "evaluate_bbh", "fit_source", "format_bbh_table"]
@@ -160,7 +160,7 @@ def evaluate_bbh(
         # Longest first: similar lengths share a batch (less padding), and memory peaks at once.
         order = sorted(range(len(sources)), key=lambda i: -len(sources[i][1]))
         texts: dict[int, str] = {}
-        bar = tqdm(total=len(order), desc=f"bbh {task} ({prompt})", unit="example", dynamic_ncols=True)
+        bar = Progress(len(order), f"bbh {task} ({prompt})", unit="example")
         for offset in range(0, len(order), batch_size):
             chunk = order[offset : offset + batch_size]
             batch = [sources[i][1] for i in chunk]

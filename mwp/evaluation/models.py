@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mwp.data.datamodule import encode_padded
 from mwp.data.formats import token_counter
 from mwp.data.io import read_json
+from mwp.progress import Progress
 from mwp.teachers.base import SamplingParams, Teacher, TeacherRequest
 from mwp.teachers.scale import UsageLedger, teacher_usage
 
@@ -72,7 +72,7 @@ class Seq2SeqGenerator(Generator):
         self.model.eval()
         device = next(self.model.parameters()).device
         texts: list[str] = []
-        bar = tqdm(total=len(sources), desc=desc or f"eval {self.label}", unit="problem", dynamic_ncols=True)
+        bar = Progress(len(sources), desc or f"eval {self.label}", unit="problem")
         for start in range(0, len(sources), self.batch_size):
             chunk = list(sources[start : start + self.batch_size])
             enc = encode_padded(self.tokenizer, chunk, self.max_source_len).to(device)

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from mwp.data.artifact import DistilledRow
 from mwp.data.problem import Problem
+from mwp.progress import Progress
 from mwp.refine.common import RoundStats, distinct_verified, recovered_row
 
 METHOD = "enumeration"
@@ -56,7 +57,9 @@ class EnumerationMethod:
         )
         recovered: list[DistilledRow] = []
         start = time.perf_counter()
+        bar = Progress(len(problems), "refine enumeration", unit="problem")
         for problem, templates, problem_stats in search.search(problems):
+            bar.update()
             stats.candidates += problem_stats.candidates
             kept_templates = distinct_verified(problem, list(templates), self.constants, self.max_per_problem)
             stats.verified_candidates += len(kept_templates)
@@ -64,6 +67,7 @@ class EnumerationMethod:
                 recovered_row(problem, t, method=METHOD, round_index=1, teacher=METHOD)
                 for t in kept_templates
             )
+        bar.close()
         stats.search_s = time.perf_counter() - start
         stats.recovered = len({row.id for row in recovered})
         yield stats.finish(len(problems) - stats.recovered), recovered

@@ -24,6 +24,7 @@ from mwp.data.artifact import DistilledRow, write_distilled
 from mwp.data.datamodule import encode_padded
 from mwp.data.problem import Problem
 from mwp.evaluation.models import Seq2SeqGenerator
+from mwp.progress import Progress
 from mwp.refine.common import RoundStats, distinct_verified, recovered_row
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ class CandidateGenerator(Seq2SeqGenerator):
         self.model.eval()
         device = next(self.model.parameters()).device
         out: list[list[str]] = []
+        bar = Progress(len(sources), "refine middle model: decode", unit="problem")
         for start in range(0, len(sources), self.batch_size):
             chunk = list(sources[start : start + self.batch_size])
+            bar.update(len(chunk))
             enc = encode_padded(self.tokenizer, chunk, self.max_source_len).to(device)
             kwargs: dict[str, Any] = {
                 "do_sample": d.do_sample,
@@ -87,6 +90,7 @@ class CandidateGenerator(Seq2SeqGenerator):
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             k = d.num_return_sequences
             out.extend(texts[i * k : (i + 1) * k] for i in range(len(chunk)))
+        bar.close()
         return out
 
 

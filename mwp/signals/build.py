@@ -15,9 +15,12 @@ like sampled ones.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,13 +121,16 @@ def prepare_signals(
     scorer: TeacherForcedScorer | None = None,
     source: str = "distilled rows",
     alignment: str = "span",
+    name_by_content: bool = False,
 ) -> tuple[SignalStore, SignalReport]:
     """Align every distilled row's teacher logprobs to its student target; write (or reuse) the store.
 
     Row r of the store is the signal of `rows[r]`. `missing` decides rows without logprobs: `empty`
     (no distribution, plain cross-entropy), `score` (through `scorer`, whose model loads only when
     the store has to be built), or `error`. `alignment` is `loss.signal.alignment` (`span` or `dtw`,
-    see `mwp.signals.alignment`).
+    see `mwp.signals.alignment`). With `name_by_content`, `out_path` is a folder shared by runs (the
+    stage cache's `signals/`): the store is named by the fingerprint of its rows and settings, built
+    under a lock, so jobs of a sweep that need the same signals build them once.
     """
     if missing not in MISSING_CHOICES:
         raise ValueError(f"loss.signal.missing must be one of {MISSING_CHOICES}, got {missing!r}")
@@ -133,7 +139,6 @@ def prepare_signals(
     if alignment not in ALIGNMENTS:
         raise ValueError(f"loss.signal.alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     out_path = Path(out_path)
-    report_path = out_path.with_suffix(".coverage.json")
     settings = {
         "max_target_len": max_target_len,
         "missing": missing,
@@ -145,6 +150,33 @@ def prepare_signals(
     if missing == "score" and scorer is not None:
         settings["scorer"] = scorer.identity
     fingerprint = _fingerprint(rows, settings)
+    if not name_by_content:
+        return _build_or_reuse(rows, tokenizer, out_path, fingerprint, settings, scorer, source)
+    out_path = out_path / f"{tokenizer_id(tokenizer)}-{fingerprint}.safetensors"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_or_reuse(rows, tokenizer, out_path, fingerprint, settings, scorer, source)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_or_reuse(
+    rows: Sequence[DistilledRow],
+    tokenizer: PreTrainedTokenizerBase,
+    out_path: Path,
+    fingerprint: str,
+    settings: Mapping[str, Any],
+    scorer: TeacherForcedScorer | None,
+    source: str,
+) -> tuple[SignalStore, SignalReport]:
+    missing, alignment, max_target_len = (
+        settings["missing"],
+        settings["alignment"],
+        settings["max_target_len"],
+    )
+    report_path = out_path.with_suffix(".coverage.json")
     if out_path.is_file() and report_path.is_file():
         try:
             store = SignalStore(out_path)
@@ -215,7 +247,10 @@ def prepare_signals(
         "source": source,
     }
     SignalStore.write(out_path, signals, metadata=metadata)
-    report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    # The report is renamed into place too: a killed writer never leaves a store with half a report.
+    scratch_report = report_path.with_name(f".{report_path.name}.{uuid.uuid4().hex[:8]}")
+    scratch_report.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    os.replace(scratch_report, report_path)
     log.info(
         "teacher signals: %d rows with logprobs, %d scored, %d empty; %s alignment covers %.1f%% of %d "
         "target tokens (%s) -> %s",

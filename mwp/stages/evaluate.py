@@ -46,6 +46,11 @@ from mwp.loggers import log_metrics, log_table
 
 log = logging.getLogger(__name__)
 
+RESULTS = "results.json"
+TABLE = "table.txt"
+BBH_RESULTS = "bbh_results.json"
+BBH_TABLE = "bbh_table.txt"
+
 
 def load_trained_student(student_dir: Path) -> tuple[T5ForConditionalGeneration, AutoTokenizer, set[str]]:
     if not (student_dir / "config.json").exists():
@@ -135,9 +140,9 @@ def open_model(
 
 
 def run_evaluate(
-    cfg: DictConfig, run_dir: Path, loggers: list[Logger], student_dir: Path
+    cfg: DictConfig, out_dir: Path, loggers: list[Logger], student_dir: Path
 ) -> list[EvalResult]:
-    out_dir = run_dir / "eval"
+    """Score the configured models on every evaluation set; results, predictions and the table in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.evaluation
     formats = list(ev.formats)
@@ -204,7 +209,7 @@ def run_evaluate(
             usage = generator.usage()
             if usage is not None:
                 usage.write(out_dir / f"usage_{model_slug(generator.label)}.json")
-    write_json(out_dir / "results.json", [r.summary() for r in results])
+    write_json(out_dir / RESULTS, [r.summary() for r in results])
     models = ", ".join(f"{e} = {student_dir}" if e == "student" else e for e in ev.models)
     origin = (
         f"student distilled from teacher {cfg.teacher.name!r} on {cfg.dataset.name}/{cfg.dataset.train_split}"
@@ -213,7 +218,9 @@ def run_evaluate(
     if EQUATION in formats:
         title += "; equation = the generated template with the problem's numbers, evaluated"
     title += ")"
-    print(format_table(results, title=title), flush=True)
+    table = format_table(results, title=title)
+    (out_dir / TABLE).write_text(table + "\n", encoding="utf-8")
+    print(table, flush=True)
     if ev.get("bbh") is not None:
         # BIG-Bench Hard measures what specialisation costs the student in generality.
         model, tokenizer, _ = load_trained_student(student_dir)
@@ -224,7 +231,13 @@ def run_evaluate(
 def _record(result: EvalResult, out_dir: Path, loggers: list[Logger]) -> None:
     """Save a result's predictions and log its metrics and prediction table."""
     save_predictions(result, out_dir)
-    prefix = f"test/{result_slug(result)}"
+    _log_result(result, result.predictions, loggers)
+
+
+def _log_result(result: Any, predictions: list[dict[str, Any]], loggers: list[Logger]) -> None:
+    """Log one result's metrics and prediction table (`result`: an EvalResult or its summary's fields)."""
+    slug = result_slug(result)
+    prefix = f"test/{slug}"
     log_metrics(
         loggers,
         {
@@ -234,7 +247,26 @@ def _record(result: EvalResult, out_dir: Path, loggers: list[Logger]) -> None:
             f"{prefix}/dropped": result.dropped,
         },
     )
-    log_table(loggers, f"predictions/{result_slug(result)}", result.predictions)
+    log_table(loggers, f"predictions/{slug}", predictions)
+
+
+def replay_evaluation(out_dir: Path, loggers: list[Logger]) -> list[dict[str, Any]]:
+    """An evaluation computed before (the stage cache): log its metrics and tables again, print its table."""
+    from types import SimpleNamespace
+
+    from mwp.data.io import read_jsonl
+
+    summaries = json.loads((out_dir / RESULTS).read_text(encoding="utf-8"))
+    for summary in summaries:
+        result = SimpleNamespace(**summary)
+        predictions = out_dir / f"predictions_{result_slug(result)}.jsonl"
+        _log_result(result, list(read_jsonl(predictions)) if predictions.is_file() else [], loggers)
+    if (out_dir / BBH_RESULTS).is_file():
+        _log_bbh(json.loads((out_dir / BBH_RESULTS).read_text(encoding="utf-8")), loggers)
+    for table in (TABLE, BBH_TABLE):
+        if (out_dir / table).is_file():
+            print((out_dir / table).read_text(encoding="utf-8"), end="", flush=True)
+    return summaries
 
 
 def run_bbh(
@@ -263,15 +295,22 @@ def run_bbh(
         data_dir=data_dir,
         model_name=model_name,
     )
-    write_json(out_dir / "bbh_results.json", result.summary())
+    summary = result.summary()
+    write_json(out_dir / BBH_RESULTS, summary)
     save_bbh_predictions(result, out_dir)
-    prefix = f"bbh_{result.prompt}"
+    _log_bbh(summary, loggers)
+    table = format_bbh_table(result)
+    (out_dir / BBH_TABLE).write_text(table + "\n", encoding="utf-8")
+    print(table, flush=True)
+
+
+def _log_bbh(summary: dict[str, Any], loggers: list[Logger]) -> None:
+    prefix = f"bbh_{summary['prompt']}"
     log_metrics(
         loggers,
         {
-            f"{prefix}/macro_strict_acc": result.macro_strict_acc,
-            f"{prefix}/macro_flexible_acc": result.macro_flexible_acc,
+            f"{prefix}/macro_strict_acc": summary["macro_strict_acc"],
+            f"{prefix}/macro_flexible_acc": summary["macro_flexible_acc"],
         }
-        | {f"{prefix}/{t.task}/strict_acc": t.strict_acc for t in result.tasks},
+        | {f"{prefix}/{t['task']}/strict_acc": t["strict_acc"] for t in summary["tasks"]},
     )
-    print(format_bbh_table(result), flush=True)

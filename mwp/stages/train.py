@@ -24,7 +24,13 @@ from mwp.data.datamodule import DistilledDataModule, Signals, vocabulary_texts
 from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
-from mwp.signals import DenseTeacherSource, SignalSource, StoredSparseSource, TeacherForcedScorer
+from mwp.signals import (
+    DenseTeacherSource,
+    SignalReport,
+    SignalSource,
+    StoredSparseSource,
+    TeacherForcedScorer,
+)
 from mwp.signals.on_policy import CausalOnPolicySource, OnPolicySource
 from mwp.student.module import StudentModule
 from mwp.student.terms import LossTerm, terms_from_config
@@ -47,6 +53,8 @@ class TrainResult:
     train_problems: set[str]
     steps: int
     is_global_zero: bool = True
+    # the sparse teacher signals' coverage report (`reused` says whether an earlier run built them)
+    signals: dict[str, Any] | None = None
 
 
 def student_config(cfg: DictConfig) -> dict[str, Any]:
@@ -61,9 +69,15 @@ def loss_terms(cfg: DictConfig) -> list[LossTerm]:
 
 
 def teacher_signals(
-    cfg: DictConfig, rows: list[DistilledRow], tokenizer: Any, run_dir: Path, data_path: Path
-) -> Signals:
-    """Sparse teacher signals for the distilled rows (built once per run folder, then reused)."""
+    cfg: DictConfig,
+    rows: list[DistilledRow],
+    tokenizer: Any,
+    run_dir: Path,
+    data_path: Path,
+    signals_dir: Path | None = None,
+) -> tuple[Signals, SignalReport]:
+    """Sparse teacher signals for the distilled rows: built once per content in `signals_dir` (the stage
+    cache's, shared by the runs of a sweep), else once per run folder."""
     from mwp.signals import TeacherForcedScorer, prepare_signals, signals_path
 
     signal = cfg.loss.signal
@@ -74,12 +88,13 @@ def teacher_signals(
         store, report = prepare_signals(
             rows,
             tokenizer,
-            signals_path(run_dir, tokenizer),
+            signals_dir if signals_dir is not None else signals_path(run_dir, tokenizer),
             max_target_len=cfg.data.max_target_len,
             missing=signal.missing,
             scorer=scorer,
             source=str(data_path),
             alignment=signal.alignment,
+            name_by_content=signals_dir is not None,
         )
     finally:
         if scorer is not None:
@@ -92,7 +107,7 @@ def teacher_signals(
             "loss.signal.missing=score to teacher-force the rows through loss.signal.scorer (SmolLM2 by "
             "default), or use loss.signal.source=dense with loss.signal.teacher_model=<T5 folder>"
         )
-    return store
+    return store, report
 
 
 def build_datamodule(
@@ -148,8 +163,16 @@ def _best_checkpoint(callbacks: list[pl.Callback]) -> ModelCheckpoint | None:
 
 
 def run_train(
-    cfg: DictConfig, run_dir: Path, loggers: list[Logger], data_path: Path, *, resume: bool = False
+    cfg: DictConfig,
+    run_dir: Path,
+    loggers: list[Logger],
+    data_path: Path,
+    *,
+    resume: bool = False,
+    student_dir: Path | None = None,
+    signals_dir: Path | None = None,
 ) -> TrainResult:
+    """Train in `run_dir` (checkpoints, logs) and save the student to `student_dir` (`run_dir/student`)."""
     pl.seed_everything(cfg.seed, workers=True)
     rows = read_distilled(data_path)
     terms = loss_terms(cfg)
@@ -162,6 +185,7 @@ def run_train(
     else:
         bundle = instantiate(student, _convert_="all")
     signals: Signals | None = None
+    signal_report: SignalReport | None = None
     signal_source: SignalSource | None = None
     if any(t.needs_teacher for t in terms):
         on_policy = cfg.loss.on_policy
@@ -169,7 +193,9 @@ def run_train(
             # A causal LM teacher with its own vocabulary scores the samples (span-aligned); the other
             # steps train on the rows' stored signals.
             if on_policy.fraction < 1:
-                signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+                signals, signal_report = teacher_signals(
+                    cfg, rows, bundle.tokenizer, run_dir, data_path, signals_dir
+                )
             scorer = TeacherForcedScorer.from_config(
                 OmegaConf.to_container(cfg.loss.signal.scorer, resolve=True)
             )  # type: ignore[arg-type]
@@ -195,7 +221,9 @@ def run_train(
                 str(cfg.loss.signal.teacher_model), top_k=cfg.loss.signal.dense_top_k
             )
         else:
-            signals = teacher_signals(cfg, rows, bundle.tokenizer, run_dir, data_path)
+            signals, signal_report = teacher_signals(
+                cfg, rows, bundle.tokenizer, run_dir, data_path, signals_dir
+            )
             signal_source = StoredSparseSource()
     datamodule = build_datamodule(cfg, rows, bundle.tokenizer, signals)
     datamodule.setup("fit")
@@ -236,7 +264,7 @@ def run_train(
         # The final state, whatever validation said and however max_steps falls on the interval.
         trainer.save_checkpoint(last, weights_only=False)
 
-    student_dir = run_dir / STUDENT_DIR
+    student_dir = student_dir if student_dir is not None else run_dir / STUDENT_DIR
     best_callback = _best_checkpoint(callbacks)
     best = best_callback.best_model_path if best_callback is not None else None
     score = best_callback.best_model_score if best_callback is not None else None
@@ -247,6 +275,7 @@ def run_train(
         train_problems=set(datamodule.train_ids),
         steps=trainer.global_step,
         is_global_zero=trainer.is_global_zero,
+        signals=signal_report.to_json() if signal_report is not None else None,
     )
     if not trainer.is_global_zero:
         return result

@@ -373,15 +373,16 @@ class HFTeacher(Teacher):
         self, encoded: Sequence[tuple[list[int], list[int]]], top_k: int, batch_size: int
     ) -> list[TokenLogprobs]:
         import torch
-        from tqdm.auto import tqdm
+
+        from mwp.progress import Progress
 
         model, device = self.model, self.device
         results: list[TokenLogprobs] = []
         starts = range(0, len(encoded), batch_size)
-        with torch.no_grad():
-            for start in tqdm(
-                starts, desc="score rationales", unit="batch", mininterval=1.0, disable=len(starts) < 2
-            ):
+        bar = Progress(len(encoded), "score rationales", unit="rationale", disable=len(starts) < 2)
+        with torch.no_grad(), bar:
+            for start in starts:
+                bar.update(len(encoded[start : start + batch_size]))
                 chunk = encoded[start : start + batch_size]
                 width = max(len(p) + len(a) for p, a in chunk)
                 ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)

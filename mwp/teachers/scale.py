@@ -183,12 +183,12 @@ def merge_distilled(
 
 
 class SamplingProgress:
-    """A tqdm bar over samples showing samples/s, kept/s and the money spent so far."""
+    """Progress over samples showing samples/s, kept/s and the money spent so far (`mwp.progress`)."""
 
     def __init__(self, total: int | None, desc: str = "sampling", disable: bool | None = None) -> None:
-        from tqdm.auto import tqdm
+        from mwp.progress import Progress
 
-        self._bar = tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, disable=disable)
+        self._progress = Progress(total, desc, unit="sample", disable=bool(disable))
         self._start = time.monotonic()
         self.samples = 0
         self.kept = 0
@@ -200,19 +200,17 @@ class SamplingProgress:
         if cost is not None:
             self.cost_usd = cost
         elapsed = max(time.monotonic() - self._start, 1e-9)
-        self._bar.set_postfix(
-            {
-                "samples/s": f"{self.samples / elapsed:.1f}",
+        self._progress.postfix(
+            **{
                 "kept/s": f"{self.kept / elapsed:.1f}",
                 "kept": self.kept,
                 "cost": f"${self.cost_usd:.4f}",
-            },
-            refresh=False,
+            }
         )
-        self._bar.update(samples)
+        self._progress.update(samples)
 
     def close(self) -> None:
-        self._bar.close()
+        self._progress.close()
 
     def __enter__(self) -> SamplingProgress:
         return self
