@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mwp.data.format_names import EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
+from mwp.objective import parse_metric
 from mwp.student.terms import LossTerm
 
 STEPS = ("distill", "refine", "train", "evaluate")
@@ -867,6 +868,11 @@ class RunConfig(Section):
     seed: int = help_field(42, help="seed of everything (splits, shuffling, random init)")
     tags: list[str] = help_field([], help="labels of this run in the loggers (W&B tags)")
     debug_traceback: bool = help_field(False, help="print full tracebacks for project errors")
+    optimized_metric: str = help_field(
+        "val/acc",
+        help="what a run returns to an optimising sweeper (hparams_search=optuna_*): val/acc, "
+        "eval/<set>/strict_acc, eval/<set>/<format>/strict_acc or eval/ood/strict_acc (flexible_acc likewise)",
+    )
     paths: PathsConfig
     dataset: DatasetConfig
     teacher: TeacherConfig
@@ -884,6 +890,12 @@ class RunConfig(Section):
     experiment: Any = None
     hparams_search: Any = None
     debug: Any = None
+
+    @field_validator("optimized_metric")
+    @classmethod
+    def _metric_spelling(cls, value: str) -> str:
+        parse_metric(value)
+        return value
 
     @field_validator("teacher", mode="before")
     @classmethod
