@@ -73,8 +73,8 @@ def test_a_misspelt_metric_fails_the_config_check() -> None:
 def test_slurm_tasks_after_the_first_are_worker_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     from mwp.pipeline import is_worker_rank
 
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
-        monkeypatch.delenv(name, raising=False)
+    # a private copy: adopt_slurm_rank writes os.environ itself, which monkeypatch would not undo
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if "RANK" not in k})
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_PROCID", "3")
     adopt_slurm_rank()
@@ -211,3 +211,26 @@ def test_optuna_trials_get_each_runs_objective(tmp_path: Path) -> None:
         config = (sweep / str(trial.number) / ".hydra" / "overrides.yaml").read_text()
         assert f"optim.lr={trial.params['optim.lr']}" in config
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+@pytest.mark.skipif(
+    not (
+        has_module("hydra_plugins.hydra_joblib_launcher")
+        and has_module("hydra_plugins.hydra_submitit_launcher")
+    ),
+    reason="needs the launchers extra",
+)
+def test_launcher_configs_compose_onto_the_plugins_own() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from tests.helpers import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        local = compose("config", ["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
+        slurm = compose(
+            "config", ["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=4"], return_hydra_config=True
+        ).hydra.launcher
+    assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
+    assert slurm._target_.endswith("SlurmLauncher")
+    # one task per GPU, and no requeue of a job whose fresh start would find its run folder taken
+    assert (slurm.gpus_per_node, slurm.max_num_timeout) == (4, 0)
