@@ -292,3 +292,19 @@ def test_experiments_compose_with_every_logger_option(tmp_path: Path) -> None:
         assert settings.tags == ["demo"]
         entries = {name for name, entry in settings.logger.items() if entry is not None}
         assert entries == {"default": {"csv", "wandb"}, "csv": {"csv"}, "wandb": {"wandb"}}[logger]
+
+
+@pytest.mark.parametrize(
+    ("formats", "expected"),
+    [
+        (["in_context_cot"], "zero_shot_cot"),
+        (["zero_shot_answer", "in_context_answer"], "zero_shot_answer"),
+        (["zero_shot_answer", "zero_shot_cot"], "zero_shot_cot"),
+        (["equation"], "equation"),
+    ],
+)
+def test_validation_format_follows_the_training_formats(formats: list[str], expected: str) -> None:
+    listed = "[" + ",".join(formats) + "]"
+    cfg = compose_config(["experiment=fu2023_flan_t5_base", "teacher.model=x", f"data.formats={listed}"])
+    assert cfg.data.eval_format == expected
+    assert list(cfg.evaluation.formats) == formats
