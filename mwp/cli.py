@@ -13,17 +13,29 @@ import hydra
 from omegaconf import DictConfig
 
 from mwp.config import register_resolvers
+from mwp.objective import objective
 from mwp.paths import REPO_ROOT
-from mwp.runtime import USER_ERRORS, discard_unclaimed_run_dir, quiet_third_party, set_env_defaults
+from mwp.runtime import (
+    USER_ERRORS,
+    adopt_slurm_rank,
+    discard_unclaimed_run_dir,
+    quiet_third_party,
+    set_env_defaults,
+)
 
 CONFIG_DIR = str(REPO_ROOT / "conf")
 log = logging.getLogger("mwp")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _app(cfg: DictConfig) -> float | None:
+def _app(cfg: DictConfig) -> float:
     from mwp.pipeline import run
 
+    # Launchers that run jobs in other processes (joblib, submitit) call this function, never `main`.
+    set_env_defaults()
+    register_resolvers()
+    quiet_third_party()
+    adopt_slurm_rank()
     try:
         summary = run(cfg)
     except USER_ERRORS as err:
@@ -33,9 +45,8 @@ def _app(cfg: DictConfig) -> float | None:
             print(f"mwp: error: {line}", file=sys.stderr, flush=True)
         discard_unclaimed_run_dir(cfg)
         sys.exit(2)
-    # A scalar for sweepers that optimise (hparams_search): best validation accuracy, if trained.
-    train = summary.get("train") or {}
-    return train.get("best_val_acc")
+    # The scalar an optimising sweeper (hparams_search=optuna_*) reads; NaN if the run has none.
+    return objective(summary, cfg.optimized_metric)
 
 
 def main() -> None:

@@ -55,6 +55,16 @@ def set_env_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+def adopt_slurm_rank() -> None:
+    """Under SLURM with several tasks (hydra/launcher=slurm, srun), name this task's rank in `RANK` as
+    torchrun does: SLURM starts every rank of a job at once, and only rank 0 may claim the run folder.
+    Runs inside the Hydra job (the submitit launcher calls the task function, never `main`)."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    if int(os.environ.get("SLURM_NTASKS") or 1) > 1:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+
+
 def quiet_third_party() -> None:
     """Silence messages that are not the user's business (tips, deprecations inside libraries)."""
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig
+from mwp.data.format_names import ANSWER_ONLY, EQUATION
 from mwp.paths import REPO_ROOT, default_data_dir, default_models_dir
 
 
@@ -32,6 +33,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mwp.repo_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("mwp.models_dir"):
         OmegaConf.register_new_resolver("mwp.models_dir", lambda: str(default_models_dir()))
+    if not OmegaConf.has_resolver("mwp.val_format"):  # `data.eval_format: ${mwp.val_format:${data.formats}}`
+        OmegaConf.register_new_resolver("mwp.val_format", validation_format)
+
+
+def validation_format(formats: Any) -> str:
+    """The validation format that fits training `formats`: equation for equation-only students,
+    zero_shot_answer for answer-only ones, else zero_shot_cot (validation sources carry no exemplars)."""
+    names = [str(f) for f in formats]
+    if names and all(f == EQUATION for f in names):
+        return EQUATION
+    if names and all(f in ANSWER_ONLY for f in names):
+        return "zero_shot_answer"
+    return "zero_shot_cot"
 
 
 def _key(loc: tuple[Any, ...]) -> str:

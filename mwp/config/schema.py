@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mwp.data.format_names import EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
+from mwp.objective import parse_metric
 from mwp.student.terms import LossTerm
 
 STEPS = ("distill", "refine", "train", "evaluate")
@@ -520,7 +521,20 @@ class DataConfig(Section):
     val_fraction: float = help_field(
         0.1, ge=0, lt=1, help="share of distilled problems held out for validation"
     )
-    batch_size: int = help_field(8, ge=1, help="micro-batch size per device")
+    val_size: int | None = help_field(
+        None,
+        ge=0,
+        le=1_000_000,
+        help="distilled problems (distinct questions) held out for validation, a count that overrides "
+        "val_fraction (null = use val_fraction); must leave at least one to train on",
+    )
+    batch_size: int = help_field(8, ge=1, le=65536, help="micro-batch size per device")
+    batch_size_by_format: dict[Literal[FORMATS], int] | None = help_field(  # type: ignore[valid-type]
+        None,
+        help="micro-batch size per training format, e.g. {in_context_cot: 2, zero_shot_answer: 16}; a run "
+        "uses the smallest entry over data.formats (every one needs an entry) instead of batch_size "
+        "(null = batch_size)",
+    )
     eval_batch_size: int = help_field(32, ge=1, help="batch size of validation generation")
     max_source_len: int | Literal["auto"] = help_field(
         "auto",
@@ -542,8 +556,23 @@ class DataConfig(Section):
         help="equation format targets: infix '(N0-N1)*N2' or prefix '* - N0 N1 N2' (scored the same way)",
     )
 
+    @field_validator("batch_size_by_format")
+    @classmethod
+    def _positive_sizes(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        bad = {k: v for k, v in (value or {}).items() if not 1 <= v <= 65536}
+        if bad:
+            raise ValueError(f"micro-batch sizes must be in [1, 65536], got {bad}")
+        return value
+
     @model_validator(mode="after")
     def _equation_validation(self) -> DataConfig:
+        if self.batch_size_by_format:
+            missing = [f for f in self.formats if f not in self.batch_size_by_format]
+            if missing:
+                raise ValueError(
+                    f"data.batch_size_by_format has no size for {missing} of data.formats={self.formats}; add "
+                    "them, or set data.batch_size_by_format=null to use data.batch_size"
+                )
         if self.eval_format == EQUATION and EQUATION not in self.formats:
             raise ValueError(
                 f"data.eval_format=equation validates templates, but data.formats={self.formats} trains none; "
@@ -851,6 +880,11 @@ class RunConfig(Section):
     seed: int = help_field(42, help="seed of everything (splits, shuffling, random init)")
     tags: list[str] = help_field([], help="labels of this run in the loggers (W&B tags)")
     debug_traceback: bool = help_field(False, help="print full tracebacks for project errors")
+    optimized_metric: str = help_field(
+        "val/acc",
+        help="what a run returns to an optimising sweeper (hparams_search=optuna_*): val/acc, "
+        "eval/<set>/strict_acc, eval/<set>/<format>/strict_acc or eval/ood/strict_acc (flexible_acc likewise)",
+    )
     paths: PathsConfig
     dataset: DatasetConfig
     teacher: TeacherConfig
@@ -869,6 +903,12 @@ class RunConfig(Section):
     experiment: Any = None
     hparams_search: Any = None
     debug: Any = None
+
+    @field_validator("optimized_metric")
+    @classmethod
+    def _metric_spelling(cls, value: str) -> str:
+        parse_metric(value)
+        return value
 
     @field_validator("teacher", mode="before")
     @classmethod

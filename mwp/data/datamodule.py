@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,20 +65,55 @@ class EvalItem:
     format: str = "zero_shot_cot"
 
 
-def split_problem_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by problem id: (train ids, validation ids)."""
+def split_problem_ids(
+    ids: Sequence[str], val_fraction: float, seed: int, val_size: int | None = None
+) -> tuple[list[str], list[str]]:
+    """Deterministic split by problem id: (train ids, validation ids).
+
+    `val_size`, a count, overrides `val_fraction`; either way the held-out ids are a prefix of one
+    seeded shuffle, so a larger hold-out contains every smaller one.
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     ordered = sorted(set(ids))
     random.Random(seed).shuffle(ordered)
+    if val_size is not None:
+        if val_size < 0:
+            raise _config_error(f"data.val_size={val_size}: a count >= 0, or null to use data.val_fraction")
+        if val_size >= len(ordered):
+            raise _config_error(
+                f"data.val_size={val_size} would hold out all {len(ordered)} distilled problems (distinct "
+                "questions) and leave none to train on; lower it, or set data.val_size=null to hold out "
+                "data.val_fraction of them"
+            )
+        return ordered[val_size:], ordered[:val_size]
     n_val = round(len(ordered) * val_fraction)
     if val_fraction > 0 and n_val == 0 and len(ordered) > 1:
         n_val = 1
     return ordered[n_val:], ordered[:n_val]
 
 
+def micro_batch_size(formats: Sequence[str], batch_size: int, by_format: Mapping[str, int] | None) -> int:
+    """The training micro-batch size: `by_format`'s smallest entry over the trained formats (the longest
+    sources set the memory a micro-batch needs), else `batch_size`."""
+    if not by_format:
+        return batch_size
+    missing = [f for f in formats if f not in by_format]
+    if missing:
+        raise _config_error(
+            f"data.batch_size_by_format={dict(by_format)} has no size for {missing} of data.formats={list(formats)}; "
+            "add them, or set data.batch_size_by_format=null to use data.batch_size"
+        )
+    sizes = [by_format[f] for f in formats]
+    if any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise _config_error(
+            f"data.batch_size_by_format={dict(by_format)}: every size must be an integer >= 1"
+        )
+    return min(sizes)
+
+
 def split_problems_by_question(
-    problems: Sequence[Problem], val_fraction: float, seed: int
+    problems: Sequence[Problem], val_fraction: float, seed: int, val_size: int | None = None
 ) -> tuple[list[str], list[str]]:
     """(train ids, validation ids), split by normalised question: ids with one question stay together.
 
@@ -88,7 +123,7 @@ def split_problems_by_question(
     ids_by_key: dict[str, set[str]] = defaultdict(set)
     for problem in problems:
         ids_by_key[normalize_question(problem.question)].add(problem.id)
-    train_keys, val_keys = split_problem_ids(list(ids_by_key), val_fraction, seed)
+    train_keys, val_keys = split_problem_ids(list(ids_by_key), val_fraction, seed, val_size)
     train = sorted(i for key in train_keys for i in ids_by_key[key])
     val = sorted(i for key in val_keys for i in ids_by_key[key])
     if set(train) & set(val):
@@ -466,7 +501,9 @@ class DistilledDataModule(pl.LightningDataModule):
         eval_format: str = "zero_shot_cot",
         num_exemplars: int = 2,
         val_fraction: float = 0.1,
+        val_size: int | None = None,
         batch_size: int = 8,
+        batch_size_by_format: Mapping[str, int] | None = None,
         eval_batch_size: int = 32,
         max_source_len: int | str = AUTO,
         max_target_len: int = 192,
@@ -494,7 +531,8 @@ class DistilledDataModule(pl.LightningDataModule):
         self.eval_format = eval_format
         self.num_exemplars = num_exemplars
         self.val_fraction = val_fraction
-        self.batch_size = batch_size
+        self.val_size = val_size
+        self.batch_size = micro_batch_size(self.formats, batch_size, batch_size_by_format)
         self.eval_batch_size = eval_batch_size
         for key, value in (("max_source_len", max_source_len), ("max_new_tokens", max_new_tokens)):
             if value != AUTO and not (isinstance(value, int) and value >= 1):
@@ -524,7 +562,7 @@ class DistilledDataModule(pl.LightningDataModule):
         for index, row in enumerate(self.rows):
             by_problem[row.id].append(index)
         problems = [self.rows[indices[0]].problem for indices in by_problem.values()]
-        train_ids, val_ids = split_problems_by_question(problems, self.val_fraction, self.seed)
+        train_ids, val_ids = split_problems_by_question(problems, self.val_fraction, self.seed, self.val_size)
         self.train_ids = set(train_ids)
         train_indices = [i for pid in sorted(train_ids) for i in by_problem[pid]]
         train_rows = [self.rows[i] for i in train_indices]
@@ -635,6 +673,7 @@ class DistilledDataModule(pl.LightningDataModule):
             "train_problems": len(self.train_ids),
             "train_examples": len(self.train_examples),
             "val_problems": n_val,
+            "batch_size": self.batch_size,
             "max_source_len": self.max_source_len,
             "max_source_len_setting": self.source_len_setting,
             "source_tokens": {

@@ -107,7 +107,9 @@ def middle_model_config(cfg: DictConfig, settings: DictConfig) -> DictConfig:
         middle.data.formats = ["equation"]
         middle.data.eval_format = "equation"
         middle.data.val_fraction = 0.0
+        middle.data.val_size = None
         middle.data.batch_size = settings.batch_size
+        middle.data.batch_size_by_format = None
         middle.data.max_source_len = "auto"
         middle.data.max_new_tokens = "auto"
         middle.trainer.max_steps = settings.max_steps

@@ -149,7 +149,10 @@ def build_callbacks(cfg: DictConfig, *, has_val: bool, has_logger: bool) -> list
             continue
         monitor = str(conf.get("monitor") or "")
         if monitor.startswith("val/") and not has_val:
-            log.info("callbacks.%s: no validation problems (data.val_fraction=0), so it is not used", name)
+            log.info(
+                "callbacks.%s: no validation problems (data.val_fraction=0 or data.val_size=0), so it is not used",
+                name,
+            )
             continue
         callback = instantiate(conf, _convert_="all")
         if isinstance(callback, LearningRateMonitor) and not has_logger:
