@@ -45,19 +45,24 @@ def test_the_teacher_row_goes_through_the_openai_backend_its_cache_and_ledger(
         ]
         run(compose_config(overrides, run_dir=tmp_path / "first"))
         served = server.requests_served
-        run(compose_config(overrides, run_dir=tmp_path / "again"))
-        assert server.requests_served == served  # the rerun is answered from the completion cache
-    eval_dir = tmp_path / "first" / "eval"
-    results = json.loads((eval_dir / "results.json").read_text())
+        eval_dir = tmp_path / "first" / "eval"
+        results = json.loads((eval_dir / "results.json").read_text())
+        usage = json.loads((eval_dir / "usage_teacher-smollm2-served.json").read_text())
+        rows = _rows(eval_dir / "predictions_svamp_test_teacher-smollm2-served.jsonl")
+        # the same settings again: the whole evaluation is reused from the stage cache
+        reused = run(compose_config(overrides, run_dir=tmp_path / "reused"))
+        assert reused["stages"]["evaluate"]["status"] == "reused"
+        # forced to evaluate anew, the teacher's answers come from its completion cache
+        again = run(compose_config([*overrides, "cache.force=[evaluate]"], run_dir=tmp_path / "again"))
+        assert again["stages"]["evaluate"]["status"] == "computed"
+        assert server.requests_served == served
     assert [(r["model"], r["format"], r["size"]) for r in results] == [
         ("teacher:smollm2-served", "zero_shot_cot", 3),
         ("teacher:smollm2-served", "in_context_answer", 3),
     ]
-    usage = json.loads((eval_dir / "usage_teacher-smollm2-served.json").read_text())
     assert usage["calls"] == 6 and usage["completion_tokens"] > 0
     cached = json.loads((tmp_path / "again" / "eval" / "usage_teacher-smollm2-served.json").read_text())
     assert cached["calls"] == 0
-    rows = _rows(eval_dir / "predictions_svamp_test_teacher-smollm2-served.jsonl")
     # The served teacher saw exactly the student's source: greedy, it says what SmolLM2 says locally.
     loaded = load_problems("svamp", "test", str(compose_config().paths.data_dir), limit=3)
     problems = {p.id: p for p in loaded}
