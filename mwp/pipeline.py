@@ -74,11 +74,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running"}
     started = time.monotonic()
 
-    loggers: list[Any] = []
-    if "train" in steps or "evaluate" in steps:
-        from mwp.loggers import build_loggers
+    from mwp.lineage import log_stage_artifact, teacher_samples
+    from mwp.loggers import build_loggers
 
-        loggers = build_loggers(cfg)
+    # Every stage is a W&B run (job_type = stage) that logs its output as an artifact.
+    loggers: list[Any] = build_loggers(cfg)
     status = "failed"
     try:
         distill_dir = run_dir / "distill"
@@ -94,6 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 )
             else:
                 summary["distill"] = run_distill(cfg, distill_dir).to_json()
+            if not worker:  # W&B artifact (mwp.lineage)
+                log_stage_artifact(loggers, "distilled", distill_dir, inputs=[teacher_samples(cfg)])
 
         refine_dir = run_dir / "refine"
         if "refine" in steps:
@@ -106,6 +108,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise RuntimeError(f"rank > 0 found no refined data in {refine_dir}: rank 0 writes it first")
             else:
                 summary["refine"] = run_refine(cfg, distill_source(cfg, distill_dir), refine_dir).to_json()
+            if not worker:  # W&B artifact (mwp.lineage)
+                inputs = [("distilled", distill_source(cfg, distill_dir))]
+                log_stage_artifact(loggers, "refined", refine_dir, inputs=inputs)
 
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
         if "train" in steps:
@@ -125,11 +130,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "best_val_acc": trained.best_val_acc,
                 "student_dir": str(student_dir),
             }
+            # W&B artifact (mwp.lineage)
+            inputs = [("refined" if "refine" in steps else "distilled", data_path)]
+            log_stage_artifact(loggers, "student", student_dir, inputs=inputs)
         if "evaluate" in steps and not worker:
             from mwp.stages.evaluate import run_evaluate
 
             results = run_evaluate(cfg, run_dir, loggers, student_dir)
             summary["evaluate"] = [r.summary() for r in results]
+            # W&B artifact (mwp.lineage)
+            log_stage_artifact(loggers, "predictions", run_dir / "eval", inputs=[("student", student_dir)])
         status = "success"
     except BaseException as err:
         summary["error"] = f"{type(err).__name__}: {str(err)[:500]}"
