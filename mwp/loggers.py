@@ -62,13 +62,14 @@ def wandb_identity(cfg: DictConfig, conf: DictConfig) -> dict[str, Any]:
     """
     run_dir = Path(cfg.paths.output_dir)
     stored = run_dir / WANDB_RUN
-    if cfg.stage.get("resume"):
+    disabled = conf.get("mode") == "disabled"
+    if cfg.stage.get("resume") and not disabled:
         if stored.is_file():
             saved = json.loads(stored.read_text(encoding="utf-8"))
             return {"id": saved["id"], "name": conf.get("name") or saved.get("name"), "resume": "allow"}
         log.warning("stage.resume=%s: the folder has no %s, so W&B starts a new run", run_dir, WANDB_RUN)
     name = conf.get("name") or run_name(cfg)
-    if conf.get("mode") == "disabled":
+    if disabled:
         return {"name": name}
     identity = {"id": conf.get("id") or new_run_id(), "name": name}
     if rank_zero_only.rank == 0:

@@ -20,8 +20,6 @@ from mwp.pipeline import run
 from tests.helpers import compose_config
 from tests.wandb_records import OfflineRun, finished_runs
 
-pytestmark = pytest.mark.slow
-
 TINY = ["experiment=demo", "debug=default", "trainer.max_steps=2", "evaluation.limit=2"]
 
 
@@ -49,6 +47,28 @@ def test_outside_a_hydra_job_the_run_is_named_after_its_folder(tmp_path: Path) -
     assert run_name(cfg) == "2026-01-01_00-00-00-000001"
 
 
+def test_a_hydra_job_is_named_by_its_overrides_less_the_infrastructure(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tests.helpers import CONF_DIR
+
+    overrides = ["loss=ce_kl", "seed=2", f"paths.log_dir={tmp_path}", "logger.wandb.project=x", "+tags=[a]"]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "job")
+        cfg.paths.output_dir = str(tmp_path / "job")
+    HydraConfig.instance().set_config(cfg)
+    assert run_name(cfg) == "loss=ce_kl,seed=2,tags=[a]"
+    # a Hydra config left over from another job in this process is not this run's
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "elsewhere")
+    assert run_name(cfg) == "elsewhere"
+
+
+@pytest.mark.slow
 def test_a_pipeline_run_logs_config_stepped_metrics_and_artifacts_with_lineage(
     tmp_path: Path, offline: dict[str, str]
 ) -> None:
@@ -87,6 +107,7 @@ def test_a_pipeline_run_logs_config_stepped_metrics_and_artifacts_with_lineage(
     assert any(a[0] == "run_table" and "predictions" in a[1] for a in wb.artifacts)
 
 
+@pytest.mark.slow
 def test_stage_jobs_chain_their_artifacts_by_name(tmp_path: Path, offline: dict[str, str]) -> None:
     """Each stage as its own job: a job marks used the very artifact (same name) the one before logged."""
     distill, train, evaluate = tmp_path / "distill", tmp_path / "train", tmp_path / "evaluate"
@@ -109,6 +130,7 @@ def test_stage_jobs_chain_their_artifacts_by_name(tmp_path: Path, offline: dict[
     assert set(outputs(runs[2])) == {"predictions"}
 
 
+@pytest.mark.slow
 def test_a_multirun_makes_one_finished_run_per_job_named_by_what_it_sweeps(
     tmp_path: Path, offline: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,11 +161,18 @@ def _step(ckpt: Path) -> int | None:
         return None
 
 
+def _wandb_written(run_dir: Path) -> bool:
+    return any(f.stat().st_size > 7 for f in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.slow
 def test_a_killed_training_run_resumes_into_the_same_folder_and_wandb_run(
     tmp_path: Path, offline: dict[str, str]
 ) -> None:
     run_dir = tmp_path / "run"
+    # W&B writes an offline run's records every 15 s by default: a kill loses what is not written yet.
     env = {**os.environ, **offline, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = "1"
     common = [sys.executable, "-m", "mwp.cli", "experiment=demo", "debug=default", "evaluation.limit=2"]
     first = subprocess.Popen(
         [*common, "trainer.max_steps=400", "stage.checkpoint_every_n_steps=5", f"hydra.run.dir={run_dir}"],
@@ -154,7 +183,8 @@ def test_a_killed_training_run_resumes_into_the_same_folder_and_wandb_run(
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     try:
-        while _step(ckpt) is None:
+        # Killed right after a complete checkpoint was read, once W&B has written the run's records.
+        while not (_wandb_written(run_dir) and _step(ckpt) is not None):
             assert first.poll() is None, f"training ended before a checkpoint: {first.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.05)
