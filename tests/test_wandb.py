@@ -89,6 +89,9 @@ def test_a_pipeline_run_logs_config_stepped_metrics_and_artifacts_with_lineage(
     # training metrics carry the trainer's global step
     steps = [h["trainer/global_step"] for h in wb.history if "train/loss" in h]
     assert steps and steps == sorted(steps)
+    # evaluation metrics are logged at the last training step
+    test_steps = {h.get("trainer/global_step") for h in wb.history if any(k.startswith("test/") for k in h)}
+    assert test_steps == {max(steps)}
 
     by_type = {a[0]: a for a in wb.artifacts if a[0] != "run_table"}
     assert list(by_type) == ["teacher-samples", "distilled", "student", "predictions"]
