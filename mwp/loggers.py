@@ -17,7 +17,6 @@ from typing import Any
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,9 @@ def wandb_identity(cfg: DictConfig, conf: DictConfig) -> dict[str, Any]:
     if disabled:
         return {"name": name}
     identity = {"id": conf.get("id") or new_run_id(), "name": name}
-    if rank_zero_only.rank == 0:
+    from mwp.pipeline import is_worker_rank
+
+    if not is_worker_rank():  # the other ranks of a multi-process launch log nothing
         run_dir.mkdir(parents=True, exist_ok=True)
         stored.write_text(json.dumps(identity) + "\n", encoding="utf-8")
     return identity
