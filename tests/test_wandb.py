@@ -174,7 +174,10 @@ def test_a_killed_training_run_resumes_into_the_same_folder_and_wandb_run(
 ) -> None:
     run_dir = tmp_path / "run"
     # W&B writes an offline run's records every 15 s by default: a kill loses what is not written yet.
-    env = {**os.environ, **offline, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # Without WANDB_SERVICE: a W&B run earlier in this process leaves it set, and both jobs would then
+    # share that process's W&B service, which still holds the killed run open.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update({**offline, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = "1"
     common = [sys.executable, "-m", "mwp.cli", "experiment=demo", "debug=default", "evaluation.limit=2"]
     first = subprocess.Popen(
