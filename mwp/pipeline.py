@@ -123,11 +123,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _stage_log(outcome)
         return outcome
 
-    loggers: list[Any] = []
-    if "train" in steps or "evaluate" in steps:
-        from mwp.loggers import build_loggers
+    from mwp.lineage import log_stage_artifact, teacher_samples
+    from mwp.loggers import build_loggers
 
-        loggers = build_loggers(cfg)
+    # Every stage is a W&B run (job_type = stage) that logs its output as an artifact.
+    loggers: list[Any] = build_loggers(cfg)
     status = "failed"
     try:
         # What the next stage reads, and the key (or content fingerprint) that identifies it.
@@ -140,6 +140,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             outcome = staged("distill", key, lambda out: run_distill(cfg, out).to_json())
             summary["distill"] = outcome.result
             data_path, upstream = outcome.path, {"distill": key.key}
+            if not worker:  # W&B artifact (mwp.lineage)
+                log_stage_artifact(loggers, "distilled", outcome.path, inputs=[teacher_samples(cfg)])
 
         if "refine" in steps:
             from mwp.stages.refine import REFINED, run_refine
@@ -149,6 +151,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             key = stage_key(cfg, "refine", upstream)
             outcome = staged("refine", key, lambda out: run_refine(cfg, source, out).to_json())
             summary["refine"] = outcome.result
+            if not worker:  # W&B artifact (mwp.lineage)
+                log_stage_artifact(loggers, "refined", outcome.path, inputs=[("distilled", source)])
             data_path, upstream = outcome.path / REFINED, {"refine": key.key}
 
         student_dir = Path(cfg.stage.student) if cfg.stage.student else run_dir / "student"
@@ -185,6 +189,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             student_dir = outcome.path
             summary["train"] = {**outcome.result, "student_dir": str(student_dir)}
             student_key = {"train": key.key}
+            # W&B artifact (mwp.lineage)
+            inputs = [("refined" if "refine" in steps else "distilled", train_data)]
+            log_stage_artifact(loggers, "student", student_dir, inputs=inputs)
         if "evaluate" in steps and not worker:
             from mwp.stages.evaluate import replay_evaluation, run_evaluate
 
@@ -198,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if outcome.status == "reused":
                 replay_evaluation(outcome.path, loggers)
             summary["evaluate"] = outcome.result["results"]
+            # W&B artifact (mwp.lineage)
+            log_stage_artifact(loggers, "predictions", outcome.path, inputs=[("student", evaluated)])
         status = "success"
     except BaseException as err:
         summary["error"] = f"{type(err).__name__}: {str(err)[:500]}"
