@@ -33,10 +33,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempotent).
 
 # The two halves run at once, one thread each. The students are too small for a second thread to pay
-# (and on a busy machine torch's threads spin), so two single-threaded runs beat two two-threaded ones
-# in a row; and one thread makes the printed figures the same on every machine: the thread count
-# changes float rounding, so the equation student's seed-42 score moved from 20.5% (1 thread) to 17.5%
-# (torch's default, 2 threads on 2 cores).
+# much (the equation half: ~140 s wall on 2 threads, ~175 CPU-seconds on one; on a busy machine torch's
+# threads spin), so side by side the demo takes about as long as its equation half. One thread also
+# makes the printed figures the same on every machine: the thread count changes float rounding, and
+# the equation student's seed-42 score is 20.5% on one thread, 17.5% on torch's default (2 on 2 cores).
 demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student and an equation student, evaluate both.
 	@mkdir -p $(DEMO_LOGS)
 	@echo "demo: the equation route (experiment=demo_equation) runs alongside; its log: $(DEMO_LOGS)/demo_equation.log"
