@@ -50,7 +50,7 @@ def _arms(teacher: Path) -> dict[str, list[str]]:
     dense = re.search(r"^dense=\((.*)\)$", text, re.M)
     assert dense is not None
     arms = {}
-    for name, rest in re.findall(r"^run_arm (\w+) (.*)$", text, re.M):
+    for name, rest in re.findall(r"^\s*run_arm (\w+) (.*)$", text, re.M):
         words = rest.replace('"${dense[@]}"', dense.group(1)).split()
         arms[name] = [w.replace('"$TEACHER"', str(teacher)) for w in words]
     return arms
@@ -69,7 +69,10 @@ def test_the_experiments_configs_compose_and_validate(tmp_path: Path) -> None:
             run_dir=tmp_path,
         )
         validate(cfg)
-        assert cfg.dataset.name == "mawps_svamp" and list(cfg.data.formats) == ["equation"], name
+        assert cfg.dataset.name == "math23k" and list(cfg.data.formats) == ["equation"], name
+        assert cfg.student.tokenizer == "char", name
+        # in distribution: scored on Math23K's own test split, never on another set
+        assert [(s.name, s.split) for s in cfg.dataset.eval_sets] == [("math23k", "test")], name
     assert compose_config(["experiment=kd_effect", *arms["kl_top5"]]).loss.signal.dense_top_k == 5
     assert compose_config(["experiment=kd_effect", *arms["on_policy"]]).loss.on_policy.fraction == 0.5
     student = compose_config(["experiment=kd_effect"]).student.size
@@ -84,7 +87,7 @@ def test_one_shrunk_run_of_each_kind(tmp_path: Path) -> None:
     data, teacher, student = tmp_path / "data", tmp_path / "teacher", tmp_path / "student"
     run(compose_config(["experiment=kd_effect", "stage=distill", *SHRUNK], run_dir=data))
     rows = (data / "distill" / "distilled.jsonl").read_text().splitlines()
-    assert len(rows) >= 35 and json.loads(rows[0])["teacher"] == "simulated(mawps_svamp-gold, p_err=0.00)"
+    assert len(rows) >= 35 and json.loads(rows[0])["teacher"] == "simulated(math23k-gold, p_err=0.00)"
     train = ["stage.steps=[train,evaluate]", f"stage.data={data / 'distill'}", *SHRUNK]
     run(compose_config(["experiment=kd_effect_teacher", *train], run_dir=teacher))
     arm = [
@@ -97,7 +100,7 @@ def test_one_shrunk_run_of_each_kind(tmp_path: Path) -> None:
     summary = json.loads((student / "summary.json").read_text())
     assert summary["status"] == "success" and summary["train"]["steps"] == 2
     (scored, _baseline) = summary["evaluate"]
-    assert scored["dataset"] == "mawps_svamp" and scored["split"] == "dev" and scored["size"] == 5
+    assert scored["dataset"] == "math23k" and scored["split"] == "test" and scored["size"] == 5
     # The dense teacher's ids are the student's: both vocabularies come from the same rows.
     assert (student / "student" / "tokenizer.json").read_bytes() == (
         teacher / "student" / "tokenizer.json"
