@@ -44,6 +44,16 @@ def test_mawps_svamp_fills_the_number_slots_and_its_gold_equations_verify() -> N
     assert 3000 < sum(gold_template(p) is not None for p in train) < 3138
 
 
+def test_mawps_train_parts_partition_the_train_split() -> None:
+    train = load_problems("mawps_svamp", "train")
+    fit = load_problems("mawps_svamp", "train_fit")
+    held_out = load_problems("mawps_svamp", "train_held_out")
+    assert (len(fit), len(held_out)) == (2511, 627)
+    assert {p.id for p in fit}.isdisjoint(p.id for p in held_out)
+    assert sorted(p.id for p in fit + held_out) == sorted(p.id for p in train)
+    assert held_out[0].id == "mawps_svamp/train/4"  # every fifth problem, by file order
+
+
 def _arms(teacher: Path) -> dict[str, list[str]]:
     """The student arms exactly as run.sh starts them (its `run_arm NAME OVERRIDES...` lines)."""
     text = RUN_SH.read_text()
@@ -69,10 +79,10 @@ def test_the_experiments_configs_compose_and_validate(tmp_path: Path) -> None:
             run_dir=tmp_path,
         )
         validate(cfg)
-        assert cfg.dataset.name == "math23k" and list(cfg.data.formats) == ["equation"], name
-        assert cfg.student.tokenizer == "char", name
-        # in distribution: scored on Math23K's own test split, never on another set
-        assert [(s.name, s.split) for s in cfg.dataset.eval_sets] == [("math23k", "test")], name
+        assert cfg.dataset.name == "mawps_svamp" and list(cfg.data.formats) == ["equation"], name
+        # in distribution: trained on four fifths of MAWPS + ASDiv-A train, scored on the fifth held out
+        assert cfg.dataset.train_split == "train_fit", name
+        assert [(s.name, s.split) for s in cfg.dataset.eval_sets] == [("mawps_svamp", "train_held_out")], name
     assert compose_config(["experiment=kd_effect", *arms["kl_top5"]]).loss.signal.dense_top_k == 5
     assert compose_config(["experiment=kd_effect", *arms["on_policy"]]).loss.on_policy.fraction == 0.5
     student = compose_config(["experiment=kd_effect"]).student.size
@@ -87,7 +97,7 @@ def test_one_shrunk_run_of_each_kind(tmp_path: Path) -> None:
     data, teacher, student = tmp_path / "data", tmp_path / "teacher", tmp_path / "student"
     run(compose_config(["experiment=kd_effect", "stage=distill", *SHRUNK], run_dir=data))
     rows = (data / "distill" / "distilled.jsonl").read_text().splitlines()
-    assert len(rows) >= 35 and json.loads(rows[0])["teacher"] == "simulated(math23k-gold, p_err=0.00)"
+    assert len(rows) >= 35 and json.loads(rows[0])["teacher"] == "simulated(mawps_svamp-gold, p_err=0.00)"
     train = ["stage.steps=[train,evaluate]", f"stage.data={data / 'distill'}", *SHRUNK]
     run(compose_config(["experiment=kd_effect_teacher", *train], run_dir=teacher))
     arm = [
@@ -100,7 +110,7 @@ def test_one_shrunk_run_of_each_kind(tmp_path: Path) -> None:
     summary = json.loads((student / "summary.json").read_text())
     assert summary["status"] == "success" and summary["train"]["steps"] == 2
     (scored, _baseline) = summary["evaluate"]
-    assert scored["dataset"] == "math23k" and scored["split"] == "test" and scored["size"] == 5
+    assert scored["dataset"] == "mawps_svamp" and scored["split"] == "train_held_out" and scored["size"] == 5
     # The dense teacher's ids are the student's: both vocabularies come from the same rows.
     assert (student / "student" / "tokenizer.json").read_bytes() == (
         teacher / "student" / "tokenizer.json"

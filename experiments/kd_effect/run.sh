@@ -19,7 +19,7 @@ EXTRA=("$@")
 
 DATA=$OUT/data/distill
 if [[ ! -f $DATA/distilled.jsonl ]]; then
-  stamp "1/3 rows: the simulated gold-equation teacher on Math23K train"
+  stamp "1/3 rows: the simulated gold-equation teacher on four fifths of MAWPS+ASDiv-A train"
   mwp experiment=kd_effect stage=distill hydra.run.dir="$OUT/data" "${EXTRA[@]}" >"$OUT/logs/data.log" 2>&1 ||
     { tail -n 30 "$OUT/logs/data.log" >&2; exit 1; }
 fi
@@ -37,7 +37,7 @@ run_arm() {
 }
 teacher() {
   [[ -f $TEACHER/model.safetensors ]] && return
-  stamp "  teacher: the larger T5, trained and scored on Math23K test"
+  stamp "  teacher: the larger T5, trained and scored on the held-out fifth"
   mwp experiment=kd_effect_teacher 'stage.steps=[train,evaluate]' stage.data="$DATA" hydra.run.dir="$OUT/teacher" \
     "${EXTRA[@]}" >"$OUT/logs/teacher.log" 2>&1 || { tail -n 30 "$OUT/logs/teacher.log" >&2; exit 1; }
   stamp "  teacher: done"
