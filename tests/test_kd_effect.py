@@ -52,6 +52,7 @@ def test_mawps_train_parts_partition_the_train_split() -> None:
     assert {p.id for p in fit}.isdisjoint(p.id for p in held_out)
     assert sorted(p.id for p in fit + held_out) == sorted(p.id for p in train)
     assert held_out[0].id == "mawps_svamp/train/4"  # every fifth problem, by file order
+    assert {p.meta["split"] for p in held_out} == {"train_held_out"}
 
 
 def _arms(teacher: Path) -> dict[str, list[str]]:

@@ -627,10 +627,11 @@ _MAWPS_HELD_OUT_EVERY = 5
 
 
 def _load_mawps_svamp_part(data_dir: Path, split: str) -> list[Problem]:
-    """`train_fit` / `train_held_out`: a fixed 4:1 partition of the train split (ids stay the train ids)."""
+    """`train_fit` / `train_held_out`: a fixed 4:1 partition of the train split (ids stay the train ids;
+    `meta["split"]` names the part, `meta["index"]` the row of the train file)."""
     held_out = split == "train_held_out"
     return [
-        p
+        _replace_meta(p, {**p.meta, "split": split})
         for p in _load_mawps_svamp(data_dir, "train")
         if (p.meta["index"] % _MAWPS_HELD_OUT_EVERY == _MAWPS_HELD_OUT_EVERY - 1) == held_out
     ]
