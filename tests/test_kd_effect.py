@@ -44,13 +44,24 @@ def test_mawps_svamp_fills_the_number_slots_and_its_gold_equations_verify() -> N
     assert 3000 < sum(gold_template(p) is not None for p in train) < 3138
 
 
+def test_mawps_train_parts_partition_the_train_split() -> None:
+    train = load_problems("mawps_svamp", "train")
+    fit = load_problems("mawps_svamp", "train_fit")
+    held_out = load_problems("mawps_svamp", "train_held_out")
+    assert (len(fit), len(held_out)) == (2511, 627)
+    assert {p.id for p in fit}.isdisjoint(p.id for p in held_out)
+    assert sorted(p.id for p in fit + held_out) == sorted(p.id for p in train)
+    assert held_out[0].id == "mawps_svamp/train/4"  # every fifth problem, by file order
+    assert {p.meta["split"] for p in held_out} == {"train_held_out"}
+
+
 def _arms(teacher: Path) -> dict[str, list[str]]:
     """The student arms exactly as run.sh starts them (its `run_arm NAME OVERRIDES...` lines)."""
     text = RUN_SH.read_text()
     dense = re.search(r"^dense=\((.*)\)$", text, re.M)
     assert dense is not None
     arms = {}
-    for name, rest in re.findall(r"^run_arm (\w+) (.*)$", text, re.M):
+    for name, rest in re.findall(r"^\s*run_arm (\w+) (.*)$", text, re.M):
         words = rest.replace('"${dense[@]}"', dense.group(1)).split()
         arms[name] = [w.replace('"$TEACHER"', str(teacher)) for w in words]
     return arms
@@ -70,6 +81,9 @@ def test_the_experiments_configs_compose_and_validate(tmp_path: Path) -> None:
         )
         validate(cfg)
         assert cfg.dataset.name == "mawps_svamp" and list(cfg.data.formats) == ["equation"], name
+        # in distribution: trained on four fifths of MAWPS + ASDiv-A train, scored on the fifth held out
+        assert cfg.dataset.train_split == "train_fit", name
+        assert [(s.name, s.split) for s in cfg.dataset.eval_sets] == [("mawps_svamp", "train_held_out")], name
     assert compose_config(["experiment=kd_effect", *arms["kl_top5"]]).loss.signal.dense_top_k == 5
     assert compose_config(["experiment=kd_effect", *arms["on_policy"]]).loss.on_policy.fraction == 0.5
     student = compose_config(["experiment=kd_effect"]).student.size
@@ -97,7 +111,7 @@ def test_one_shrunk_run_of_each_kind(tmp_path: Path) -> None:
     summary = json.loads((student / "summary.json").read_text())
     assert summary["status"] == "success" and summary["train"]["steps"] == 2
     (scored, _baseline) = summary["evaluate"]
-    assert scored["dataset"] == "mawps_svamp" and scored["split"] == "dev" and scored["size"] == 5
+    assert scored["dataset"] == "mawps_svamp" and scored["split"] == "train_held_out" and scored["size"] == 5
     # The dense teacher's ids are the student's: both vocabularies come from the same rows.
     assert (student / "student" / "tokenizer.json").read_bytes() == (
         teacher / "student" / "tokenizer.json"

@@ -11,7 +11,7 @@ Datasets and splits (ids are stable and unique within a dataset):
 | `multiarith` | train 420 / test 180                     | `multiarith/17`         |
 | `math23k`    | train 21,162 / valid 1,000 / test 1,000  | `math23k/35`            |
 | `weak12k`    | valid 1,000 / test 1,000 (no public train split) | `weak12k/1562`  |
-| `mawps_svamp`| train 3,138 (MAWPS + ASDiv-A) / dev 1,000 (SVAMP), the SVAMP paper's protocol | `mawps_svamp/train/17` |
+| `mawps_svamp`| train 3,138 (MAWPS + ASDiv-A) / dev 1,000 (SVAMP), the SVAMP paper's protocol; train_fit 2,511 / train_held_out 627 (every fifth of train) | `mawps_svamp/train/17` |
 
 Any other dataset is a `dataset.source` mapping in one YAML file (`register_dataset`,
 `conf/dataset/example_custom.yaml`): JSON, JSON-lines or CSV files with a field mapping.
@@ -622,6 +622,21 @@ def _load_mawps_svamp(data_dir: Path, split: str) -> list[Problem]:
     return problems
 
 
+# Every fifth MAWPS + ASDiv-A training problem (file index % 5 == 4), for scoring in distribution.
+_MAWPS_HELD_OUT_EVERY = 5
+
+
+def _load_mawps_svamp_part(data_dir: Path, split: str) -> list[Problem]:
+    """`train_fit` / `train_held_out`: a fixed 4:1 partition of the train split (ids stay the train ids;
+    `meta["split"]` names the part, `meta["index"]` the row of the train file)."""
+    held_out = split == "train_held_out"
+    return [
+        _replace_meta(p, {**p.meta, "split": split})
+        for p in _load_mawps_svamp(data_dir, "train")
+        if (p.meta["index"] % _MAWPS_HELD_OUT_EVERY == _MAWPS_HELD_OUT_EVERY - 1) == held_out
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 Loader = Callable[[Path, str], list[Problem]]
@@ -638,7 +653,12 @@ _DATASETS: dict[str, dict[str, Loader]] = {
     "multiarith": {"train": _load_multiarith, "test": _load_multiarith},
     "math23k": {"train": _load_math23k, "valid": _load_math23k, "test": _load_math23k},
     "weak12k": {"valid": _load_weak12k, "test": _load_weak12k},
-    "mawps_svamp": {"train": _load_mawps_svamp, "dev": _load_mawps_svamp},
+    "mawps_svamp": {
+        "train": _load_mawps_svamp,
+        "dev": _load_mawps_svamp,
+        "train_fit": _load_mawps_svamp_part,
+        "train_held_out": _load_mawps_svamp_part,
+    },
 }
 _BUILTIN = frozenset(_DATASETS)
 _NOT_PUBLIC = {
