@@ -3,9 +3,10 @@
 The distilled rows of a live teacher carry `logprobs` (a `TokenLogprobs` as a dict). For every row
 the student trains on, its CoT target text (`formats.cot_target(problem, rationale)`, exactly what
 the DataModule tokenizes) is aligned against the teacher's tokens with `TokenAligner`, and the
-resulting `SparseSignal`s are written, one per distilled row in row order, to
-`<run>/signals/<tokenizer-id>.safetensors` with a coverage report beside it. A later run with the
-same rows, tokenizer and settings reuses the file.
+resulting `SparseSignal`s are written, one per distilled row in row order, to a store with a
+coverage report beside it: in the pipeline `<cache.dir>/signals/<tokenizer-id>-<fingerprint>.safetensors`
+(named by content), else the path given. A later run with the same rows, tokenizer and settings
+reuses the file.
 
 Rows without logprobs (a recorded teacher such as PaLM) get an empty signal (cross-entropy only)
 unless a scorer is given: `TeacherForcedScorer` (`mwp.signals.scoring`) teacher-forces the rationale
