@@ -418,10 +418,90 @@ def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
     return [_save(fig, out_dir / "refinement.png")]
 
 
+def _headline_accuracy(record: RunRecord) -> dict[str, float]:
+    """Each evaluation set's headline accuracy of one run (flexible for CoT, the value for equations)."""
+    multi_format = len({r.get("format") for r in record.results} - {None}) > 1
+    out: dict[str, float] = {}
+    for result in record.results:
+        for column, value in _accuracy_figures(result, multi_format).items():
+            name, _, kind = column.rpartition(" ")
+            if kind in ("acc", "flexible") and "baseline" not in name:
+                out[name] = value
+    return out
+
+
+def samples_per_problem(record: RunRecord) -> float | None:
+    """Teacher samples per training problem, as distillation saw them (samples seen / problems seen)."""
+    distill = record.distill or {}
+    seen, problems = _number(distill.get("samples_seen")), _number(distill.get("problems_seen"))
+    return seen / problems if seen is not None and problems else None
+
+
+def _accuracy_by(records: Sequence[RunRecord], value_of: Any) -> dict[Any, dict[str, list[float]]]:
+    """Headline accuracies of the successful runs, grouped by `value_of(record)` (None: left out)."""
+    grouped: dict[Any, dict[str, list[float]]] = {}
+    for record in records:
+        value = value_of(record)
+        if record.status != "success" or value is None:
+            continue
+        for name, accuracy in _headline_accuracy(record).items():
+            grouped.setdefault(value, {}).setdefault(name, []).append(accuracy)
+    return grouped
+
+
+def _plot_samples(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
+    """Accuracy against teacher samples per problem, when the runs distilled with different numbers."""
+    grouped = _accuracy_by(
+        records, lambda r: round(v, 2) if (v := samples_per_problem(r)) is not None else None
+    )
+    if len(grouped) < 2:
+        return []
+    xs = sorted(grouped)
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4.2))
+    for name in dict.fromkeys(n for x in xs for n in grouped[x]):
+        points = [(x, grouped[x][name]) for x in xs if grouped[x].get(name)]
+        means = [statistics.fmean(v) for _, v in points]
+        errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
+        ax.errorbar([x for x, _ in points], means, yerr=errors, marker="o", capsize=3, label=name)
+    ax.set_xlabel("teacher samples per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs teacher samples per problem")
+    ax.legend(fontsize=7)
+    return [_save(fig, out_dir / "samples.png")]
+
+
+def _plot_formats(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
+    """Accuracy per data-format setting (`data.formats`), when the runs trained on different formats."""
+    grouped = _accuracy_by(records, lambda r: r.overrides.get("data.formats"))
+    if len(grouped) < 2:
+        return []
+    settings = list(grouped)
+    sets = list(dict.fromkeys(n for f in settings for n in grouped[f]))
+    fig, ax = _pyplot().subplots(figsize=(max(5.0, 1.3 * len(settings) * max(1, len(sets)) / 2), 4.2))
+    width = 0.8 / max(1, len(sets))
+    for j, name in enumerate(sets):
+        values = [grouped[f].get(name, []) for f in settings]
+        means = [statistics.fmean(v) if v else math.nan for v in values]
+        errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        positions = [i + width * (j + 0.5) - 0.4 for i in range(len(settings))]
+        ax.bar(positions, means, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels(settings, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("data formats (data.formats)")
+    ax.legend(fontsize=7)
+    return [_save(fig, out_dir / "formats.png")]
+
+
 def write_report(records: Sequence[RunRecord], out_dir: Path, *, aggregate: Sequence[str] = ()) -> Table:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(records, aggregate=aggregate)
-    plots = _plot_accuracy(table, out_dir) + _plot_refinement(table, out_dir)
+    plots = (
+        _plot_accuracy(table, out_dir)
+        + _plot_samples(records, out_dir)
+        + _plot_formats(records, out_dir)
+        + _plot_refinement(table, out_dir)
+    )
     text = ["# mwp report", "", f"{len(records)} runs", "", table.markdown(), ""]
     text += [f"![{p.stem}]({p.name})" for p in plots]
     (out_dir / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")

@@ -89,3 +89,25 @@ def test_a_run_that_reused_the_distilled_data_paid_no_teacher_calls(tmp_path: Pa
     table = build_table(collect_runs([tmp_path]))
     calls, reused_count = table.columns.index("teacher calls"), table.columns.index("stages reused")
     assert [(row[calls], row[reused_count]) for row in table.rows] == [("3.0", "0.0"), ("0.0", "1.0")]
+
+
+def test_samples_and_format_plots_appear_when_those_settings_differ(tmp_path: Path) -> None:
+    from mwp.report import samples_per_problem, write_report
+
+    sweep = tmp_path / "sweep"
+    for i, (n, formats, acc) in enumerate(
+        [(1, "[zero_shot_cot]", 0.1), (4, "[zero_shot_cot]", 0.2), (4, "[zero_shot_cot,zero_shot_answer]", 0.3)]
+    ):
+        run_dir = _run(sweep, str(i), [f"teacher.n={n}", f"data.formats={formats}"], status="success", acc=acc)
+        stats = {"problem_yield": 0.5, "samples_seen": 10 * n, "problems_seen": 10}
+        (run_dir / "distill" / "stats.json").write_text(json.dumps(stats))
+    records = collect_runs([sweep])
+    assert [samples_per_problem(r) for r in records] == [1.0, 4.0, 4.0]
+    out = tmp_path / "report"
+    write_report(records, out)
+    assert (out / "samples.png").stat().st_size > 1000 and (out / "formats.png").stat().st_size > 1000
+    assert "![samples](samples.png)" in (out / "report.md").read_text()
+    # one setting only: no plot that would compare nothing
+    single = tmp_path / "single"
+    write_report(collect_runs([sweep / "0"]), single)
+    assert not (single / "samples.png").exists() and not (single / "formats.png").exists()
