@@ -125,6 +125,17 @@ def write_gold_gsm8k_batch_results(path: Path) -> Path:
 
 def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
     """Overrides for what an experiment needs but a CPU test machine lacks (GPUs, real weights, a live teacher)."""
+    if experiment == "fltt_weak12k":
+        # Weak12K has answers only: SmolLM2 (the offline live teacher) writes the equations, and the
+        # enumeration search, which needs no model, recovers what it gets wrong.
+        return [
+            "teacher=smollm2",
+            "teacher.n=1",
+            "teacher.max_tokens=24",
+            "stage.chain.max_corrections=0",
+            "dataset.limit=4",
+            "refine=enumeration",
+        ]
     if not experiment.startswith("fu2023"):
         return []
     results = write_gold_gsm8k_batch_results(tmp_path / "gold_gsm8k_results.jsonl")
