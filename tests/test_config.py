@@ -164,10 +164,14 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
         },
         "experiment": {
             **{name: [f"stage.data={tmp_path}"] for name in ("kd_effect", "kd_effect_teacher")},
-            # Fu et al.'s reproductions name no teacher model: it has to be pointed at one
+            # Fu et al.'s reproductions and Weak12K name no teacher model: it has to be pointed at one
             **{
                 name: ["teacher.model=x"]
-                for name in ("fu2023_gsm8k", *(f"fu2023_flan_t5_{s}" for s in ("base", "large", "xl", "xxl")))
+                for name in (
+                    "fu2023_gsm8k",
+                    "fltt_weak12k",
+                    *(f"fu2023_flan_t5_{s}" for s in ("base", "large", "xl", "xxl")),
+                )
             },
         },
     }
