@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import mwp
+from mwp.config.schema import STEPS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
 LOCK = ".lock"
-CACHED_STAGES = ("distill", "refine", "train", "evaluate")
+CACHED_STAGES = STEPS
 
 # Keys that change how a stage runs, never what it writes: left out of every key.
 OPERATIONAL_KEYS = {
@@ -88,9 +89,9 @@ class StageOutcome:
     result: dict[str, Any]
     wall_time_s: float
 
-    def to_json(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """What `summary.json`'s `stages.<name>` says of it."""
         return {
-            **self.result,
             "status": self.status,
             "key": self.key,
             "path": str(self.path),
@@ -117,28 +118,37 @@ def _section(cfg: DictConfig, name: str) -> Any:
     return _without(_plain(cfg.get(name)), OPERATIONAL_KEYS.get(name, ()))
 
 
-def file_fingerprint(path: Path) -> str:
-    """The content hash of a file, or of a folder's files (names and bytes): for inputs given by path."""
-    path = Path(path)
+def _named_files(path: Path) -> list[tuple[str, Path]]:
+    """A file as (its name, it), or a folder's files as (path relative to the folder, file), sorted."""
+    if not path.is_dir():
+        return [(path.name, path)]
+    return [(str(f.relative_to(path)), f) for f in sorted(p for p in path.rglob("*") if p.is_file())]
+
+
+def content_digest(named_files: Iterable[tuple[str, Path]]) -> str:
+    """SHA-256 (hex) over (name, file) pairs: each name and the file's bytes, in the order given."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+    for name, file in named_files:
+        digest.update(name.encode() + b"\0")
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """The content hash of a file, or of a folder's files (names and bytes): for inputs given by path."""
+    return content_digest(_named_files(Path(path)))[:16]
 
 
 def folder_stamp(path: Path) -> str:
     """A cheap identity of a large folder given by path (a trained student): names, sizes and mtimes."""
     path = Path(path)
     digest = hashlib.sha256(str(path.resolve()).encode())
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+    for name, file in _named_files(path):
         stat = file.stat()
-        digest.update(
-            f"{file.relative_to(path) if path.is_dir() else file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-        )
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -280,7 +290,6 @@ class StageCache:
         forced = key.stage in self.force
         started = time.monotonic()
         if not forced and (found := self.lookup(key)) is not None:
-            log.info("%s: reused %s (%s)", key.stage, key.key, found.path)
             return found
         with self._locked(key):
             if not forced and (found := self.lookup(key)) is not None:
@@ -295,7 +304,8 @@ class StageCache:
             elif partial.is_dir():
                 log.info("%s %s: continuing the unfinished output in %s", key.stage, key.key, partial)
             partial.mkdir(parents=True, exist_ok=True)
-            log.info("%s: computing %s%s", key.stage, key.key, " (forced)" if forced else "")
+            if forced:
+                log.info("%s %s: forced, computing it anew", key.stage, key.key)
             result = compute(partial)
             wall = time.monotonic() - started
             manifest = {
@@ -314,7 +324,6 @@ class StageCache:
                 json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
             )
             _publish(partial, final)
-            log.info("%s: computed %s in %.1f s (%s)", key.stage, key.key, wall, final)
             return StageOutcome(key.stage, key.key, final, "computed", result, wall)
 
     def entries(self) -> list[dict[str, Any]]:

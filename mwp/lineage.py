@@ -16,7 +16,6 @@ chain as runs in W&B.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -86,14 +85,9 @@ def stage_output(stage: str, path: Path, key: str | None = None) -> StageOutput 
 
 def content_key(files: Sequence[Path]) -> str:
     """12 hex digits of a SHA-256 over the files' names and contents (order-independent)."""
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]
+    from mwp.cache import content_digest
+
+    return content_digest((p.name, p) for p in sorted(files, key=lambda p: p.name))[:12]
 
 
 def teacher_samples(cfg: DictConfig) -> tuple[str, Path] | None:

@@ -70,17 +70,6 @@ def claim_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _stage_log(outcome: StageOutcome) -> None:
-    log.info(
-        "[%s] %s key=%s in %.1f s -> %s",
-        outcome.stage,
-        outcome.status,
-        outcome.key,
-        outcome.wall_time_s,
-        outcome.path,
-    )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job as a plain function (the CLI is a thin Hydra wrapper around it).
 
@@ -114,13 +103,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("[%s] start key=%s", name, key.key)
         outcome = cache.get_or_compute(key, compute, run_dir=run_dir)
         link_into_run(run_dir, link or name, outcome.path)
-        summary["stages"][name] = {
-            "status": outcome.status,
-            "key": outcome.key,
-            "path": str(outcome.path),
-            "wall_time_s": round(outcome.wall_time_s, 2),
-        }
-        _stage_log(outcome)
+        summary["stages"][name] = outcome.record()
+        log.info(
+            "[%s] %s key=%s in %.1f s -> %s", name, outcome.status, key.key, outcome.wall_time_s, outcome.path
+        )
         return outcome
 
     from mwp.lineage import log_stage_artifact, teacher_samples
