@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from mwp.data.artifact import TokenLogprobs
 from mwp.data.text import to_student_text
 from mwp.paths import default_data_dir, default_models_dir
 from mwp.signals.alignment import ALIGNMENTS, TOKEN_TYPES, Alignment, make_aligner
-from mwp.teachers.base import TokenLogprobs
 
 SVAMP_FILES = ("train_CoT_0", "train_CoT_1", "test_CoT_0")
 CHUNK = 50

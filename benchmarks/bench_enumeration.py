@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from mwp.data.loaders import load_problems  # noqa: E402
 from mwp.data.problem import Problem  # noqa: E402
-from mwp.refine.enumeration import (  # noqa: E402
+from mwp.refinement.template_search import (  # noqa: E402
     DEFAULT_MAX_CONSTANTS,
     DEFAULT_MAX_OPS,
     DEFAULT_TIME_LIMIT_S,

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from mwp.data.loaders import load_problems
-from mwp.stages.distill import distill
-from mwp.stages.equation_chain import distill_chain
+from mwp.distill.equation_chain import distill_chain
+from mwp.distill.rationales import distill
 from mwp.teachers.base import SamplingParams
 from mwp.teachers.prompts import build_requests
 from mwp.teachers.simulated import SimulatedTeacher

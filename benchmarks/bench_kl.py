@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
+from mwp.config.schema.loss_terms import LossTerm
 from mwp.paths import default_data_dir, default_models_dir
 from mwp.signals import SparseBatch, SparseSignal, collate_sparse
 from mwp.student.losses import combine
-from mwp.student.terms import LossTerm
 
 VARIANTS = ("ce", "ce-lean", "ce+sparse", "ce+dense")
 TERMS = [LossTerm("ce"), LossTerm("kl", weight=0.5)]
@@ -223,9 +223,9 @@ def smollm2_gguf() -> Path | None:
 
 
 def bench_alignment(args: argparse.Namespace) -> None:
+    from mwp.data.artifact import TokenLogprobs
     from mwp.data.text import to_student_text
     from mwp.signals.alignment import TokenAligner
-    from mwp.teachers.base import TokenLogprobs
 
     gguf = smollm2_gguf()
     if gguf is None:

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from bench_kl import build_student, make_inputs, make_sparse_signals
 
+from mwp.config.schema.loss_terms import LossTerm
 from mwp.signals import SparseBatch, collate_sparse
 from mwp.signals.on_policy import OnPolicySource
 from mwp.student.losses import combine
-from mwp.student.terms import LossTerm
 
 VARIANTS = ("ce", "ce+kl", "ce+uld", "ce+hybrid", "on-policy")
 TERMS = {

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from mwp.config import register_resolvers, validate
+from mwp.config import register_resolvers
+from mwp.stages import load_config
 from mwp.stages.distill import run_distill
 from mwp.stages.refine import run_refine
 from tests.helpers import compose_config
@@ -68,10 +69,9 @@ def main() -> None:
     if args.limit:
         base.append(f"dataset.limit={args.limit}")
     distill_dir = out / "distill"
-    cfg = compose_config(base, run_dir=out)
-    validate(cfg)
+    config = load_config(compose_config(base, run_dir=out))
     start = time.perf_counter()
-    distilled = run_distill(cfg, distill_dir)
+    distilled = run_distill(config, distill_dir)
     report: dict = {
         "distill": distilled.to_json(),
         "distill_s": round(time.perf_counter() - start, 2),
@@ -98,9 +98,8 @@ def main() -> None:
             ]
             if args.feedback_limit:
                 overrides.append(f"refine.limit={args.feedback_limit}")
-        method_cfg = compose_config(overrides, run_dir=out)
-        validate(method_cfg)
-        result = run_refine(method_cfg, distill_dir, out / f"refine_{method}")
+        method_config = load_config(compose_config(overrides, run_dir=out))
+        result = run_refine(method_config, distill_dir, out / f"refine_{method}")
         stats = result.stats
         report["methods"][method] = stats["methods"][method]
         report["distill_precision"] = stats["distill"]["precision"]

@@ -13,10 +13,10 @@ import time
 import torch
 
 from mwp.data import DistilledRow, load_problems
-from mwp.data.datamodule import TrainCollator, build_train_items, vocabulary_texts
+from mwp.data.gold_templates import gold_template
 from mwp.paths import default_data_dir, default_models_dir
+from mwp.student.datamodule import TrainCollator, build_train_items, vocabulary_texts
 from mwp.student.model import build_student
-from mwp.verify.templates import gold_template
 
 SIZE = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 8}
 BATCH = 32

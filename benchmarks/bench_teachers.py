@@ -27,7 +27,7 @@ sys.path.insert(1, str(REPO))  # fault_server imports tests.servers
 from fault_server import FaultServer  # noqa: E402
 
 from mwp.teachers.base import SamplingParams, TeacherRequest  # noqa: E402
-from mwp.teachers.cache import CachedTeacher  # noqa: E402
+from mwp.teachers.completion_cache import CachedTeacher  # noqa: E402
 from mwp.teachers.openai_compat import OpenAITeacher  # noqa: E402
 
 

@@ -41,14 +41,16 @@ import torch  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
 from mwp.config import register_resolvers  # noqa: E402
-from mwp.data.datamodule import DistilledDataModule, WindowedTrainLoader  # noqa: E402
+from mwp.config.schema.loss_terms import LossTerm  # noqa: E402
+from mwp.data.artifact import read_distilled  # noqa: E402
 from mwp.signals import SparseSignal, StoredSparseSource  # noqa: E402
 from mwp.signals.build import target_text  # noqa: E402
-from mwp.stages.distill import read_distilled, run_distill  # noqa: E402
+from mwp.stages import load_config  # noqa: E402
+from mwp.stages.distill import run_distill  # noqa: E402
+from mwp.student.datamodule import DistilledDataModule, WindowedTrainLoader  # noqa: E402
 from mwp.student.losses import combine  # noqa: E402
 from mwp.student.model import build_student  # noqa: E402
 from mwp.student.module import StudentModule  # noqa: E402
-from mwp.student.terms import LossTerm  # noqa: E402
 from tests.helpers import compose_config  # noqa: E402
 
 BATCH = 8
@@ -192,8 +194,8 @@ def step_peak(cfg, rows, with_labels: bool) -> int:
 def validation_time() -> float:
     script = (
         "import time; t = time.perf_counter()\n"
-        "from tests.helpers import compose_config\nfrom mwp.config import ConfigError, validate\n"
-        "try:\n    validate(compose_config(['optim.lr=-1']))\nexcept ConfigError:\n    pass\n"
+        "from tests.helpers import compose_config\nfrom mwp.config import ConfigError\nfrom mwp.stages import load_config\n"
+        "try:\n    load_config(compose_config(['optim.lr=-1']))\nexcept ConfigError:\n    pass\n"
         "print(time.perf_counter() - t)\n"
     )
     times = []
@@ -216,7 +218,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(["experiment=demo", "stage=distill"], run_dir=Path(tmp))
-        run_distill(cfg, Path(tmp) / "distill")
+        run_distill(load_config(cfg), Path(tmp) / "distill")
         rows = read_distilled(Path(tmp) / "distill")
     ce = [LossTerm("ce")]
     kl = [LossTerm("ce"), LossTerm("kl")]

@@ -25,13 +25,14 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
 from mwp.paths import default_data_dir
 from mwp.verify.compare import answers_match
 from mwp.verify.equations import solve_equation, template_to_equation
 from mwp.verify.numbers import parse_number
 from mwp.verify.safe_eval import EvaluationError
-from mwp.verify.templates import _compile_cached, _parse, gold_template, verify_template
+from mwp.verify.templates import _compile_cached, _parse, verify_template
 
 Candidate = tuple[str, list[Fraction | None], Fraction, list[str]]
 

@@ -13,10 +13,10 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
 from mwp.paths import default_data_dir
 from mwp.verify.numbers import parse_number
-from mwp.verify.templates import gold_template
 
 SPLITS = (
     ("svamp", "train"),

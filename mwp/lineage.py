@@ -1,9 +1,10 @@
 """Stage outputs as W&B Artifacts, with lineage teacher samples → distilled → refined → student → predictions.
 
-After a stage, the pipeline calls `log_stage_artifact(loggers, stage, path, inputs=[...])`: the
-stage's files become an artifact of type `stage`, named `<stage>-<key>` (the stage's cache key when
-it has one, else a hash of the files), and each input is marked used by the run, which is what
-draws the lineage graph. Works offline: the artifact records go into the offline run and
+After a stage, the pipeline calls `log_stage_artifact(loggers, output, inputs=[...])` with the
+stage's `ArtifactFiles` (the stage object says its artifact type and which of its files make it):
+the files become an artifact of that type, named `<type>-<key>` (the stage's cache key when it has
+one, else a hash of the files), and each input is marked used by the run, which is what draws the
+lineage graph. Works offline: the artifact records go into the offline run and
 `wandb sync` uploads them. Files are not copied: small ones are uploaded from the run folder at sync
 time (keep it until then), large ones (the student's weights) are recorded as `file://` references
 with their checksum only.
@@ -24,19 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig
+
+from mwp.digest import content_digest
 
 log = logging.getLogger(__name__)
 
-STAGE_TYPES = ("teacher-samples", "distilled", "refined", "student", "predictions")
-# The files of a stage's output folder that make its artifact (a path to a file is that file alone).
-_FILES: dict[str, tuple[str, ...]] = {
-    "teacher-samples": ("*",),
-    "distilled": ("distilled.jsonl",),
-    "refined": ("refined.jsonl",),
-    "student": ("*",),
-    "predictions": ("predictions_*.jsonl", "results.json", "bbh_results.json"),
-}
 # Statistics beside the data: metadata, so they do not change the artifact's content digest.
 _STATS = "stats.json"
 # Files above this size are referenced (file://, checksum only), not uploaded.
@@ -44,6 +37,16 @@ REFERENCE_BYTES = 10 * 2**20
 
 # Artifact names each W&B run (by id) has logged: those are its outputs, not inputs to mark used.
 _LOGGED: dict[str, set[str]] = {}
+
+
+@dataclass(frozen=True)
+class ArtifactFiles:
+    """Where a stage output is (a folder, or one file) and which of a folder's files make its artifact."""
+
+    kind: str
+    path: Path
+    files: tuple[str, ...] = ("*",)
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,67 +63,47 @@ class StageOutput:
         return f"{self.stage}-{self.key}"
 
 
-def stage_output(stage: str, path: Path, key: str | None = None) -> StageOutput | None:
-    """The output of `stage` at `path` (a folder or one file); None when there is nothing there."""
-    if stage not in STAGE_TYPES:
-        raise ValueError(f"stage artifact type must be one of {list(STAGE_TYPES)}, got {stage!r}")
-    path = Path(path)
+def stage_output(spec: ArtifactFiles) -> StageOutput | None:
+    """The output `spec` names (a folder or one file); None when there is nothing there."""
+    path = Path(spec.path)
     if path.is_file():
         files = [path]
         folder = path.parent
     elif path.is_dir():
         folder = path
-        files = sorted({f for pattern in _FILES[stage] for f in path.glob(pattern) if f.is_file()})
+        files = sorted({f for pattern in spec.files for f in path.glob(pattern) if f.is_file()})
     else:
         return None
     if not files:
         return None
     metadata: dict[str, Any] = {"path": str(path.resolve())}
     stats = folder / _STATS
-    if stage in ("distilled", "refined") and stats.is_file():
+    if spec.kind in ("distilled", "refined") and stats.is_file():
         metadata["stats"] = json.loads(stats.read_text(encoding="utf-8"))
     resolved = tuple(f.resolve() for f in files)
-    return StageOutput(stage, resolved, key or content_key(resolved), metadata)
+    return StageOutput(spec.kind, resolved, spec.key or content_key(resolved), metadata)
 
 
 def content_key(files: Sequence[Path]) -> str:
     """12 hex digits of a SHA-256 over the files' names and contents (order-independent)."""
-    from mwp.cache import content_digest
-
     return content_digest((p.name, p) for p in sorted(files, key=lambda p: p.name))[:12]
 
 
-def teacher_samples(cfg: DictConfig) -> tuple[str, Path] | None:
-    """The teacher's samples as an input of the distill stage, when they are files: a recording's
-    folder (`teacher.path`), a batch results file (`teacher.results`) or an explicit completion
-    cache (`teacher.cache_path`). A live teacher without a cache file has none."""
-    teacher = cfg.get("teacher") or {}
-    for key in ("results", "cache_path", "path"):
-        value = teacher.get(key)
-        if value and Path(str(value)).exists():
-            return ("teacher-samples", Path(str(value)))
-    return None
-
-
 def log_stage_artifact(
-    loggers: Sequence[Logger],
-    stage: str,
-    path: Path,
-    key: str | None = None,
-    inputs: Sequence[tuple[str, Path] | None] = (),
+    loggers: Sequence[Logger], produced: ArtifactFiles, inputs: Sequence[ArtifactFiles] = ()
 ) -> str | None:
-    """Log `path` as this run's `stage` artifact, marking `inputs` ((stage, path) pairs) used.
+    """Log `produced` as this run's artifact of its kind, marking `inputs` used.
 
-    Returns the artifact name, or None when no W&B run is active or there is nothing at `path`.
+    Returns the artifact name, or None when no W&B run is active or there is nothing at its path.
     """
     runs = [run for run in (_wandb_run(lg) for lg in loggers) if run is not None]
     if not runs:
         return None
-    output = stage_output(stage, path, key)
+    output = stage_output(produced)
     if output is None:
-        log.warning("no %s files in %s: no W&B artifact logged", stage, path)
+        log.warning("no %s files in %s: no W&B artifact logged", produced.kind, produced.path)
         return None
-    used = [out for out in (stage_output(*pair) for pair in inputs if pair is not None) if out is not None]
+    used = [out for out in (stage_output(spec) for spec in inputs) if out is not None]
     for run in runs:
         logged = _LOGGED.setdefault(run.id, set())
         for item in used:
@@ -129,7 +112,7 @@ def log_stage_artifact(
         artifact = _artifact(output, inputs=[item.name for item in used])
         run.log_artifact(artifact)
         logged.add(output.name)
-    log.info("W&B artifact %s (%s) from %s", output.name, stage, path)
+    log.info("W&B artifact %s (%s) from %s", output.name, produced.kind, produced.path)
     return output.name
 
 

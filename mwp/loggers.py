@@ -12,12 +12,16 @@ import json
 import logging
 import secrets
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from mwp.config.schema import RunConfig
+from mwp.runtime import is_worker_rank
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +31,26 @@ WANDB_RUN = "wandb_run.json"
 _NAME_NOISE = ("hydra", "paths", "logger", "stage.resume", "debug_traceback")
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """Every non-null `logger.*` entry, each given the resolved config as hyperparameters."""
+def build_loggers(config: RunConfig) -> list[Logger]:
+    """Every non-null `logger.*` entry, each given the validated config as hyperparameters."""
     loggers: list[Logger] = []
-    for conf in (cfg.get("logger") or {}).values():
-        if conf is None:
+    for entry in config.logger.values():
+        if entry is None:
             continue
-        extra = wandb_identity(cfg, conf) if _is_wandb(conf) else {}
-        logger = instantiate(conf, _convert_="all", **extra)
+        arguments = entry.arguments()
+        extra = wandb_identity(config, arguments) if _is_wandb(arguments) else {}
+        logger = instantiate({**arguments, **extra}, _convert_="all")
         if isinstance(logger, WandbLogger):
             # Lightning always passes `anonymous` (None by default), which W&B warns about on every run.
             logger._wandb_init.pop("anonymous", None)
         loggers.append(logger)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    hyperparameters = _flatten(config.model_dump(mode="json", by_alias=True))
     for logger in loggers:
-        logger.log_hyperparams(_flatten(config))  # type: ignore[arg-type]
+        logger.log_hyperparams(hyperparameters)
     return loggers
 
 
-def _is_wandb(conf: DictConfig) -> bool:
+def _is_wandb(conf: Mapping[str, Any]) -> bool:
     target = conf.get("_target_")
     try:
         return bool(target) and issubclass(get_class(str(target)), WandbLogger)
@@ -53,26 +58,24 @@ def _is_wandb(conf: DictConfig) -> bool:
         return False
 
 
-def wandb_identity(cfg: DictConfig, conf: DictConfig) -> dict[str, Any]:
+def wandb_identity(config: RunConfig, conf: Mapping[str, Any]) -> dict[str, Any]:
     """The `id`, `name` and `resume` of this job's W&B run.
 
     A new run gets a fresh id (or `logger.wandb.id`), stored in `<run folder>/wandb_run.json`; a run
     continued with `stage.resume` reuses the stored id and name, so W&B appends to the same run.
     """
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = Path(config.paths.output_dir)
     stored = run_dir / WANDB_RUN
     disabled = conf.get("mode") == "disabled"
-    if cfg.stage.get("resume") and not disabled:
+    if config.stage.resume and not disabled:
         if stored.is_file():
             saved = json.loads(stored.read_text(encoding="utf-8"))
             return {"id": saved["id"], "name": conf.get("name") or saved.get("name"), "resume": "allow"}
         log.warning("stage.resume=%s: the folder has no %s, so W&B starts a new run", run_dir, WANDB_RUN)
-    name = conf.get("name") or run_name(cfg)
+    name = conf.get("name") or run_name(config)
     if disabled:
         return {"name": name}
     identity = {"id": conf.get("id") or new_run_id(), "name": name}
-    from mwp.pipeline import is_worker_rank
-
     if not is_worker_rank():  # the other ranks of a multi-process launch log nothing
         run_dir.mkdir(parents=True, exist_ok=True)
         stored.write_text(json.dumps(identity) + "\n", encoding="utf-8")
@@ -85,23 +88,23 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(config: RunConfig) -> str:
     """The job's Hydra task overrides that differ, e.g. "loss=ce_kl,seed=2".
 
     In a multirun only the swept keys count (the overrides every job shares are the experiment's,
     which `group` already says); infrastructure keys (hydra.*, paths.*, logger.*, stage.resume)
     never do. Outside a Hydra job, or with nothing left, the run folder's name.
     """
-    overrides = _job_overrides(cfg)
+    overrides = _job_overrides(config)
     if overrides:
         overrides = [o for o in overrides if not _is_noise(_override_key(o))]
         swept = _swept_keys()
         if swept:
             overrides = [o for o in overrides if _override_key(o) in swept] or overrides
-    return ",".join(o.lstrip("+~") for o in overrides) or Path(cfg.paths.output_dir).name
+    return ",".join(o.lstrip("+~") for o in overrides) or Path(config.paths.output_dir).name
 
 
-def _job_overrides(cfg: DictConfig) -> list[str]:
+def _job_overrides(config: RunConfig) -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -109,7 +112,7 @@ def _job_overrides(cfg: DictConfig) -> list[str]:
     hydra_cfg = HydraConfig.get()
     # HydraConfig outlives its job in this process: only trust the one that made this run folder.
     output_dir = hydra_cfg.runtime.get("output_dir")
-    if not output_dir or Path(output_dir).resolve() != Path(cfg.paths.output_dir).resolve():
+    if not output_dir or Path(output_dir).resolve() != Path(config.paths.output_dir).resolve():
         return []
     return [str(o) for o in hydra_cfg.overrides.task]
 

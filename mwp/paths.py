@@ -25,3 +25,9 @@ def default_models_dir() -> Path:
     """`$MWP_MODELS_DIR`, else `../shared/models` beside the repository."""
     env = os.environ.get("MWP_MODELS_DIR")
     return Path(env) if env else _shared() / "models"
+
+
+def user_cache_dir() -> Path:
+    """`$MWP_CACHE_DIR`, else `~/.cache/mwp`: converted models (`models/`) and teacher completions (`teacher/`)."""
+    env = os.environ.get("MWP_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mwp"

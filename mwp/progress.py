@@ -81,3 +81,38 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SamplingProgress:
+    """Progress over samples showing samples/s, kept/s and the money spent so far (`mwp.progress`)."""
+
+    def __init__(self, total: int | None, desc: str = "sampling", disable: bool | None = None) -> None:
+        self._progress = Progress(total, desc, unit="sample", disable=bool(disable))
+        self._start = time.monotonic()
+        self.samples = 0
+        self.kept = 0
+        self.cost_usd = 0.0
+
+    def update(self, samples: int, kept: int = 0, cost: float | None = None) -> None:
+        self.samples += samples
+        self.kept += kept
+        if cost is not None:
+            self.cost_usd = cost
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        self._progress.postfix(
+            **{
+                "kept/s": f"{self.kept / elapsed:.1f}",
+                "kept": self.kept,
+                "cost": f"${self.cost_usd:.4f}",
+            }
+        )
+        self._progress.update(samples)
+
+    def close(self) -> None:
+        self._progress.close()
+
+    def __enter__(self) -> SamplingProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,44 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import warnings
-from pathlib import Path
-
-from omegaconf import DictConfig
-
-from mwp.config import ConfigError
-from mwp.data.io import DataError
-from mwp.teachers.base import TeacherError
-
-# Errors that are the user's to fix (a config value, an input file, an unreachable teacher): the
-# CLI prints their message, not a traceback. ValueError and FileNotFoundError are what the
-# library raises for bad values and missing inputs, always with the key or path in the message.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    DataError,
-    TeacherError,
-    FileNotFoundError,
-    ValueError,
-)
-
-
-# What Hydra writes into a run folder before the app starts: a folder holding only these was
-# never claimed by a run (see mwp.pipeline.claim_run_dir) and is removed when the run fails at once.
-_HYDRA_ONLY = {".hydra", "cli.log"}
-
-
-def discard_unclaimed_run_dir(cfg: DictConfig) -> None:
-    """Remove the folder Hydra made for a run that failed before claiming it (a config error):
-    no orphan run folders. A folder holding anything else is left alone."""
-    try:
-        run_dir = Path(cfg.paths.output_dir)
-    except Exception:
-        return
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _HYDRA_ONLY:
-        logging.shutdown()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
 
 ENV_DEFAULTS = {
     # The fast tokenizers' thread pool deadlocks (and warns) once a DataLoader forks workers.
@@ -89,3 +52,9 @@ class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not ("litlogger" in message or "LitLogger" in message or message.startswith("💡 Tip"))
+
+
+def is_worker_rank() -> bool:
+    """True in the extra processes of a multi-process launch (DDP ranks > 0): they train, nothing else."""
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    return int(rank) > 0 or int(os.environ.get("NODE_RANK") or 0) > 0

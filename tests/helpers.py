@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from mwp.config import register_resolvers
+from mwp.config.schema import RunConfig
 from mwp.paths import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -43,3 +44,10 @@ def bare_trainer(max_steps: int, *, accumulate: int = 1, callbacks: Sequence[Any
         callbacks=list(callbacks),
         **kwargs,
     )
+
+
+def typed_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> RunConfig:
+    """`compose_config`, validated: the typed sections the stages receive."""
+    from mwp.stages import load_config
+
+    return load_config(compose_config(overrides, run_dir))

@@ -35,7 +35,7 @@ def test_importing_the_cli_has_no_side_effects() -> None:
     state = _probe(
         "import json, os\n"
         "from omegaconf import OmegaConf\n"
-        "import mwp.cli, mwp.config\n"
+        "import mwp.cli.run, mwp.config\n"
         "print(json.dumps({'resolver': OmegaConf.has_resolver('mwp.data_dir'),"
         " 'env': os.environ.get('TOKENIZERS_PARALLELISM')}))"
     )

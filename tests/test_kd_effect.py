@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mwp.config import validate
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
 from mwp.paths import REPO_ROOT
 from mwp.pipeline import run
-from mwp.verify.templates import gold_template
+from mwp.stages import load_config
 from tests.helpers import compose_config
 
 RUN_SH = REPO_ROOT / "experiments" / "kd_effect" / "run.sh"
@@ -79,7 +79,7 @@ def test_the_experiments_configs_compose_and_validate(tmp_path: Path) -> None:
             ["experiment=kd_effect", "stage.steps=[train,evaluate]", f"stage.data={rows}", *overrides],
             run_dir=tmp_path,
         )
-        validate(cfg)
+        load_config(cfg)
         assert cfg.dataset.name == "mawps_svamp" and list(cfg.data.formats) == ["equation"], name
         # in distribution: trained on four fifths of MAWPS + ASDiv-A train, scored on the fifth held out
         assert cfg.dataset.train_split == "train_fit", name

@@ -96,9 +96,15 @@ def test_samples_and_format_plots_appear_when_those_settings_differ(tmp_path: Pa
 
     sweep = tmp_path / "sweep"
     for i, (n, formats, acc) in enumerate(
-        [(1, "[zero_shot_cot]", 0.1), (4, "[zero_shot_cot]", 0.2), (4, "[zero_shot_cot,zero_shot_answer]", 0.3)]
+        [
+            (1, "[zero_shot_cot]", 0.1),
+            (4, "[zero_shot_cot]", 0.2),
+            (4, "[zero_shot_cot,zero_shot_answer]", 0.3),
+        ]
     ):
-        run_dir = _run(sweep, str(i), [f"teacher.n={n}", f"data.formats={formats}"], status="success", acc=acc)
+        run_dir = _run(
+            sweep, str(i), [f"teacher.n={n}", f"data.formats={formats}"], status="success", acc=acc
+        )
         stats = {"problem_yield": 0.5, "samples_seen": 10 * n, "problems_seen": 10}
         (run_dir / "distill" / "stats.json").write_text(json.dumps(stats))
     records = collect_runs([sweep])

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mwp.config import ConfigError, validate
+from mwp.config import ConfigError
 from mwp.objective import objective
 from mwp.runtime import adopt_slurm_rank
+from mwp.stages import load_config
 from tests.helpers import compose_config
 
 
@@ -65,13 +66,13 @@ def test_objective_is_nan_where_the_run_has_no_such_metric() -> None:
 
 
 def test_a_misspelt_metric_fails_the_config_check() -> None:
-    validate(compose_config(["optimized_metric=eval/ood/strict_acc"]))
+    load_config(compose_config(["optimized_metric=eval/ood/strict_acc"]))
     with pytest.raises(ConfigError, match=r"^optimized_metric: .*eval/<set>/strict_acc"):
-        validate(compose_config(["optimized_metric=eval/gsm8k/accuracy"]))
+        load_config(compose_config(["optimized_metric=eval/gsm8k/accuracy"]))
 
 
 def test_slurm_tasks_after_the_first_are_worker_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mwp.pipeline import is_worker_rank
+    from mwp.runtime import is_worker_rank
 
     # a private copy: adopt_slurm_rank writes os.environ itself, which monkeypatch would not undo
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if "RANK" not in k})
@@ -91,7 +92,7 @@ def test_slurm_trainers_take_the_task_layout_from_slurm(monkeypatch: pytest.Monk
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8")
     monkeypatch.setenv("SLURM_NNODES", "2")
     for trainer in ("slurm_ddp", "slurm_fsdp"):
-        cfg = validate(compose_config([f"trainer={trainer}"])).trainer
+        cfg = load_config(compose_config([f"trainer={trainer}"])).trainer
         assert (cfg.devices, cfg.num_nodes) == (8, 2)
         (plugin,) = cfg.plugins
         assert plugin == {

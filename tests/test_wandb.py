@@ -140,7 +140,7 @@ def test_a_multirun_makes_one_finished_run_per_job_named_by_what_it_sweeps(
     import wandb
     from hydra.core.global_hydra import GlobalHydra
 
-    from mwp.cli import _app
+    from mwp.cli.run import _app
 
     sweep = tmp_path / "sweep"
     monkeypatch.setattr(sys, "argv", ["mwp", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"])

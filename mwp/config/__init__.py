@@ -9,7 +9,7 @@ milliseconds.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig
-from mwp.data.format_names import ANSWER_ONLY, EQUATION
+from mwp.data.formats import ANSWER_ONLY, EQUATION
 from mwp.paths import REPO_ROOT, default_data_dir, default_models_dir
 
 
@@ -103,11 +103,15 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """The typed, checked run config; raises `ConfigError` naming every bad key."""
+def validate(cfg: DictConfig, *, steps: Sequence[str]) -> RunConfig:
+    """The typed, checked run config; raises `ConfigError` naming every bad key.
+
+    `steps` are the pipeline's stage names in order (`mwp.stages.STAGES`): what `stage.steps` and
+    `cache.force` may name. The pipeline and `mwp-config` pass them (`mwp.stages.load_config`).
+    """
     container = to_container(cfg)
     try:
-        return RunConfig.model_validate(container)
+        return RunConfig.model_validate(container, context={"steps": tuple(steps)})
     except ValidationError as err:
         raise ConfigError("\n".join(dict.fromkeys(_messages(err, container)))) from None
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from mwp.data.artifact import DistilledRow, read_distilled, write_distilled
-from mwp.data.format_names import EQUATION, EVAL_FORMATS, FORMATS, Format
 from mwp.data.formats import (
     COT_TRIGGER,
+    EQUATION,
+    EVAL_FORMATS,
+    FORMATS,
     Example,
+    Format,
     answer_target,
     build_equation_example,
     build_example,

@@ -8,15 +8,30 @@ KeyError. Parsing once, here, turns every such defect into one error naming the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mwp.data.io import DataError, read_jsonl_lines, write_jsonl
 from mwp.data.problem import Problem
-from mwp.teachers.base import TokenLogprobs
 
 ARTIFACT = "distilled.jsonl"
+
+
+@dataclass
+class TokenLogprobs:
+    """Per generated token: its string, its logprob, and the teacher's top-k alternatives."""
+
+    tokens: list[str]
+    logprobs: list[float]
+    top_tokens: list[list[str]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.logprobs):
+            raise ValueError("tokens and logprobs differ in length")
+        if len(self.top_tokens) != len(self.top_logprobs):
+            raise ValueError("top_tokens and top_logprobs differ in length")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ final-answer sentence, "The answer is N.", that the answer extractor reads:
 
 The equation format's targets are templates, not answer sentences: its own task prefix tells its
 sources apart from the CoT ones in a multi-task student, and scoring substitutes the problem's
-numbers back (`mwp.evaluation.equations`).
+numbers back (`mwp.verify.template_scoring`).
 """
 
 from __future__ import annotations
@@ -21,15 +21,23 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from mwp.data.dedup import normalize_question
-from mwp.data.format_names import EQUATION, EQUATION_NOTATIONS, FORMATS, Format
 from mwp.data.problem import Problem
 from mwp.data.text import ANSWER_PREFIX, answer_sentence, to_student_text
 from mwp.verify.masking import mask_question
 from mwp.verify.numbers import format_number
 from mwp.verify.templates import TemplateError, canonical_infix, compile_template, to_prefix
+
+Format = Literal["zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer", "equation"]
+FORMATS: tuple[str, ...] = get_args(Format)
+ANSWER_ONLY = frozenset({"zero_shot_answer", "in_context_answer"})
+EQUATION = "equation"
+# Validation and test sources: no exemplars at test time.
+EVAL_FORMATS: tuple[str, ...] = ("zero_shot_cot", "zero_shot_answer", EQUATION)
+EquationNotation = Literal["infix", "prefix"]
+EQUATION_NOTATIONS: tuple[str, ...] = get_args(EquationNotation)
 
 COT_TRIGGER = "Let's think step by step."
 EQUATION_TASK = "equation:"

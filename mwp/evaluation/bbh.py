@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mwp.data.bbh import BBHExample, PromptStyle, load_bbh_prompt, load_bbh_task, resolve_bbh_tasks
 from mwp.data.io import write_jsonl
-from mwp.evaluation.evaluate import Accuracies
+from mwp.evaluation.scoring import Accuracies
 from mwp.progress import Progress
 from mwp.verify.bbh_answers import bbh_matches, extract_bbh_answer
 

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mwp.data.artifact import TokenLogprobs
 from mwp.data.text import CALCULATOR_NOTE
 from mwp.signals.types import UNSHARED_ID, SparseSignal
-from mwp.teachers.base import TokenLogprobs
 
 SPM_SPACE = "▁"
 # GPT-2 style byte-level BPE: the printable stand-ins of space, newline, tab.

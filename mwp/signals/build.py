@@ -31,13 +31,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mwp.config.schema import MISSING_SIGNAL
-from mwp.data.artifact import DistilledRow
+from mwp.data.artifact import DistilledRow, TokenLogprobs
 from mwp.data.formats import cot_target
 from mwp.signals.alignment import ALIGNMENTS, TOKEN_TYPES, make_aligner, normalize_token, token_type
 from mwp.signals.scoring import TeacherForcedScorer
 from mwp.signals.store import SignalStore, SignalStoreError
 from mwp.signals.types import SparseSignal
-from mwp.teachers.base import TokenLogprobs
 
 log = logging.getLogger(__name__)
 

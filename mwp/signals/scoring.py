@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mwp.data.artifact import TokenLogprobs
 from mwp.data.formats import COT_TRIGGER
 from mwp.data.problem import Problem
-from mwp.teachers.base import TeacherRequest, TokenLogprobs
+from mwp.teachers.base import TeacherRequest
 
 # Teacher text is untrusted: a rationale longer than this is cut before scoring.
 MAX_SCORED_TOKENS = 1024

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from mwp.config.schema.loss_terms import TAILS, LossTerm
 from mwp.signals.positions import (
     count_key,
     covered_positions,
@@ -68,7 +69,6 @@ from mwp.signals.positions import (
     rows_in_scope,
 )
 from mwp.signals.types import IGNORE_INDEX, PAD_ID, SparseBatch, TeacherSignal
-from mwp.student.terms import TAILS, LossTerm
 
 TAIL_LOGPROB_FLOOR = math.log(1e-8)
 # The student's rest mass is kept >= ~1e-7 so its log (and gradient) stay finite when its

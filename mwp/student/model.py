@@ -134,3 +134,16 @@ def t5_block_classes() -> set[type]:
     from transformers.models.t5.modeling_t5 import T5Block
 
     return {T5Block}
+
+
+def load_student(student_dir: Path) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerBase, set[str]]:
+    """A trained student folder: the model, its tokenizer and the ids of the problems it trained on."""
+    if not (student_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"no trained student at {student_dir}: run `mwp stage=train` or set stage.student"
+        )
+    model = T5ForConditionalGeneration.from_pretrained(student_dir)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    ids_file = student_dir / "train_problems.txt"
+    train_ids = set(ids_file.read_text(encoding="utf-8").split()) if ids_file.exists() else set()
+    return model, tokenizer, train_ids

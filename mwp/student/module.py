@@ -26,16 +26,16 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
 
-from mwp.evaluation.equations import score_template
+from mwp.config.schema.loss_terms import LossTerm
 from mwp.signals import SignalSource, SparseBatch
 from mwp.signals.on_policy import ON_POLICY_KEY
 from mwp.signals.positions import COT_ROWS_KEY
 from mwp.signals.types import BATCH_KEYS
 from mwp.student.losses import combine, count_tokens, term_count_key
-from mwp.student.terms import LossTerm
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import parse_number
+from mwp.verify.template_scoring import score_template
 
 
 class StudentModule(pl.LightningModule):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from mwp.data.artifact import TokenLogprobs
 
 
 class TeacherError(RuntimeError):
@@ -38,22 +40,6 @@ class SamplingParams:
             raise ValueError(f"teacher.max_tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"teacher.top_logprobs must be in [0, 20], got {self.top_logprobs}")
-
-
-@dataclass
-class TokenLogprobs:
-    """Per generated token: its string, its logprob, and the teacher's top-k alternatives."""
-
-    tokens: list[str]
-    logprobs: list[float]
-    top_tokens: list[list[str]] = field(default_factory=list)
-    top_logprobs: list[list[float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if len(self.tokens) != len(self.logprobs):
-            raise ValueError("tokens and logprobs differ in length")
-        if len(self.top_tokens) != len(self.top_logprobs):
-            raise ValueError("top_tokens and top_logprobs differ in length")
 
 
 @dataclass

@@ -13,21 +13,20 @@ from dataclasses import fields
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
+from mwp.config.schema import TeacherConfig
 from mwp.teachers.base import SamplingParams, Teacher
 
 SAMPLING_KEYS = tuple(f.name for f in fields(SamplingParams))
 CACHE_KEYS = ("cache", "cache_path")
 
 
-def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
+def _as_dict(cfg: TeacherConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The validated section's values as the user set them (the backend keeps its own defaults)."""
+    return cfg.arguments() if isinstance(cfg, TeacherConfig) else dict(cfg)
 
 
-def build_teacher(cfg: DictConfig | Mapping[str, Any]) -> Teacher:
+def build_teacher(cfg: TeacherConfig | Mapping[str, Any]) -> Teacher:
     """The configured backend, wrapped in the completion cache when the config has `cache: true`."""
     conf = _as_dict(cfg)
     if "_target_" not in conf:
@@ -37,14 +36,15 @@ def build_teacher(cfg: DictConfig | Mapping[str, Any]) -> Teacher:
     arguments = {k: v for k, v in conf.items() if k not in SAMPLING_KEYS and k not in CACHE_KEYS}
     teacher: Teacher = instantiate(arguments, _convert_="all")
     if any(k in conf for k in CACHE_KEYS):
-        from mwp.teachers.cache import with_cache
+        from mwp.teachers.completion_cache import with_cache
 
         teacher = with_cache(teacher, conf)
     return teacher
 
 
-def sampling_params(cfg: DictConfig | Mapping[str, Any]) -> SamplingParams:
-    conf = _as_dict(cfg)
+def sampling_params(cfg: TeacherConfig | Mapping[str, Any]) -> SamplingParams:
+    """The sampling parameters of a teacher config (the validated values, defaults included)."""
+    conf = cfg.model_dump() if isinstance(cfg, TeacherConfig) else dict(cfg)
     kwargs = {k: conf[k] for k in SAMPLING_KEYS if k in conf and conf[k] is not None}
     if "stop" in kwargs:
         kwargs["stop"] = tuple(kwargs["stop"])

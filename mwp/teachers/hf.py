@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mwp.data.artifact import TokenLogprobs
+from mwp.paths import user_cache_dir
 from mwp.teachers.base import (
     Completion,
     SamplingParams,
@@ -35,11 +37,10 @@ from mwp.teachers.base import (
     TeacherError,
     TeacherRequest,
     TeacherResponse,
-    TokenLogprobs,
     cut_at_stop,
 )
-from mwp.teachers.cache import default_cache_dir, stable_seed
-from mwp.teachers.scale import UsageLedger
+from mwp.teachers.completion_cache import stable_seed
+from mwp.teachers.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str], out_root: str | os.PathLike[
     gguf_path = Path(gguf_path).expanduser().resolve()
     if not gguf_path.is_file():
         raise TeacherError(f"teacher.gguf: {gguf_path} does not exist")
-    root = Path(out_root).expanduser() if out_root else default_cache_dir() / "models"
+    root = Path(out_root).expanduser() if out_root else user_cache_dir() / "models"
     target = root / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
     if (target / "config.json").is_file():
         return target

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mwp.data.artifact import TokenLogprobs
 from mwp.teachers.base import (
     Completion,
     SamplingParams,
@@ -33,10 +34,9 @@ from mwp.teachers.base import (
     TeacherError,
     TeacherRequest,
     TeacherResponse,
-    TokenLogprobs,
     cut_at_stop,
 )
-from mwp.teachers.scale import UsageLedger
+from mwp.teachers.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 

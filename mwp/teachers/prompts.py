@@ -8,7 +8,7 @@ Styles:
 - `equation`: From-Large-to-Tiny's request for one equation "x=..." (English or Chinese).
 - `equation_chain`: From-Large-to-Tiny's chain of teacher calls, one prompt per step: the equation
   (`query`, as `equation`), the same equation over the masked problem's N0..Nk (`masked_query`), and
-  the repair of an equation that failed to parse (`correction_query`). See `mwp.stages.equation_chain`.
+  the repair of an equation that failed to parse (`correction_query`). See `mwp.distill.equation_chain`.
 
 A few-shot prompt never shows the problem being asked (same id or same question text).
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from mwp.config.schema.prompt import PromptConfig, prompt_config
 from mwp.data.problem import Problem
 from mwp.teachers.base import TeacherRequest
 from mwp.verify.numbers import format_number
@@ -109,70 +109,23 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
     },
 }
 
+# A prompt as the validated config section, a plain mapping, or None (zero-shot chain of thought).
+PromptSetting = PromptConfig | Mapping[str, Any] | None
+
 # The request task of each chain step (TeacherRequest.task); "equation" is the chain's first step.
 CHAIN_TASKS: tuple[str, ...] = ("equation", "masked_equation", "format_correction")
 
 
-@dataclass(frozen=True)
-class PromptConfig:
-    style: str = "cot"
-    language: str = "en"
-    num_exemplars: int = 0
-    exemplar_dataset: str | None = None
-    exemplar_split: str = "train"
-    exemplar_limit: int | None = None
-    selection: str = "complexity"
-    seed: int = 0
-    system: str | None = None
-    instruction: str | None = None
-    exemplar: str | None = None
-    query: str | None = None
-    separator: str | None = None
-    masked_query: str | None = None
-    correction_query: str | None = None
+def template(prompt: PromptConfig, part: str) -> str:
+    """A part of the prompt: the config's own text, else the built-in template of its style and language."""
+    own = getattr(prompt, part, None)
+    return own if own is not None else TEMPLATES[prompt.style, prompt.language][part]
 
-    def __post_init__(self) -> None:
-        if (self.style, self.language) not in TEMPLATES:
-            known = ", ".join(f"{s}/{lang}" for s, lang in TEMPLATES)
-            raise ValueError(
-                f"prompt.style/prompt.language {self.style}/{self.language} is unknown; known: {known}"
-            )
-        if self.num_exemplars < 0:
-            raise ValueError(f"prompt.num_exemplars must be >= 0, got {self.num_exemplars}")
-        if self.selection not in ("complexity", "random", "first"):
-            raise ValueError(f"prompt.selection must be complexity, random or first, got {self.selection!r}")
-        if self.num_exemplars and not self.exemplar_dataset:
-            raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> PromptConfig:
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, PromptConfig):
-            return cfg
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency
-            pass
-        if not isinstance(cfg, Mapping):
-            raise TypeError(f"prompt config must be a mapping, got {type(cfg).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known - {"name", "stop", "extraction"})
-        if unknown:
-            raise ValueError(f"prompt config has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in cfg.items() if k in known})
-
-    def template(self, part: str) -> str:
-        own = getattr(self, part, None)
-        return own if own is not None else TEMPLATES[self.style, self.language][part]
-
-    def chain_template(self, part: str) -> str:
-        """A follow-up step's template: this prompt's own, else the chain's in this language."""
-        own = getattr(self, part, None)
-        return own if own is not None else TEMPLATES["equation_chain", self.language][part]
+def chain_template(prompt: PromptConfig, part: str) -> str:
+    """A follow-up step's template: this prompt's own, else the chain's in this language."""
+    own = getattr(prompt, part, None)
+    return own if own is not None else TEMPLATES["equation_chain", prompt.language][part]
 
 
 # -- complexity and exemplar text ---------------------------------------------------------------------
@@ -262,27 +215,27 @@ def render_exemplar(problem: Problem, cfg: PromptConfig) -> str:
         "rationale": rationale(problem, cfg.language) or "",
         "equation": clean_equation(problem.equation) if problem.equation else "",
     }
-    return cfg.template("exemplar").format(**fields)
+    return template(cfg, "exemplar").format(**fields)
 
 
 def render_prompt(problem: Problem, exemplars: Sequence[Problem], cfg: PromptConfig) -> str:
     parts = []
-    instruction = cfg.template("instruction")
+    instruction = template(cfg, "instruction")
     if not exemplars and cfg.style == "cot":
         instruction = (
-            cfg.instruction if cfg.instruction is not None else cfg.template("zero_shot_instruction")
+            cfg.instruction if cfg.instruction is not None else template(cfg, "zero_shot_instruction")
         )
     if instruction:
         parts.append(instruction)
     parts.extend(render_exemplar(e, cfg) for e in exemplars)
-    parts.append(cfg.template("query").format(question=problem.question.strip()))
-    return cfg.template("separator").join(parts)
+    parts.append(template(cfg, "query").format(question=problem.question.strip()))
+    return template(cfg, "separator").join(parts)
 
 
 # -- the entry points -----------------------------------------------------------------------------
-def load_exemplar_pool(prompt_cfg: Any, data_dir: str | Path | None = None) -> list[Problem]:
+def load_exemplar_pool(prompt_cfg: PromptSetting, data_dir: str | Path | None = None) -> list[Problem]:
     """The training problems exemplars are drawn from (empty for zero-shot prompts)."""
-    cfg = PromptConfig.from_config(prompt_cfg)
+    cfg = prompt_config(prompt_cfg)
     if not cfg.num_exemplars:
         return []
     from mwp.data.loaders import load_problems
@@ -293,12 +246,12 @@ def load_exemplar_pool(prompt_cfg: Any, data_dir: str | Path | None = None) -> l
 
 def build_requests(
     problems: Sequence[Problem],
-    prompt_cfg: Any = None,
+    prompt_cfg: PromptSetting = None,
     exemplar_pool: Sequence[Problem] | None = None,
     data_dir: str | Path | None = None,
 ) -> list[TeacherRequest]:
     """One request per problem. `exemplar_pool=None` loads `prompt.exemplar_dataset` when exemplars are wanted."""
-    cfg = PromptConfig.from_config(prompt_cfg)
+    cfg = prompt_config(prompt_cfg)
     ranked: list[Problem] = []
     if cfg.num_exemplars:
         pool = exemplar_pool if exemplar_pool is not None else load_exemplar_pool(cfg, data_dir)
@@ -320,16 +273,16 @@ def build_requests(
 
 
 def masked_equation_request(
-    problem: Problem, equation: str, prompt_cfg: Any = None, constants: Sequence[str] = ()
+    problem: Problem, equation: str, prompt_cfg: PromptSetting = None, constants: Sequence[str] = ()
 ) -> TeacherRequest:
     """Step (b) of the chain: rewrite a verified `equation` over the masked problem's N0..Nk."""
     from mwp.verify.masking import mask_question
 
-    cfg = PromptConfig.from_config(prompt_cfg)
+    cfg = prompt_config(prompt_cfg)
     masked = mask_question(problem.question.strip(), problem.language)
     names = problem.numbers or masked.numbers
     mapping = ", ".join(f"N{k}={number}" for k, number in enumerate(names)) or "-"
-    prompt = cfg.chain_template("masked_query").format(
+    prompt = chain_template(cfg, "masked_query").format(
         mapping=mapping,
         constants=", ".join(constants) or "-",
         masked_question=masked.text,
@@ -339,25 +292,22 @@ def masked_equation_request(
 
 
 def format_correction_request(
-    problem: Problem, equation: str, error: str, prompt_cfg: Any = None, attempt: int = 1
+    problem: Problem, equation: str, error: str, prompt_cfg: PromptSetting = None, attempt: int = 1
 ) -> TeacherRequest:
     """Step (c) of the chain: repair an `equation` that failed to parse with `error`.
 
     A later `attempt` says so at the top of the prompt: an unchanged prompt would get the same
     (cached or greedy) answer again.
     """
-    cfg = PromptConfig.from_config(prompt_cfg)
-    prompt = cfg.chain_template("correction_query").format(
+    cfg = prompt_config(prompt_cfg)
+    prompt = chain_template(cfg, "correction_query").format(
         error=error, question=problem.question.strip(), equation=equation
     )
     if attempt > 1:
-        prompt = cfg.chain_template("retry_note").format(attempt=attempt) + "\n" + prompt
+        prompt = chain_template(cfg, "retry_note").format(attempt=attempt) + "\n" + prompt
     return TeacherRequest(problem.id, prompt, cfg.system, task="format_correction", subject=equation)
 
 
-def prompt_stop(prompt_cfg: Any) -> tuple[str, ...]:
+def prompt_stop(prompt_cfg: PromptSetting) -> tuple[str, ...]:
     """Stop sequences the prompt suggests (where a completion model runs on into a new exercise)."""
-    if prompt_cfg is None:
-        return ()
-    stop = prompt_cfg.get("stop") if isinstance(prompt_cfg, Mapping) or hasattr(prompt_cfg, "get") else None
-    return tuple(stop or ())
+    return tuple(prompt_config(prompt_cfg).stop)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.teachers.base import (
@@ -29,12 +30,11 @@ from mwp.teachers.base import (
     TeacherRequest,
     TeacherResponse,
 )
-from mwp.teachers.cache import stable_seed
+from mwp.teachers.completion_cache import stable_seed
 from mwp.teachers.prompts import clean_equation
 from mwp.verify.equation_checks import equation_parses
 from mwp.verify.numbers import format_number, parse_number
 from mwp.verify.safe_eval import EvaluationError, Token, render_tokens, safe_eval, tokenize
-from mwp.verify.templates import gold_template
 
 ERROR_KINDS: tuple[str, ...] = (
     "wrong_operator",

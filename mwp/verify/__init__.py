@@ -21,7 +21,6 @@ from mwp.verify.templates import (
     compile_template,
     equivalent,
     from_prefix,
-    gold_template,
     to_prefix,
     verify_template,
 )
@@ -48,7 +47,6 @@ __all__ = [
     "format_number",
     "from_prefix",
     "gold_matches",
-    "gold_template",
     "mask_question",
     "number_spans",
     "parse_number",

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from mwp.data.artifact import TokenLogprobs
 from mwp.data.text import to_student_text
 from mwp.signals import SignalStore, collate_sparse
 from mwp.signals.alignment import (
@@ -23,7 +24,6 @@ from mwp.signals.alignment import (
     one_to_one,
     teacher_token_text,
 )
-from mwp.teachers.base import TokenLogprobs
 
 SPM = "▁"
 
@@ -367,9 +367,9 @@ def test_real_teacher_top_k_to_student_loss(
 ) -> None:
     from transformers import T5Config, T5ForConditionalGeneration
 
+    from mwp.config.schema.loss_terms import LossTerm
     from mwp.signals import SparseBatch
     from mwp.student.losses import combine
-    from mwp.student.terms import LossTerm
 
     with open(data_dir / "teacher" / "svamp_palm" / "svamp_train.json") as handle:
         questions = [json.loads(line)["input"] for line in handle][:4]

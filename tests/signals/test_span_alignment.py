@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mwp.config import ConfigError, validate
-from mwp.data.artifact import DistilledRow
+from mwp.config import ConfigError
+from mwp.data.artifact import DistilledRow, TokenLogprobs
 from mwp.data.formats import cot_target
 from mwp.data.loaders import load_problems
 from mwp.data.text import to_student_text
 from mwp.signals import SignalStore, SparseBatch, collate_sparse, prepare_signals
 from mwp.signals.alignment import SpanAligner, TokenAligner, make_aligner, normalize_token, teacher_token_text
-from mwp.teachers.base import TokenLogprobs
+from mwp.stages import load_config
 from tests.helpers import compose_config
 from tests.signals import test_alignment as shared
 
@@ -167,12 +167,13 @@ def test_identical_tokenizers_give_the_identity_alignment(t5_tokenizer, gsm8k_so
 
 
 def test_alignment_key_is_validated_before_any_work() -> None:
-    assert validate(compose_config(["loss=ce_kl"])).loss.signal.alignment == "span"
+    assert load_config(compose_config(["loss=ce_kl"])).loss.signal.alignment == "span"
     assert (
-        validate(compose_config(["loss=ce_kl", "loss.signal.alignment=dtw"])).loss.signal.alignment == "dtw"
+        load_config(compose_config(["loss=ce_kl", "loss.signal.alignment=dtw"])).loss.signal.alignment
+        == "dtw"
     )
     with pytest.raises(ConfigError, match=r"loss\.signal\.alignment"):
-        validate(compose_config(["loss=ce_kl", "loss.signal.alignment=diagonal"]))
+        load_config(compose_config(["loss=ce_kl", "loss.signal.alignment=diagonal"]))
     with pytest.raises(ValueError, match=r"loss\.signal\.alignment"):
         make_aligner("diagonal", None)  # type: ignore[arg-type]
 
@@ -240,8 +241,8 @@ def test_span_signals_feed_the_kl_loss(
 ) -> None:
     from transformers import T5Config, T5ForConditionalGeneration
 
+    from mwp.config.schema.loss_terms import LossTerm
     from mwp.student.losses import combine
-    from mwp.student.terms import LossTerm
 
     problems = load_problems("gsm8k", "train", data_dir, limit=6)
     rows = [

@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
+from mwp.config.schema.loss_terms import LossTerm
+from mwp.data.artifact import TokenLogprobs
 from mwp.signals import SignalStore, SparseBatch, collate_sparse
 from mwp.signals.alignment import SpanAligner
 from mwp.signals.types import IN_VOCAB_KEY, UNSHARED_ID
 from mwp.student.losses import combine, distill_loss, hybrid_loss
-from mwp.student.terms import LossTerm
-from mwp.teachers.base import TokenLogprobs
 from tests.signals import test_alignment as shared
 
 smollm2_tokenizer = shared.smollm2_tokenizer

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fault_server import FaultServer
+
+from tests.teachers.fault_server import FaultServer
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import os
 import sys
 
 from mwp.teachers.base import SamplingParams, TeacherRequest
-from mwp.teachers.cache import CachedTeacher
+from mwp.teachers.completion_cache import CachedTeacher
 from mwp.teachers.openai_compat import OpenAITeacher
 
 

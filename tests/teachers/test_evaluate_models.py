@@ -9,7 +9,7 @@ import pytest
 
 from mwp.data.formats import build_source
 from mwp.data.loaders import load_problems
-from mwp.evaluation.evaluate import model_slug
+from mwp.evaluation.scoring import model_slug
 from mwp.pipeline import run
 from mwp.teachers.base import SamplingParams, TeacherRequest
 from mwp.teachers.hf import convert_gguf, find_package_gguf

@@ -106,7 +106,7 @@ def test_prompt_over_the_context_is_refused(smollm2):
 
 
 def test_built_from_config(tmp_path):
-    from mwp.teachers.cache import CachedTeacher
+    from mwp.teachers.completion_cache import CachedTeacher
     from mwp.teachers.factory import build_teacher
 
     teacher = build_teacher(

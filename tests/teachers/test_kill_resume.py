@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mwp.teachers.cache import CompletionCache
+from mwp.teachers.completion_cache import CompletionCache
 
 WORKER = Path(__file__).with_name("sampling_worker.py")
 COUNT, N, CONCURRENCY = 60, 4, 4

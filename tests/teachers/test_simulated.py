@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mwp.config.schema import SimulatedTeacherConfig
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
-from mwp.stages.equation_chain import check_step_equation, verify_masked
+from mwp.distill.equation_chain import check_step_equation, verify_masked
 from mwp.teachers.base import SamplingParams, TeacherRequest
-from mwp.teachers.cache import request_key
+from mwp.teachers.completion_cache import request_key
 from mwp.teachers.factory import build_teacher
 from mwp.teachers.simulated import REFUSALS, SimulatedTeacher, error_profile, repair_equation
-from mwp.verify.templates import gold_template
 from tests.helpers import compose_config
 
 PROBLEMS = load_problems("math23k", "train", limit=120)

@@ -9,9 +9,12 @@ from fractions import Fraction
 
 import pytest
 
+from mwp.data.artifact import ARTIFACT
 from mwp.data.loaders import load_problems
-from mwp.stages.distill import ARTIFACT, STATS, run_distill
-from mwp.teachers.cache import CompletionCache
+from mwp.distill.rationales import STATS
+from mwp.stages import load_config
+from mwp.stages.distill import run_distill
+from mwp.teachers.completion_cache import CompletionCache
 from tests.helpers import compose_config
 
 pytestmark = pytest.mark.slow
@@ -39,7 +42,7 @@ def test_distill_multiarith_with_smollm2(tmp_path):
         ],
         run_dir=tmp_path,
     )
-    stats = run_distill(cfg, tmp_path / "distill").to_json()
+    stats = run_distill(load_config(cfg), tmp_path / "distill").to_json()
     assert stats["teacher"] == "smollm2-135m-instruct"
     assert stats["problems_seen"] == limit and stats["samples_seen"] == limit * n
     assert (
@@ -55,7 +58,7 @@ def test_distill_multiarith_with_smollm2(tmp_path):
 
     # the same command again is served from the cache: no model load, no sampling, same result
     start = time.monotonic()
-    again = run_distill(cfg, tmp_path / "again").to_json()
+    again = run_distill(load_config(cfg), tmp_path / "again").to_json()
     assert time.monotonic() - start < 10
     assert again == stats
     usage = json.loads((tmp_path / "again" / "usage.json").read_text())

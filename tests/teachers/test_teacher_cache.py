@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mwp.teachers.base import Completion, SamplingParams, TeacherRequest
-from mwp.teachers.cache import CachedTeacher, CompletionCache, request_key, with_cache
+from mwp.teachers.completion_cache import CachedTeacher, CompletionCache, request_key, with_cache
 from mwp.teachers.openai_compat import OpenAITeacher
 
 

@@ -8,10 +8,10 @@ import socket
 import time
 
 import pytest
-from fault_server import echo_text
 
 from mwp.teachers.base import SamplingParams, TeacherError, TeacherRequest
 from mwp.teachers.openai_compat import OpenAITeacher
+from tests.teachers.fault_server import echo_text
 
 
 def _teacher(base_url: str, **kwargs) -> OpenAITeacher:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from mwp.config.schema.prompt import PromptConfig, prompt_config
 from mwp.data.loaders import load_problems
 from mwp.paths import REPO_ROOT
-from mwp.teachers.prompts import PromptConfig, build_requests, clean_equation, complexity, rank_exemplars
+from mwp.teachers.prompts import build_requests, clean_equation, complexity, rank_exemplars
 from mwp.verify.equations import solve_equation
 
 PROMPT_DIR = REPO_ROOT / "conf" / "prompt"
@@ -84,7 +85,7 @@ def test_equation_prompts_en_and_zh(data_dir, multiarith_train):
     assert en[0].prompt.count("Equation: x=") == 4
     # the exemplar equations still solve to their problems' answers
     for problem in rank_exemplars(
-        multiarith_train, PromptConfig.from_config(OmegaConf.load(PROMPT_DIR / "equation_en.yaml"))
+        multiarith_train, prompt_config(OmegaConf.load(PROMPT_DIR / "equation_en.yaml"))
     )[:4]:
         assert solve_equation(clean_equation(problem.equation)) == problem.answer
 
@@ -93,13 +94,15 @@ def test_every_prompt_config_loads():
     names = sorted(p.stem for p in PROMPT_DIR.glob("*.yaml"))
     assert {"cot_fewshot", "cot_zeroshot", "equation_en", "equation_zh"} <= set(names)
     for name in names:
-        PromptConfig.from_config(OmegaConf.load(PROMPT_DIR / f"{name}.yaml"))
+        prompt_config(OmegaConf.load(PROMPT_DIR / f"{name}.yaml"))
 
 
 def test_bad_prompt_config_is_named():
-    with pytest.raises(ValueError, match=r"prompt\.style"):
-        PromptConfig(style="poem")
-    with pytest.raises(ValueError, match="unknown keys"):
-        PromptConfig.from_config({"style": "cot", "num_exemplar": 3})
-    with pytest.raises(ValueError, match=r"prompt\.exemplar_dataset"):
-        PromptConfig(num_exemplars=2)
+    with pytest.raises(
+        ValueError, match=r"^prompt\.style: Input should be 'cot', 'equation' or 'equation_chain'"
+    ):
+        prompt_config({"style": "poem"})
+    with pytest.raises(ValueError, match=r"^prompt\.num_exemplar: unknown key"):
+        prompt_config({"style": "cot", "num_exemplar": 3})
+    with pytest.raises(ValueError, match=r"prompt\.exemplar_dataset is required"):
+        prompt_config({"num_exemplars": 2})

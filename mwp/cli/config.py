@@ -1,0 +1,69 @@
+"""`mwp-config`: every config key with its value and help, or a config checked without running it.
+
+mwp-config                              # the default config, one key a line
+mwp-config experiment=demo teacher=openai  # the composed config of these overrides
+mwp-config --check trainer.precision=16-mixed   # exit 2 and say what is wrong
+mwp-config --groups                     # the options of every config group
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import open_dict
+
+from mwp.config import ConfigError, describe, register_resolvers
+from mwp.paths import REPO_ROOT
+from mwp.stages import load_config
+
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def group_options(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """Config group -> its options (file stems), as `mwp group=option` accepts them."""
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(conf_dir.iterdir())
+        if group.is_dir()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mwp-config", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to `mwp`")
+    parser.add_argument("--check", action="store_true", help="only validate; print nothing on success")
+    parser.add_argument("--groups", action="store_true", help="list the config groups and their options")
+    args = parser.parse_args(argv)
+    if args.groups:
+        for group, options in group_options().items():
+            print(f"{group}: {', '.join(options)}")
+        return
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(args.overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = "<run folder>"
+        settings = load_config(cfg)
+    except (ConfigError, HydraException) as err:
+        for line in str(err).strip().splitlines():
+            print(f"mwp-config: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    if args.check:
+        return
+    rows = [(key, repr(value), text) for key, value, text in describe(settings)]
+    width = min(48, max(len(k) + len(v) + 3 for k, v, _ in rows))
+    for key, value, text in rows:
+        left = f"{key} = {value}"
+        print(f"{left:<{width}}  # {text}" if text else left)
+
+
+if __name__ == "__main__":
+    main()

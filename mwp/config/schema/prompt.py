@@ -1,0 +1,73 @@
+"""`prompt`: how problems are put to the teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from pydantic import ValidationError, model_validator
+
+from mwp.config.schema.base import Section, help_field
+
+
+class PromptConfig(Section):
+    """The prompt put to the teacher; `mwp.teachers.prompts` renders it (its built-in templates fill
+    every part left null)."""
+
+    name: str = help_field("cot_zeroshot", help="label of the prompt")
+    style: Literal["cot", "equation", "equation_chain"] = help_field(
+        "cot", help="chain of thought, an equation, or From Large to Tiny's chain of equation calls"
+    )
+    language: Literal["en", "zh"] = help_field("en", help="prompt language")
+    num_exemplars: int = help_field(0, ge=0, le=64, help="few-shot exemplars in the prompt")
+    exemplar_dataset: str | None = help_field(None, help="where exemplars come from (its training split)")
+    exemplar_split: str = help_field("train", help="split exemplars are drawn from")
+    exemplar_limit: int | None = help_field(None, ge=1, help="first N problems of the exemplar split only")
+    selection: Literal["complexity", "random", "first"] = help_field("complexity", help="exemplar choice")
+    seed: int = help_field(0, help="seed of exemplar selection")
+    system: str | None = help_field(None, help="system message (chat endpoints)")
+    extraction: Literal["strict", "flexible", "equation"] = help_field("strict", help="how answers are read")
+    stop: list[str] = help_field([], help="stop sequences added to the teacher's")
+    instruction: str | None = help_field(None, help="the instruction before the exemplars (null = built-in)")
+    exemplar: str | None = help_field(
+        None, help="an exemplar's template, with {question}, {rationale}, {answer}, ... (null = built-in)"
+    )
+    query: str | None = help_field(None, help="the question's template, with {question} (null = built-in)")
+    separator: str | None = help_field(
+        None, help="what joins instruction, exemplars and query (null = built-in)"
+    )
+    masked_query: str | None = help_field(
+        None, help="equation_chain: the masked-equation prompt (null = the built-in one of the language)"
+    )
+    correction_query: str | None = help_field(
+        None, help="equation_chain: the format-correction prompt (null = the built-in one of the language)"
+    )
+
+    @model_validator(mode="after")
+    def _exemplars_need_a_source(self) -> PromptConfig:
+        if self.num_exemplars and not self.exemplar_dataset:
+            raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
+        return self
+
+
+def prompt_config(value: PromptConfig | Mapping[str, Any] | None) -> PromptConfig:
+    """A prompt given as the validated section, a mapping (a config node; checked here, errors name
+    `prompt.<key>`) or None (zero-shot chain of thought)."""
+    if isinstance(value, PromptConfig):
+        return value
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)  # type: ignore[assignment]
+    try:
+        return PromptConfig.model_validate(dict(value or {}))
+    except ValidationError as err:
+        problems = []
+        for item in err.errors(include_url=False):
+            key = ".".join(str(part) for part in item["loc"])
+            message = (
+                "unknown key"
+                if item["type"] == "extra_forbidden"
+                else item["msg"].removeprefix("Value error, ")
+            )
+            problems.append(f"prompt.{key}: {message}" if key else message)
+        raise ValueError("; ".join(problems)) from None
