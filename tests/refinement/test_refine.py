@@ -434,3 +434,11 @@ def test_feedback_quotes_a_recorded_teachers_failed_attempt(tmp_path: Path) -> N
     assert (
         replayed_attempts(live, load_problems("math23k", "train", limit=2)) == {}
     )  # never asks a live teacher again
+
+
+def test_prefix_candidates_are_read_back_as_infix_templates() -> None:
+    from mwp.refinement.middle_model import decoded_template
+
+    assert decoded_template("* - N0 N1 N2", "prefix") == "(N0-N1)*N2"
+    assert decoded_template("(N0-N1)*N2", "infix") == "(N0-N1)*N2"
+    assert decoded_template("* N0", "prefix") == ""  # malformed: no candidate, never an exception
