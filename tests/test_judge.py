@@ -159,10 +159,12 @@ def test_judge_file_argument_on_recorded_teacher(data_dir: Path, tmp_path: Path)
     assert int(correct) == sum(row["correct"] for row in scored)
     assert int(no_answer) == sum(row["pred"] is None for row in scored)
     assert 70 <= float(accuracy) <= 78  # the data's README: about 74% of the completions are right
-    # Without cutting the run-on exercise its own "The answer is" is read instead.
+    # Without cutting, a run-on exercise that reaches its own "The answer is N." is read instead; most
+    # are cut off by the token limit before their answer ("The answer is (120 /"), and an answer
+    # phrase with no readable value leaves the completion's own earlier answer standing.
     uncut = _run([str(source), "--mode", "strict", "--no-cut-run-on"])
     uncut_correct = int(_SUMMARY.search(uncut.stderr).group(2))  # type: ignore[union-attr]
-    assert uncut_correct < int(correct) - 30
+    assert int(correct) - 30 < uncut_correct < int(correct)
 
 
 def test_judge_stdin_and_gold_spellings(tmp_path: Path) -> None:
@@ -234,6 +236,11 @@ def test_help_documents_every_rule() -> None:
         "Flexible mode",
         "Float round-off",
         "stated precision",
+        "The last readable phrase wins",
+        "twelve point five",
+        "agrees to the places it prints",
+        "The final statement after a calculation",
+        "verbless phrase",
     ):
         assert rule in result.stdout, rule
 
@@ -248,6 +255,26 @@ def test_hedged_and_negated_completions_are_scored_wrong() -> None:
     result = _run([], stdin="".join(json.dumps(r) + "\n" for r in rows))
     assert [json.loads(line)["correct"] for line in result.stdout.splitlines()] == [False, False, True, True]
     assert "no-answer=2" in result.stderr
+
+
+def test_zero_shot_cot_answers_of_a_large_model_are_scored_right() -> None:
+    """Real text-davinci-002 completions (tests/fixtures/judge_zeroshot_cot.jsonl) the judge once misread."""
+    stage_two = "\nTherefore, the answer (arabic numerals) is"
+    rows = [
+        # the answer stated twice, digits first
+        (stage_two + " 446. \n\n\nThe answer (roman numerals) is CDXLVI.", 446),
+        # a calculation whose result is on the lines below the phrase
+        (stage_two + " $7500 + $1500 + $60 * 30 = \n\n$7500 + $1500 + $1800 = \n\n$11,000", 11000),
+        (stage_two + " \n\nx + y = 38 \n29 + y = 38 \ny = 9 \n\nThere were 9 bad carrots.", 9),
+        # two values that agree to the places printed, and decimals in words
+        (stage_two + " 1/3, or 0.333333333333333", "1/3"),
+        ("The answer is three hundred forty point twenty-five dollars.", "340.25"),
+    ]
+    stdin = "".join(json.dumps({"question": "q", "completion": c, "answer": a}) + "\n" for c, a in rows)
+    for mode in ("strict", "flexible"):
+        result = _run(["--mode", mode], stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["correct"] for line in result.stdout.splitlines()] == [True] * len(rows)
 
 
 def test_malformed_stdin_row_is_named_stdin() -> None:
