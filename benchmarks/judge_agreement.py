@@ -5,7 +5,8 @@ hand (null where the text commits to no single number):
 
 - judge_palm: PaLM-540B few-shot CoT on SVAMP; rows point into the bundled data (MWP_DATA_DIR);
 - judge_gsm8k: GSM8K gold solutions, also pointers into the bundled data;
-- judge_smollm2: SmolLM2-135M-Instruct zero-shot CoT samples on MultiArith and GSM8K;
+- judge_smollm2: SmolLM2-135M-Instruct zero-shot CoT samples on MultiArith and GSM8K (temperature
+  0.7; 32 at 128 tokens, 80 at 192);
 - judge_zeroshot_cot: text-davinci-002 zero-shot CoT ("Let's think step by step", then "Therefore,
   the answer (arabic numerals) is") on GSM8K, MultiArith and SVAMP, from the logs of Kojima et al.
   (kojima-takeshi188/zero_shot_cot, log/<dataset>_zero_shot_cot.log, item "N" = the log's "Nst

@@ -330,13 +330,13 @@ def test_hostile_phrase_markers_are_bounded() -> None:
 
 
 def test_smollm2_samples_agree_with_the_hand_reading() -> None:
-    # SmolLM2-135M zero-shot CoT samples (temperature 0.7, 128 tokens): most are cut off before
-    # committing to a number, and a careful reader then finds no answer.
+    # SmolLM2-135M zero-shot CoT samples (temperature 0.7; 32 at 128 tokens, 80 at 192): many are
+    # cut off before committing to a number, and a careful reader then finds no answer.
     rows = _fixture("judge_smollm2.jsonl")
-    assert len(rows) >= 30
+    assert len(rows) >= 100
     strict = [_agrees(extract_answer(r["completion"], mode="strict"), r["expected"]) for r in rows]
     flexible = [_agrees(extract_answer(r["completion"], mode="flexible"), r["expected"]) for r in rows]
-    assert sum(strict) >= len(rows) - 2
+    assert sum(strict) >= len(rows) - 6
     assert sum(flexible) < sum(strict)  # the last-number fallback guesses where the text gave up
     answered = [r for r in rows if r["expected"] is not None and "answer is" in r["completion"]]
     assert answered and all(
@@ -436,8 +436,13 @@ def test_the_final_statement_after_a_calculation(text: str, expected: int | None
 
 
 def test_the_last_readable_phrase_wins() -> None:
-    assert extract_answer("The answer is 5. Let me check. So the answer is", mode="strict") == 5
     assert extract_answer("The answer is 5.\nThe answer is _____.", mode="strict") == 5
+    assert extract_answer("The answer is 5. In short, the answer is as above.", mode="strict") == 5
+    # A text cut off right after its last phrase was about to give an answer we cannot see.
+    assert extract_answer("The answer is 5. Let me check. So the answer is", mode="strict") is None
+    assert (
+        extract_answer("So the answer is 26 + 36 = 62.\n\nLet me redo it.\n\nAnswer:", mode="strict") is None
+    )
     # A later negation or hedge still stands: the text takes the earlier answer back.
     assert extract_answer("The answer is 5. No, the answer is not 5.", mode="flexible") is None
     assert extract_answer("The answer is 5. Then again, the answer is 3 or 4.", mode="flexible") is None
@@ -475,6 +480,9 @@ def test_a_verbless_answer_is_what_its_verb_states(text: str, expected: int | Fr
         ("The answer is 5, 3 of which are red.", 5),
         (STAGE_TWO + " 75 and 100.", None),
         ("The answer is 180 - 20x.", None),  # an unknown
+        ("So, the answer is: 2.5 + 2. = 5.", 5),  # "2." is a number inside a calculation
+        ("(Assuming the answer is 0.6)", Fraction(3, 5)),  # the bracket is not the answer's
+        ("Now we check if the answer is correct. We have 20 good oranges left.", None),  # another sentence
         ("The answer is (5x = 30).", 6),
     ],
 )
@@ -485,8 +493,9 @@ def test_what_a_statement_holds(text: str, expected: int | None) -> None:
 def test_answer_blocks_are_bounded() -> None:
     started = time.perf_counter()
     assert extract_answer("The answer is:\n" * 200_000, mode="flexible") is None
-    assert extract_answer("The answer is 7.\n" + "Answer:\n" * 200_000, mode="strict") is None  # 16 phrases
-    assert extract_answer("The answer is 7.\n" + "Answer:\n" * 10, mode="strict") == 7
+    looks_back = "Answer: as above.\n"
+    assert extract_answer("The answer is 7.\n" + looks_back * 200_000, mode="strict") is None  # 16 phrases
+    assert extract_answer("The answer is 7.\n" + looks_back * 10, mode="strict") == 7
     assert extract_answer("Answer:\n" + "so\n" * 30 + "7 apples", mode="strict") is None  # 24 lines
     assert extract_answer(("The answer is:\n" + "(" * 1400 + "\n") * 50_000, mode="strict") is None
     assert time.perf_counter() - started < 3

@@ -12,13 +12,16 @@ The rules, in order (`mwp-judge --help` prints the same list):
    number ("A: 26", not "A: Let's think step by step."); GSM8K's "####"; "\\boxed{...}";
    "答案是 / 答案为 / 答案：" and "答：" (not "回答：").
 3. The last readable phrase wins. Phrases are read from the last one back: a phrase with no
-   readable value after it ("The answer (roman numerals) is CDXLVI", a cut-off "So the answer
-   is") leaves an earlier one standing, and a restatement in a weaker form ("the answer in
-   words is", "the answer (in words) is", "as a fraction") gives way to an earlier phrase with a
-   value: "is 12.5. The answer in words is twelve point five" -> 12.5. At most 16 phrases.
+   readable value after it ("The answer (roman numerals) is CDXLVI.", "is _____.") leaves an
+   earlier one standing, and a restatement in a weaker form ("the answer in words is", "the
+   answer (in words) is", "as a fraction") gives way to an earlier phrase with a value: "is 12.5.
+   The answer in words is twelve point five" -> 12.5. A text that stops inside the statement
+   after its last phrase ("... So the answer is") was cut off before its answer: no answer. At
+   most 16 phrases.
 4. Negation: "the answer is not 5", "the answer isn't 5" give no answer (and end the search).
-5. The value: the first stretch of arithmetic with a number in it on the phrase's line (numbers,
-   operators, parentheses, currency signs, unit words after numbers: "$1,375", "4 hours"). An
+5. The value: the first stretch of arithmetic with a number in it in the sentence the phrase
+   opens, on its line (numbers, operators, parentheses, currency signs, unit words after numbers:
+   "$1,375", "4 hours"; "the answer is correct. We have 20 left" has none). An
    expression ("(84 / 2)") is evaluated exactly with `safe_eval`, never with `eval`; a calculation
    with "=" ("30 - 28 = 2") gives the value after its last "=" (or the solution of a one-unknown
    equation, "(5x = 30)" -> 6). An expression over unknowns ("180 - 20x", "$50 * Number of
@@ -28,7 +31,8 @@ The rules, in order (`mwp-judge --help` prints the same list):
    the sentence's verb states, not a number in its subject or opening phrase: "Answer: Allen's
    age 10 years from now is 242." -> 242, "Answer: After 60 days, she will spend $16." -> 16.
 6. The final statement after a calculation: when the phrase ends its line ("The answer is:" and
-   the working below it, "Answer:" and a paragraph) or its statement goes on past the line
+   the working below it, "Answer:" and a paragraph; punctuation alone does not count as a
+   statement) or its statement goes on past the line
    ("$7500 + $1500 + $1800 =" and "$11,000" on the next line; "+ 28" and "= 252"), the value is
    that of the last statement with a value in the block below (list labels such as "Step 2:" or
    "2." skipped): "The answer is:\\n\\nx + y = 38\\ny = 9\\n\\nThere were 9 bad carrots." -> 9.
@@ -116,7 +120,7 @@ _CONJUNCTIONS = frozenset({"and", "or", "but", "while", "whereas", "so", "then"}
 
 _RUN_TOKEN = re.compile(
     r"(?P<time>\d{1,2}:\d{2}(?!\d))"  # "3:45", "5:00 PM": a time of day, not a number
-    r"|(?P<num>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?P<pct>\s*%)?"
+    r"|(?P<num>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+|\.(?=[ \t]*[-+*/×÷=]))?|\.\d+)(?P<pct>\s*%)?"
     r"|(?P<op>\*\*|//|[-+*/^×÷·⋅])"
     r"|(?P<lp>[(\[])|(?P<rp>[)\]])"
     r"|(?P<cur>[$€£¥])"
@@ -210,7 +214,8 @@ _LIST_AFTER = re.compile(
 )
 _TO_COMMA = re.compile(r"[^,;:.\d]*,[ \t]*")
 _POINT = re.compile(r"(?<![A-Za-z])point(?![A-Za-z])", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[;。！？；]")
+# A sentence ends at ".", "!" or "?" before a space, but "2. = 5" is a number in a calculation.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)(?![ \t]*[=+*/×÷])|[;。！？；]")
 # A verbless answer sentence ("Answer: Allen's age 10 years from now is 242."): its value is the
 # number its verb states, not a number inside its subject or an opening phrase ("After 60 days,").
 _COPULA_THEN_VALUE = re.compile(
@@ -456,6 +461,10 @@ def _first_math_run(span: str) -> _Run | None:
             roles[end - 1] == "unit" or tokens[end - 1][0] in ("space", "op", "lp", "cur", "eq")
         ):
             end -= 1
+        depth = sum((kind == "lp") - (kind == "rp") for kind, _ in tokens[start:end])
+        while depth < 0 and end > start and tokens[end - 1][0] in ("rp", "space"):
+            depth += tokens[end - 1][0] == "rp"  # "(assuming the answer is 0.6)": not the run's ")"
+            end -= 1
         if end == start or not any(kind == "num" for kind, _ in tokens[start:end]):
             i = max(stop, i + 1)  # "$$x=36$$": a stretch without a number is not the answer
             continue
@@ -584,7 +593,9 @@ def _read_statement(span: str, percent: PercentMode, *, verbless: bool) -> _Read
     if _NEGATION_AFTER.match(span):
         return _REFUSED  # "Answer: not 5"
     span = _digits_for_words(span)
-    run = _first_math_run(span)
+    first_sentence = _SENTENCE_END.search(span)
+    # "the answer is correct. We have 20 left": the value is stated in the phrase's own sentence.
+    run = _first_math_run(span[: first_sentence.start()] if first_sentence else span)
     if run is None:
         return _Reading()
     if verbless:
@@ -631,6 +642,8 @@ def _phrase_value(
         return reading
     lines = _answer_block(text, phrase.end(), limit)
     following = next((ln for ln in lines if ln.strip()), "")
+    if reading.value is None and any(ch.isalnum() for ch in line):
+        return reading  # "is correct. We have 20 left": a statement, and not of a number
     if reading.value is not None and not reading.goes_on and not following.lstrip().startswith("="):
         return reading
     # "The answer is:\n\n42 + 66 = 108", "Answer:\n...\nTotal: 160 + 80 + 20 = 260 sheep.": the
@@ -644,6 +657,12 @@ def _phrase_value(
         if statement.refused or statement.value is not None:
             final = statement
     return final or reading
+
+
+def _cut_off(rest: str) -> bool:
+    """Does the text stop inside the statement after its last phrase (nothing, or no sentence end)?"""
+    rest = rest.strip()
+    return not rest or ("\n" not in rest and not rest.endswith((".", "!", "?", "。", ")", "$")))
 
 
 def _is_restatement(marker: str, phrase: re.Match[str]) -> bool:
@@ -673,6 +692,8 @@ def _phrase_reading(text: str, percent: PercentMode) -> _Reading | None:
                 restated = reading  # "12.5. The answer in words is twelve point five": look back
             else:
                 return reading
+        if reading.value is None and limit == len(text) and _cut_off(text[phrase.end() :]):
+            return reading  # "... So the answer is": cut off before the answer, not a number-less one
         limit = phrase.start()  # no readable value (or a restatement): an earlier phrase may have one
     if restated is not None:
         return restated
