@@ -8,9 +8,11 @@ The rules (`mwp-judge --help` prints them in full, from `mwp.verify.extract` and
 `mwp.verify.compare`):
 
 - extraction: the run-on continuation ("\\n\\nQ: ...") is cut; strict mode reads the last answer
-  phrase ("The answer is", "the answer (arabic numerals) is", a final "A: 26" line, "Answer:",
-  "Final answer:", "####", "\\boxed{}", "答案是", "答："), evaluates a calculation after it exactly,
-  reads integers in words, and gives no answer for a negation or a hedge between different values;
+  phrase with a readable value ("The answer is", "the answer (arabic numerals) is", a final "A: 26"
+  line, "Answer:", "Final answer:", "####", "\\boxed{}", "答案是", "答："), a restatement in words
+  giving way to the digits before it; it evaluates a calculation after the phrase exactly (its
+  final statement when the working runs on below the phrase), reads numbers in words ("twelve
+  point five"), and gives no answer for a negation or a hedge between different values;
   flexible mode takes the last number only when there is no answer phrase at all;
 - comparison: exact on rationals, plus float round-off (relative 1e-9) and a decimal prediction
   rounded to its own stated places; a "50%" gold matches 1/2 and 50, a "50%" prediction reads 50.

@@ -204,9 +204,11 @@ def _fixture(name: str) -> list[dict[str, Any]]:
 
 
 def _completion(row: dict[str, Any], data_dir: Path) -> str:
-    """The text a fixture row stands for: stored in the row, or looked up in the bundled data."""
+    """The text a fixture row stands for: stored in the row, its excerpt, or looked up in the bundled data."""
     if "completion" in row:
         return row["completion"]
+    if "excerpt" in row:
+        return row["excerpt"]
     if row["source"] == "svamp_palm":
         texts = json.loads((data_dir / "teacher" / "svamp_palm" / row["file"]).read_text())
         return texts[row["index"]]
@@ -328,15 +330,231 @@ def test_hostile_phrase_markers_are_bounded() -> None:
 
 
 def test_smollm2_samples_agree_with_the_hand_reading() -> None:
-    # SmolLM2-135M zero-shot CoT samples (temperature 0.7, 128 tokens): most are cut off before
-    # committing to a number, and a careful reader then finds no answer.
+    # SmolLM2-135M zero-shot CoT samples (temperature 0.7; 32 at 128 tokens, 80 at 192): many are
+    # cut off before committing to a number, and a careful reader then finds no answer.
     rows = _fixture("judge_smollm2.jsonl")
-    assert len(rows) >= 30
+    assert len(rows) >= 100
     strict = [_agrees(extract_answer(r["completion"], mode="strict"), r["expected"]) for r in rows]
     flexible = [_agrees(extract_answer(r["completion"], mode="flexible"), r["expected"]) for r in rows]
-    assert sum(strict) >= len(rows) - 2
+    assert sum(strict) >= len(rows) - 6
     assert sum(flexible) < sum(strict)  # the last-number fallback guesses where the text gave up
     answered = [r for r in rows if r["expected"] is not None and "answer is" in r["completion"]]
     assert answered and all(
         extract_answer(r["completion"], mode="strict") == _read(r["expected"]) for r in answered
     )
+
+
+# --- rules read off large models' zero-shot CoT logs (judge_zeroshot_cot, judge_plan_solve) -----
+# Kojima et al.'s text-davinci-002 runs end every completion with the prompt's second stage,
+# "\nTherefore, the answer (arabic numerals) is", and the model's continuation of it.
+STAGE_TWO = "\nTherefore, the answer (arabic numerals) is"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (STAGE_TWO + " 12.5. The answer (in words) is twelve point five.", Fraction(25, 2)),
+        (STAGE_TWO + " 12.5.\n\nThe answer in words is twelve.", Fraction(25, 2)),
+        (STAGE_TWO + " 0.5. The answer as a fraction is 1/3.", Fraction(1, 2)),
+        (STAGE_TWO + " 26 + 36 - 48 = 14. The answer (words) is fourteen.", 14),
+        (STAGE_TWO + " 446. \n\n\nThe answer (roman numerals) is CDXLVI.", 446),
+        ("The answer in words is fifty-six.", 56),  # with nothing before it, the restatement counts
+    ],
+)
+def test_a_restatement_in_a_weaker_form_gives_way_to_the_digits(text: str, expected: int | Fraction) -> None:
+    assert extract_answer(text, mode="strict") == expected
+    assert extract_answer(text, mode="flexible") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is twelve point five.", Fraction(25, 2)),
+        ("The answer is three hundred forty point twenty-five dollars.", Fraction("340.25")),
+        ("The answer is point five.", Fraction(1, 2)),
+        ("The answer is three point one four.", Fraction("3.14")),
+        ("The answer is zero point zero five.", Fraction("0.05")),
+        ("The answer is twelve.", 12),
+        ("The answer is, at this point, unclear.", None),
+    ],
+)
+def test_decimals_in_words(text: str, expected: Fraction | int | None) -> None:
+    assert extract_answer(text, mode="strict") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (STAGE_TWO + " 1/3, or 0.333333333333333", Fraction(1, 3)),
+        (STAGE_TWO + " .67 or .6666666666666666", Fraction("0.6666666666666666")),  # the finer one
+        ("The answer is 0.33 or 1/3.", Fraction(1, 3)),
+        ("The answer is 12 or 12.4.", None),  # an integer states no rounding: a hedge
+        ("The answer is .67 or .6.", None),
+    ],
+)
+def test_a_restatement_that_agrees_to_its_printed_places_is_not_a_hedge(
+    text: str, expected: Fraction | None
+) -> None:
+    assert extract_answer(text, mode="strict") == expected
+    value = extract_answer(text, mode="strict")
+    assert value is None or answers_match(value, expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # real: a calculation after the phrase, its result on the lines below
+        (STAGE_TWO + " $7500 + $1500 + $60 * 30 = \n\n$7500 + $1500 + $1800 = \n\n$11,000", 11000),
+        ("Now we can add up how many marbles.\n\n224 " + STAGE_TWO + ": \n\n+ 28 \n= 252", 252),
+        (STAGE_TWO + " \n\nx + y = 38 \n29 + y = 38 \ny = 9 \n\nThere were 9 bad carrots.", 9),
+        (STAGE_TWO + "  . \n\n15 + 30 + 60 = 105 pounds", 105),
+        (STAGE_TWO + " \n\n$$x=36$$", 36),
+        (
+            "Answer:\nToulouse has 160 sheep, Charleston has 80 sheep.\n\nTotal: 160 + 80 + 20 = 260 sheep.",
+            260,
+        ),
+        ("2y = 80\ny = 40\n\nAnswer:\nx = y + 30\nx = 40 + 30\nx = 70\n\nGretchen has 70 gold coins.", 70),
+        (
+            "Answer:\n\nStep 1: 200 grams of mushrooms contains 6 grams of protein.\n\n"
+            "Step 2: John gets 42 grams of protein per week (6 grams of protein x 7 days = 42 grams).",
+            42,
+        ),
+        # a statement complete on its line is not overruled by what follows it
+        (STAGE_TWO + " 6. \n\nJosh can eat twice as much as Abby. \nIn 1 day, he eats 4", 6),
+        (STAGE_TWO + ": 66 \n\nThe farmer picked 66 green tomatoes and 71 - 66 = 5 red tomatoes.", 66),
+        # a block that ends in unknowns or cut off commits to nothing
+        (
+            STAGE_TWO + ": \n\n$2000 + 2/5 * $50 * Number of Chickens = Total Amount\n$2000 + 2/5 * $50 *",
+            None,
+        ),
+        ("Answer: \ny = 180 - 10x \ny = 180 - 10(x) \ny = 180 - 20x \n\nTherefore", None),
+    ],
+)
+def test_the_final_statement_after_a_calculation(text: str, expected: int | None) -> None:
+    assert extract_answer(text, mode="strict") == expected
+    assert extract_answer(text, mode="flexible") == expected
+
+
+def test_the_last_readable_phrase_wins() -> None:
+    assert extract_answer("The answer is 5.\nThe answer is _____.", mode="strict") == 5
+    assert extract_answer("The answer is 5. In short, the answer is as above.", mode="strict") == 5
+    # A text cut off right after its last phrase was about to give an answer we cannot see.
+    assert extract_answer("The answer is 5. Let me check. So the answer is", mode="strict") is None
+    assert (
+        extract_answer("So the answer is 26 + 36 = 62.\n\nLet me redo it.\n\nAnswer:", mode="strict") is None
+    )
+    # A later negation or hedge still stands: the text takes the earlier answer back.
+    assert extract_answer("The answer is 5. No, the answer is not 5.", mode="flexible") is None
+    assert extract_answer("The answer is 5. Then again, the answer is 3 or 4.", mode="flexible") is None
+    assert extract_answer("The answer is 3 or 5. The answer (in words) is four.", mode="strict") is None
+    # With no phrase that has a value there is still no answer, not a last-number guess.
+    assert extract_answer("He has 4 apples. So the answer is", mode="flexible") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: Allen's age 10 years from now is 242.", 242),
+        ("Answer: The total amount of water in the 24 liters is 14.67 liters.", Fraction("14.67")),
+        ("Answer: After 60 days, Cynthia will spend $16.00 on ice cream.", 16),
+        ("Answer: John is 135 miles from home at the end of the 4 hours.", 135),
+        ("Answer: 20 + 6 is 26.", 26),
+        ("Answer: 3 apples is what she has.", 3),
+        ("The answer is 12 apples, which is 3 more than Tom.", 12),  # "answer is" has its verb
+    ],
+)
+def test_a_verbless_answer_is_what_its_verb_states(text: str, expected: int | Fraction) -> None:
+    assert extract_answer(text, mode="strict") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: Kylar needs to pay $64 for 16 glasses.", 64),  # "for 16" is not "f or 16"
+        ("Answer:\nJake has 7 peaches and Jill has -65 peaches.", 7),  # "and" is not a unit word
+        ("Answer: \nEmily ended up with 9 towels (35 - 26 = 9).", 9),  # a side calculation
+        ("Answer: it dropped to -5 degrees.", -5),  # a sign after a word, not "to - 5"
+        ("The answer is 5 - the rest were eaten.", 5),  # a dash
+        (STAGE_TWO + " 3:45.", None),  # a time of day
+        (STAGE_TWO + " 15, 9, 8.", None),  # a bare list of values
+        ("The answer is 5, 3 of which are red.", 5),
+        (STAGE_TWO + " 75 and 100.", None),
+        ("The answer is 180 - 20x.", None),  # an unknown
+        ("So, the answer is: 2.5 + 2. = 5.", 5),  # "2." is a number inside a calculation
+        ("(Assuming the answer is 0.6)", Fraction(3, 5)),  # the bracket is not the answer's
+        ("Now we check if the answer is correct. We have 20 good oranges left.", None),  # another sentence
+        ("The answer is (5x = 30).", 6),
+    ],
+)
+def test_what_a_statement_holds(text: str, expected: int | None) -> None:
+    assert extract_answer(text, mode="strict") == expected
+
+
+def test_answer_blocks_are_bounded() -> None:
+    started = time.perf_counter()
+    assert extract_answer("The answer is:\n" * 200_000, mode="flexible") is None
+    looks_back = "Answer: as above.\n"
+    assert extract_answer("The answer is 7.\n" + looks_back * 200_000, mode="strict") is None  # 16 phrases
+    assert extract_answer("The answer is 7.\n" + looks_back * 10, mode="strict") == 7
+    assert extract_answer("Answer:\n" + "so\n" * 30 + "7 apples", mode="strict") is None  # 24 lines
+    assert extract_answer(("The answer is:\n" + "(" * 1400 + "\n") * 50_000, mode="strict") is None
+    assert time.perf_counter() - started < 3
+
+
+# --- agreement with the careful reading, per source of real model text ---------------------------
+
+REAL_SOURCES = (
+    "judge_palm.jsonl",
+    "judge_smollm2.jsonl",
+    "judge_zeroshot_cot.jsonl",
+    "judge_plan_solve.jsonl",
+)
+
+
+def _last_number(text: str) -> Fraction | None:
+    numbers = find_numbers(text)
+    return parse_number(numbers[-1], percent="strip") if numbers else None
+
+
+def _subsets(name: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    rows = _fixture(name)
+    datasets = sorted({row.get("dataset", "") for row in rows})
+    return [(f"{name}:{d}" if d else name, [r for r in rows if r.get("dataset", "") == d]) for d in datasets]
+
+
+@pytest.mark.parametrize(
+    "rows", [pytest.param(rows, id=label) for name in REAL_SOURCES for label, rows in _subsets(name)]
+)
+def test_flexible_agrees_at_least_as_often_as_the_last_number(
+    rows: list[dict[str, Any]], data_dir: Path
+) -> None:
+    texts = [_completion(row, data_dir) for row in rows]
+    expected = [row["expected"] for row in rows]
+    flexible = sum(
+        _agrees(extract_answer(t, mode="flexible"), e) for t, e in zip(texts, expected, strict=True)
+    )
+    last = sum(_agrees(_last_number(t), e) for t, e in zip(texts, expected, strict=True))
+    assert flexible >= last
+
+
+def test_zero_shot_logs_of_large_models_agree_with_the_hand_reading() -> None:
+    for name, strict_misses, flexible_misses in (
+        ("judge_zeroshot_cot.jsonl", 3, 3),
+        ("judge_plan_solve.jsonl", 26, 6),
+    ):
+        rows = _fixture(name)
+        assert len(rows) >= 90
+        strict = sum(_agrees(extract_answer(r["excerpt"], mode="strict"), r["expected"]) for r in rows)
+        flexible = sum(_agrees(extract_answer(r["excerpt"], mode="flexible"), r["expected"]) for r in rows)
+        assert strict >= len(rows) - strict_misses, name
+        assert flexible >= len(rows) - flexible_misses, name
+
+
+def test_unlicensed_logs_are_kept_as_pointers_and_short_excerpts() -> None:
+    for name in ("judge_zeroshot_cot.jsonl", "judge_plan_solve.jsonl"):
+        for row in _fixture(name):
+            assert "completion" not in row
+            assert len(row["excerpt"]) <= 600, row["pointer"]
+            repo, _, rest = row["pointer"].partition("@")
+            commit, _, where = rest.partition(":")
+            assert "/" in repo and len(commit) == 40 and "#" in where, row["pointer"]

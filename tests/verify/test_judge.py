@@ -234,6 +234,11 @@ def test_help_documents_every_rule() -> None:
         "Flexible mode",
         "Float round-off",
         "stated precision",
+        "The last readable phrase wins",
+        "twelve point five",
+        "agrees to the places it prints",
+        "The final statement after a calculation",
+        "verbless phrase",
     ):
         assert rule in result.stdout, rule
 
@@ -248,6 +253,26 @@ def test_hedged_and_negated_completions_are_scored_wrong() -> None:
     result = _run([], stdin="".join(json.dumps(r) + "\n" for r in rows))
     assert [json.loads(line)["correct"] for line in result.stdout.splitlines()] == [False, False, True, True]
     assert "no-answer=2" in result.stderr
+
+
+def test_zero_shot_cot_answers_of_a_large_model_are_scored_right() -> None:
+    """Real text-davinci-002 completions (tests/fixtures/judge_zeroshot_cot.jsonl) the judge once misread."""
+    stage_two = "\nTherefore, the answer (arabic numerals) is"
+    rows = [
+        # the answer stated twice, digits first
+        (stage_two + " 446. \n\n\nThe answer (roman numerals) is CDXLVI.", 446),
+        # a calculation whose result is on the lines below the phrase
+        (stage_two + " $7500 + $1500 + $60 * 30 = \n\n$7500 + $1500 + $1800 = \n\n$11,000", 11000),
+        (stage_two + " \n\nx + y = 38 \n29 + y = 38 \ny = 9 \n\nThere were 9 bad carrots.", 9),
+        # two values that agree to the places printed, and decimals in words
+        (stage_two + " 1/3, or 0.333333333333333", "1/3"),
+        ("The answer is three hundred forty point twenty-five dollars.", "340.25"),
+    ]
+    stdin = "".join(json.dumps({"question": "q", "completion": c, "answer": a}) + "\n" for c, a in rows)
+    for mode in ("strict", "flexible"):
+        result = _run(["--mode", mode], stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["correct"] for line in result.stdout.splitlines()] == [True] * len(rows)
 
 
 def test_malformed_stdin_row_is_named_stdin() -> None:
