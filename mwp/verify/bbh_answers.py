@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from itertools import pairwise
 from typing import Literal, get_args
 
 from mwp.verify.compare import answers_match
@@ -124,10 +125,28 @@ _WORD_CHOICES: dict[str, tuple[str, str]] = {
     "yes_no": ("yes", "no"),
     "valid_invalid": ("valid", "invalid"),
 }
+# An answer token of a kind that names one option: "(B)", "yes", "invalid".
+_TOKENS: dict[str, re.Pattern[str]] = {
+    _MC: re.compile(r"\(\s*([A-Z])\s*\)"),
+    **{kind: re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE) for kind, words in _WORD_CHOICES.items()},
+}
+# Two different options joined as alternatives or as a pair: "(A) or (C)", "yes or no", "(A), (B) and (D)".
+_JOINED = re.compile(
+    r"\s*,?\s*(?:or|and/or|and|/|,)\s*(?:(?:maybe|perhaps|possibly|also)\s+)?", re.IGNORECASE
+)
+# A phrase that says there is no answer: "the answer is none of the options", "... cannot be determined".
+_NON_ANSWER = re.compile(
+    r"(?:(?:that|it|this)\s+)?(?:(?:is|was|would\s+be)\s+)?"
+    r"(?:none|nothing|empty|unknown|undetermined|undeterminable|indeterminate|undefined|unclear|uncertain"
+    r"|ambiguous|inconclusive|insufficient|impossible|neither|not|cannot|can't|can\s+not|n/a"
+    r"|no\s+(?:answer|option|options|choice|correct|valid|solution|such|one|idea)|there\s+is\s+no)(?![A-Za-z])",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[;\n]")
 _CLOSERS = set(")]}>")
 _BRACKETS = set("()[]{}<>")
 _BRACKET_RUN = re.compile(r"[()\[\]{}<>](?:[ \t]*[()\[\]{}<>])*")
-_QUOTES = "\"'`“”‘’"
+_QUOTES = "\"'`“”‘’*"
 
 
 def _check(answer_type: str, mode: str) -> None:
@@ -146,6 +165,34 @@ def _clean_span(span: str) -> str:
 
 def _plain_text(text: str) -> str:
     return " ".join(_clean_span(text).lower().split())
+
+
+def _token_value(match: re.Match[str], answer_type: str) -> str:
+    return f"({match.group(1)})" if answer_type == _MC else match.group(1).lower()
+
+
+def _options_named(sentence: str, answer_type: str) -> set[str] | None:
+    """The distinct options that `sentence` names, or None when it joins two different ones ("(A) or (C)")."""
+    pattern = _TOKENS.get(answer_type)
+    if pattern is None:
+        return set()
+    matches = list(pattern.finditer(sentence))
+    for first, second in pairwise(matches):
+        between = sentence[first.end() : second.start()]
+        joined = _JOINED.fullmatch(between)
+        if joined and _token_value(first, answer_type) != _token_value(second, answer_type):
+            return None  # a hedge, or a pair of answers: no single answer
+    return {_token_value(m, answer_type) for m in matches}
+
+
+def _says_no_answer(span: str, answer_type: str) -> bool:
+    # A sorted word list may start with "none" or "not": for words only the list itself counts.
+    return answer_type != "words" and _NON_ANSWER.match(span) is not None
+
+
+def _sentence(span: str) -> str:
+    end = _SENTENCE_END.search(span)
+    return span[: end.start()] if end else span
 
 
 def _read(span: str, answer_type: str, *, whole: bool) -> str | None:
@@ -185,6 +232,29 @@ def _read(span: str, answer_type: str, *, whole: bool) -> str | None:
     return " ".join(words) if words else None
 
 
+def _read_answer(span: str, answer_type: str, mode: str, *, whole: bool) -> str | None:
+    """What an answer line says: one answer, or None for a non-answer, a hedge or nothing readable.
+
+    Strict takes the answer at the start of the line; flexible also takes the one option that the
+    line's first sentence names ("the answer is the third one, (C)"). Neither looks past the line.
+    """
+    span = _clean_span(span)
+    if not span or _says_no_answer(span, answer_type):
+        return None
+    sentence = _sentence(span)
+    named = _options_named(sentence, answer_type)
+    if named is None:
+        return None
+    found = _read(span, answer_type, whole=whole)
+    if (
+        mode == "flexible"
+        and len(named) == 1
+        and (found is None or (answer_type == _MC and found[:1] != "("))
+    ):
+        return named.pop()
+    return found
+
+
 def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "strict") -> str | None:
     """The answer of a BBH completion in canonical form, or None when there is none.
 
@@ -203,27 +273,32 @@ def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "s
         if value is None and mode == "flexible":
             value = extract_answer(text, mode="flexible")
         return format_number(value) if value is not None else None
-    found: str | None = None
     if phrases:
+        # The last phrase decides: what follows it is the answer, or there is none. Flexible mode
+        # never reads on past it, nor back into the reasoning.
         span = text[phrases[-1].end() : phrases[-1].end() + _SPAN_CHARS].lstrip().split("\n", 1)[0]
-        found = _read(span, answer_type, whole=False)
-    elif text.strip():
-        found = _read(text.strip().split("\n", 1)[0], answer_type, whole=True)
-    if mode == "strict":
+        return _read_answer(span, answer_type, mode, whole=False)
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        return None
+    found = _read_answer(lines[0], answer_type, mode, whole=True)
+    if mode == "strict" or (found is not None and (answer_type != _MC or found.startswith("("))):
         return found
-    if answer_type == _MC and found is not None and not found.startswith("("):
-        return _last_anywhere(text, answer_type) or found  # a letter anywhere beats free text
-    return found if found is not None else _last_anywhere(text, answer_type)
+    if _says_no_answer(_clean_span(lines[-1]), answer_type):
+        return None
+    return _last_anywhere(text, answer_type) or found  # a letter anywhere beats free text
 
 
 def _last_anywhere(text: str, answer_type: str) -> str | None:
-    if answer_type == _MC:
-        letters = _LAST_LETTER.findall(text)
-        return f"({letters[-1]})" if letters else None
-    if answer_type in _WORD_CHOICES:
-        choices = "|".join(_WORD_CHOICES[answer_type])
-        words = re.findall(rf"\b({choices})\b", text, re.IGNORECASE)
-        return words[-1].lower() if words else None
+    pattern = _TOKENS.get(answer_type)
+    if pattern is not None:
+        matches = list(pattern.finditer(text))
+        if not matches:
+            return None
+        last = matches[-1]
+        if len(matches) > 1 and _options_named(text[matches[-2].start() : last.end()], answer_type) is None:
+            return None  # "... (A) or (C)": the text ends on a hedge
+        return _token_value(last, answer_type)
     if answer_type == "dyck":
         runs = _BRACKET_RUN.findall(text)
         return " ".join(ch for ch in runs[-1] if ch in _BRACKETS) if runs else None
