@@ -54,9 +54,23 @@ case, commas and spacing.
 Modes: `strict` reads the text after the last "the answer is" (a CoT completion), or, when there
 is no such phrase, a completion whose first line is one whole answer of the kind (what an
 answer-only prompt makes a model write: "(B)", "False", "] ]"; for a choice, any first line is
-read as an option text when it is not a letter). `flexible` falls back to the last answer-shaped
-token anywhere ("(C)", "yes", a number, a bracket run, the last line of words), and prefers a
-"(C)" anywhere over a choice read as free text.
+read as an option text when it is not a letter). `flexible` reads the same places and is lenient
+about where in the answer sentence the option stands ("the answer is the third one, (C)"); only a
+completion with no answer phrase at all falls back to the last answer-shaped token anywhere ("(C)",
+"yes", a number, a bracket run, the last line of words), and there a "(C)" anywhere beats a choice
+read as free text. Flexible never reads past the last answer phrase, nor back into the reasoning
+before it: a phrase followed by nothing readable ("So the answer is" cut off, "the answer is: ...
+let me check (C)") has no answer in both modes.
+
+No answer, in both modes, for what a careful reader would not credit either:
+- a hedge or a pair of different options, as the number judge refuses "3 or 5": "(A) or (C)",
+  "either (A) or (B)", "(A), (B) and (D)", "yes or no";
+- an explicit non-answer after the phrase ("none of the options", "empty", "cannot be determined",
+  "not (A)") or as a completion's last line without one ("None of the options fit.").
+
+`benchmarks/bbh_agreement.py` scores code-davinci-002's outputs published in the BBH repository
+against the accuracy published with them (the outputs are not bundled); on the tasks checked
+there, strict mode gives the published figure exactly.
 """
 
 from __future__ import annotations
@@ -136,10 +150,18 @@ _JOINED = re.compile(
 )
 # A phrase that says there is no answer: "the answer is none of the options", "... cannot be determined".
 _NON_ANSWER = re.compile(
-    r"(?:(?:that|it|this)\s+)?(?:(?:is|was|would\s+be)\s+)?"
+    r"(?:(?:that|it|this)\s+){0,2}(?:(?:is|was|would\s+be)\s+)?"
     r"(?:none|nothing|empty|unknown|undetermined|undeterminable|indeterminate|undefined|unclear|uncertain"
     r"|ambiguous|inconclusive|insufficient|impossible|neither|not|cannot|can't|can\s+not|n/a"
     r"|no\s+(?:answer|option|options|choice|correct|valid|solution|such|one|idea)|there\s+is\s+no)(?![A-Za-z])",
+    re.IGNORECASE,
+)
+# The same said without an answer phrase, anywhere in a completion's last line: "None of the options fit."
+_NO_ANSWER_STATEMENT = re.compile(
+    r"\b(?:cannot|can't|can\s+not)\s+be\s+(?:determined|answered|known|told|found)"
+    r"|\bnone\s+of\s+(?:the\s+|these\s+)?(?:options|above|choices|answers)"
+    r"|\bno\s+(?:correct\s+|valid\s+)?(?:answer|option)s?\b|\bnot\s+enough\s+information"
+    r"|\bimpossible\s+to\s+(?:tell|determine|say|know)|\b(?:undetermined|indeterminate)\b",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[;\n]")
@@ -188,6 +210,10 @@ def _options_named(sentence: str, answer_type: str) -> set[str] | None:
 def _says_no_answer(span: str, answer_type: str) -> bool:
     # A sorted word list may start with "none" or "not": for words only the list itself counts.
     return answer_type != "words" and _NON_ANSWER.match(span) is not None
+
+
+def _states_no_answer(lines: list[str], answer_type: str) -> bool:
+    return answer_type != "words" and bool(lines) and _NO_ANSWER_STATEMENT.search(lines[-1]) is not None
 
 
 def _sentence(span: str) -> str:
@@ -242,6 +268,8 @@ def _read_answer(span: str, answer_type: str, mode: str, *, whole: bool) -> str 
     if not span or _says_no_answer(span, answer_type):
         return None
     sentence = _sentence(span)
+    if answer_type != "words" and _NO_ANSWER_STATEMENT.search(sentence):
+        return None
     named = _options_named(sentence, answer_type)
     if named is None:
         return None
@@ -265,12 +293,12 @@ def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "s
     _check(answer_type, mode)
     text = cut_run_on(text)
     phrases = list(_PHRASE.finditer(text))
+    lines = [line for line in text.split("\n") if line.strip()]
     if answer_type == "number":
         value: Fraction | None = extract_answer(text, mode="strict")
-        if value is None and not phrases:
-            first_line = text.strip().split("\n", 1)[0]
-            value = parse_number(_clean_span(first_line))
-        if value is None and mode == "flexible":
+        if value is None and not phrases and lines:
+            value = parse_number(_clean_span(lines[0]))
+        if value is None and mode == "flexible" and not _states_no_answer(lines, answer_type):
             value = extract_answer(text, mode="flexible")
         return format_number(value) if value is not None else None
     if phrases:
@@ -278,14 +306,15 @@ def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "s
         # never reads on past it, nor back into the reasoning.
         span = text[phrases[-1].end() : phrases[-1].end() + _SPAN_CHARS].lstrip().split("\n", 1)[0]
         return _read_answer(span, answer_type, mode, whole=False)
-    lines = [line for line in text.split("\n") if line.strip()]
-    if not lines:
-        return None
+    if (
+        not lines
+        or _says_no_answer(_clean_span(lines[-1]), answer_type)
+        or _states_no_answer(lines, answer_type)
+    ):
+        return None  # "None of the options fit." ends the text: whatever came before is not its answer
     found = _read_answer(lines[0], answer_type, mode, whole=True)
     if mode == "strict" or (found is not None and (answer_type != _MC or found.startswith("("))):
         return found
-    if _says_no_answer(_clean_span(lines[-1]), answer_type):
-        return None
     return _last_anywhere(text, answer_type) or found  # a letter anywhere beats free text
 
 
