@@ -54,15 +54,30 @@ case, commas and spacing.
 Modes: `strict` reads the text after the last "the answer is" (a CoT completion), or, when there
 is no such phrase, a completion whose first line is one whole answer of the kind (what an
 answer-only prompt makes a model write: "(B)", "False", "] ]"; for a choice, any first line is
-read as an option text when it is not a letter). `flexible` falls back to the last answer-shaped
-token anywhere ("(C)", "yes", a number, a bracket run, the last line of words), and prefers a
-"(C)" anywhere over a choice read as free text.
+read as an option text when it is not a letter). `flexible` reads the same places and is lenient
+about where in the answer sentence the option stands ("the answer is the third one, (C)"); only a
+completion with no answer phrase at all falls back to the last answer-shaped token anywhere ("(C)",
+"yes", a number, a bracket run, the last line of words), and there a "(C)" anywhere beats a choice
+read as free text. Flexible never reads past the last answer phrase, nor back into the reasoning
+before it: a phrase followed by nothing readable ("So the answer is" cut off, "the answer is: ...
+let me check (C)") has no answer in both modes.
+
+No answer, in both modes, for what a careful reader would not credit either:
+- a hedge or a pair of different options, as the number judge refuses "3 or 5": "(A) or (C)",
+  "either (A) or (B)", "(A), (B) and (D)", "yes or no";
+- an explicit non-answer after the phrase ("none of the options", "empty", "cannot be determined",
+  "not (A)") or as a completion's last line without one ("None of the options fit.").
+
+`benchmarks/bbh_agreement.py` scores code-davinci-002's outputs published in the BBH repository
+against the accuracy published with them (the outputs are not bundled); on the tasks checked
+there, strict mode gives the published figure exactly.
 """
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
+from itertools import pairwise
 from typing import Literal, get_args
 
 from mwp.verify.compare import answers_match
@@ -124,10 +139,36 @@ _WORD_CHOICES: dict[str, tuple[str, str]] = {
     "yes_no": ("yes", "no"),
     "valid_invalid": ("valid", "invalid"),
 }
+# An answer token of a kind that names one option: "(B)", "yes", "invalid".
+_TOKENS: dict[str, re.Pattern[str]] = {
+    _MC: re.compile(r"\(\s*([A-Z])\s*\)"),
+    **{kind: re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE) for kind, words in _WORD_CHOICES.items()},
+}
+# Two different options joined as alternatives or as a pair: "(A) or (C)", "yes or no", "(A), (B) and (D)".
+_JOINED = re.compile(
+    r"\s*,?\s*(?:or|and/or|and|/|,)\s*(?:(?:maybe|perhaps|possibly|also)\s+)?", re.IGNORECASE
+)
+# A phrase that says there is no answer: "the answer is none of the options", "... cannot be determined".
+_NON_ANSWER = re.compile(
+    r"(?:(?:that|it|this)\s+){0,2}(?:(?:is|was|would\s+be)\s+)?"
+    r"(?:none|nothing|empty|unknown|undetermined|undeterminable|indeterminate|undefined|unclear|uncertain"
+    r"|ambiguous|inconclusive|insufficient|impossible|neither|not|cannot|can't|can\s+not|n/a"
+    r"|no\s+(?:answer|option|options|choice|correct|valid|solution|such|one|idea)|there\s+is\s+no)(?![A-Za-z])",
+    re.IGNORECASE,
+)
+# The same said without an answer phrase, anywhere in a completion's last line: "None of the options fit."
+_NO_ANSWER_STATEMENT = re.compile(
+    r"\b(?:cannot|can't|can\s+not)\s+be\s+(?:determined|answered|known|told|found)"
+    r"|\bnone\s+of\s+(?:the\s+|these\s+)?(?:options|above|choices|answers)"
+    r"|\bno\s+(?:correct\s+|valid\s+)?(?:answer|option)s?\b|\bnot\s+enough\s+information"
+    r"|\bimpossible\s+to\s+(?:tell|determine|say|know)|\b(?:undetermined|indeterminate)\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[;\n]")
 _CLOSERS = set(")]}>")
 _BRACKETS = set("()[]{}<>")
 _BRACKET_RUN = re.compile(r"[()\[\]{}<>](?:[ \t]*[()\[\]{}<>])*")
-_QUOTES = "\"'`“”‘’"
+_QUOTES = "\"'`“”‘’*"
 
 
 def _check(answer_type: str, mode: str) -> None:
@@ -146,6 +187,38 @@ def _clean_span(span: str) -> str:
 
 def _plain_text(text: str) -> str:
     return " ".join(_clean_span(text).lower().split())
+
+
+def _token_value(match: re.Match[str], answer_type: str) -> str:
+    return f"({match.group(1)})" if answer_type == _MC else match.group(1).lower()
+
+
+def _options_named(sentence: str, answer_type: str) -> set[str] | None:
+    """The distinct options that `sentence` names, or None when it joins two different ones ("(A) or (C)")."""
+    pattern = _TOKENS.get(answer_type)
+    if pattern is None:
+        return set()
+    matches = list(pattern.finditer(sentence))
+    for first, second in pairwise(matches):
+        between = sentence[first.end() : second.start()]
+        joined = _JOINED.fullmatch(between)
+        if joined and _token_value(first, answer_type) != _token_value(second, answer_type):
+            return None  # a hedge, or a pair of answers: no single answer
+    return {_token_value(m, answer_type) for m in matches}
+
+
+def _says_no_answer(span: str, answer_type: str) -> bool:
+    # A sorted word list may start with "none" or "not": for words only the list itself counts.
+    return answer_type != "words" and _NON_ANSWER.match(span) is not None
+
+
+def _states_no_answer(lines: list[str], answer_type: str) -> bool:
+    return answer_type != "words" and bool(lines) and _NO_ANSWER_STATEMENT.search(lines[-1]) is not None
+
+
+def _sentence(span: str) -> str:
+    end = _SENTENCE_END.search(span)
+    return span[: end.start()] if end else span
 
 
 def _read(span: str, answer_type: str, *, whole: bool) -> str | None:
@@ -185,6 +258,31 @@ def _read(span: str, answer_type: str, *, whole: bool) -> str | None:
     return " ".join(words) if words else None
 
 
+def _read_answer(span: str, answer_type: str, mode: str, *, whole: bool) -> str | None:
+    """What an answer line says: one answer, or None for a non-answer, a hedge or nothing readable.
+
+    Strict takes the answer at the start of the line; flexible also takes the one option that the
+    line's first sentence names ("the answer is the third one, (C)"). Neither looks past the line.
+    """
+    span = _clean_span(span)
+    if not span or _says_no_answer(span, answer_type):
+        return None
+    sentence = _sentence(span)
+    if answer_type != "words" and _NO_ANSWER_STATEMENT.search(sentence):
+        return None
+    named = _options_named(sentence, answer_type)
+    if named is None:
+        return None
+    found = _read(span, answer_type, whole=whole)
+    if (
+        mode == "flexible"
+        and len(named) == 1
+        and (found is None or (answer_type == _MC and found[:1] != "("))
+    ):
+        return named.pop()
+    return found
+
+
 def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "strict") -> str | None:
     """The answer of a BBH completion in canonical form, or None when there is none.
 
@@ -195,35 +293,41 @@ def extract_bbh_answer(text: str, answer_type: BBHAnswerType, mode: BBHMode = "s
     _check(answer_type, mode)
     text = cut_run_on(text)
     phrases = list(_PHRASE.finditer(text))
+    lines = [line for line in text.split("\n") if line.strip()]
     if answer_type == "number":
         value: Fraction | None = extract_answer(text, mode="strict")
-        if value is None and not phrases:
-            first_line = text.strip().split("\n", 1)[0]
-            value = parse_number(_clean_span(first_line))
-        if value is None and mode == "flexible":
+        if value is None and not phrases and lines:
+            value = parse_number(_clean_span(lines[0]))
+        if value is None and mode == "flexible" and not _states_no_answer(lines, answer_type):
             value = extract_answer(text, mode="flexible")
         return format_number(value) if value is not None else None
-    found: str | None = None
     if phrases:
+        # The last phrase decides: what follows it is the answer, or there is none. Flexible mode
+        # never reads on past it, nor back into the reasoning.
         span = text[phrases[-1].end() : phrases[-1].end() + _SPAN_CHARS].lstrip().split("\n", 1)[0]
-        found = _read(span, answer_type, whole=False)
-    elif text.strip():
-        found = _read(text.strip().split("\n", 1)[0], answer_type, whole=True)
-    if mode == "strict":
+        return _read_answer(span, answer_type, mode, whole=False)
+    if (
+        not lines
+        or _says_no_answer(_clean_span(lines[-1]), answer_type)
+        or _states_no_answer(lines, answer_type)
+    ):
+        return None  # "None of the options fit." ends the text: whatever came before is not its answer
+    found = _read_answer(lines[0], answer_type, mode, whole=True)
+    if mode == "strict" or (found is not None and (answer_type != _MC or found.startswith("("))):
         return found
-    if answer_type == _MC and found is not None and not found.startswith("("):
-        return _last_anywhere(text, answer_type) or found  # a letter anywhere beats free text
-    return found if found is not None else _last_anywhere(text, answer_type)
+    return _last_anywhere(text, answer_type) or found  # a letter anywhere beats free text
 
 
 def _last_anywhere(text: str, answer_type: str) -> str | None:
-    if answer_type == _MC:
-        letters = _LAST_LETTER.findall(text)
-        return f"({letters[-1]})" if letters else None
-    if answer_type in _WORD_CHOICES:
-        choices = "|".join(_WORD_CHOICES[answer_type])
-        words = re.findall(rf"\b({choices})\b", text, re.IGNORECASE)
-        return words[-1].lower() if words else None
+    pattern = _TOKENS.get(answer_type)
+    if pattern is not None:
+        matches = list(pattern.finditer(text))
+        if not matches:
+            return None
+        last = matches[-1]
+        if len(matches) > 1 and _options_named(text[matches[-2].start() : last.end()], answer_type) is None:
+            return None  # "... (A) or (C)": the text ends on a hedge
+        return _token_value(last, answer_type)
     if answer_type == "dyck":
         runs = _BRACKET_RUN.findall(text)
         return " ".join(ch for ch in runs[-1] if ch in _BRACKETS) if runs else None

@@ -85,6 +85,61 @@ def test_extraction_rules(text: str, answer_type: str, strict: str | None, flexi
     assert extract_bbh_answer(text, answer_type, "flexible") == flexible  # type: ignore[arg-type]
 
 
+# Completions of code-davinci-002 published with BBH (suzgunmirac/BIG-Bench-Hard,
+# code-davinci-002-outputs/, MIT), cut to their last sentence; "cot"/"direct" and the 0-based
+# index name the file and row. Hedges and non-answers do not occur in those outputs, so those
+# rows write them into a real final sentence (date_understanding cot #1, target "(A)").
+DATE_1 = "The date a month ago is January 1, 1987, that is 01/01/1987. So the answer is"
+
+
+@pytest.mark.parametrize(
+    ("text", "answer_type", "strict", "flexible"),
+    [
+        (f"{DATE_1} (B).", "multiple_choice", "(B)", "(B)"),  # date_understanding cot #1, as written
+        # sports_understanding cot #0
+        ("Beating the buzzer is part of ice hockey. So the answer is yes.", "yes_no", "yes", "yes"),
+        ("{ { } ( ( ) ) }", "dyck", "{ { } ( ( ) ) }", "{ { } ( ( ) ) }"),  # dyck_languages direct #29
+        ("", "dyck", None, None),  # dyck_languages direct #54: an empty completion
+        # A hedge between options is no answer, as the number judge refuses "3 or 5".
+        (f"{DATE_1} (A) or (B).", "multiple_choice", None, None),
+        (f"{DATE_1} either (A) or (C).", "multiple_choice", None, None),
+        (f"{DATE_1} (A), (B) and (D).", "multiple_choice", None, None),
+        ("(A) or (B)", "multiple_choice", None, None),  # an answer-only completion
+        ("So the answer is yes or no.", "yes_no", None, None),
+        ("So the answer is 3 or 5.", "number", None, None),
+        # The same option twice is one answer.
+        (f"{DATE_1} (A), that is (A).", "multiple_choice", "(A)", "(A)"),
+        # An explicit non-answer gets no credit in either mode.
+        (f"{DATE_1} none of the options.", "multiple_choice", None, None),
+        (f"{DATE_1} that it cannot be determined from (A)-(F).", "multiple_choice", None, None),
+        (f"{DATE_1} not (B).", "multiple_choice", None, None),
+        ("Option (A) is close.\nNone of the options fit.", "multiple_choice", None, None),
+        ("(A) is close, but the answer cannot be determined.", "multiple_choice", None, None),
+        ("So the answer is empty.", "dyck", None, None),
+        ("We get 5.\nThe answer cannot be determined.", "number", None, None),
+        # A phrase with nothing readable after it: flexible reads neither on past it nor back.
+        (f"{DATE_1} .\nLooking at the options again, (A) fits.", "multiple_choice", None, None),
+        # (the line after the phrase is read as an option's text, which matches no letter)
+        (
+            f"{DATE_1}:\nLet me check. (A) fits.",
+            "multiple_choice",
+            "let me check. (a) fits",
+            "let me check. (a) fits",
+        ),
+        ("Today is 02/01/1987, so (A) is 12/02/1986. So the answer is", "multiple_choice", None, None),
+        # ... but an answer on the line after the phrase is the phrase's answer.
+        (f"{DATE_1}:\n(A)", "multiple_choice", "(A)", "(A)"),
+        # Flexible takes the one option the answer sentence names; strict wants it first.
+        (f"{DATE_1} the first option, (A).", "multiple_choice", "the first option, (a)", "(A)"),
+    ],
+)
+def test_hedges_non_answers_and_empty_phrases(
+    text: str, answer_type: str, strict: str | None, flexible: str | None
+) -> None:
+    assert extract_bbh_answer(text, answer_type, "strict") == strict  # type: ignore[arg-type]
+    assert extract_bbh_answer(text, answer_type, "flexible") == flexible  # type: ignore[arg-type]
+
+
 def test_matching_is_by_kind() -> None:
     assert bbh_matches("24.0", "24", "number")
     assert not bbh_matches("240", "24", "number")
