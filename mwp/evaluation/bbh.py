@@ -27,6 +27,7 @@ from mwp.data.bbh import BBHExample, PromptStyle, load_bbh_prompt, load_bbh_task
 from mwp.data.io import write_jsonl
 from mwp.evaluation.scoring import Accuracies
 from mwp.progress import Progress
+from mwp.student.codec import Codec, as_codec
 from mwp.verify.bbh_answers import bbh_matches, extract_bbh_answer
 
 __all__ = ["BBHResult", "BBHTaskResult", "evaluate_bbh", "fit_source", "format_bbh_table"]
@@ -101,15 +102,16 @@ class BBHResult:
 
 
 def fit_source(
-    tokenizer: PreTrainedTokenizerBase, render: Any, num_exemplars: int, max_source_len: int
+    codec: Codec, render: Any, num_exemplars: int, max_source_len: int
 ) -> tuple[list[int], int, bool]:
-    """Token ids of the longest prompt that fits: `render(k)` with k = num_exemplars, ..., 0 exemplars.
+    """Token ids of the longest prompt that fits: `render(k)` with k = num_exemplars, ..., 0 exemplars
+    (as the student reads it: a causal student's chat template included).
 
     Returns (ids, exemplars kept, truncated); when even k=0 is too long its last `max_source_len`
     tokens are kept (the end holds the question and the answer cue).
     """
     for kept in range(num_exemplars, -1, -1):
-        ids = tokenizer(render(kept))["input_ids"]
+        ids = codec.source_ids(render(kept))
         if len(ids) <= max_source_len:
             return ids, kept, False
     return ids[-max_source_len:], 0, True
@@ -118,7 +120,7 @@ def fit_source(
 @torch.no_grad()
 def evaluate_bbh(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    codec: Codec | PreTrainedTokenizerBase,
     tasks: str | Sequence[str] = "all",
     *,
     prompt: PromptStyle = "cot",
@@ -131,16 +133,16 @@ def evaluate_bbh(
 ) -> BBHResult:
     """Greedy-decode the first `limit_per_task` examples (all by default) of each task and score them.
 
-    Works for encoder-decoder models (the source is the encoder input) and for causal LMs (left
-    padding; the continuation after the prompt is the completion).
+    Works for both kinds of student through their `Codec` (a tokenizer alone: a seq2seq model): the
+    encoder reads the prompt, or a causal LM continues it (left padding, its chat template if it was
+    trained with one).
     """
+    codec = as_codec(codec)
     names = resolve_bbh_tasks(tasks)
     result = BBHResult(model_name, prompt, max_source_len, [])
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     start = time.perf_counter()
     for task in names:
         examples = load_bbh_task(task, data_dir, limit=limit_per_task)
@@ -149,7 +151,7 @@ def evaluate_bbh(
         sources: list[tuple[BBHExample, list[int], int]] = []
         for example in examples:
             ids, kept, cut = fit_source(
-                tokenizer,
+                codec,
                 lambda k, q=example.input, p=few_shot: p.render(q, prompt, num_exemplars=k),
                 len(few_shot.exemplars),
                 max_source_len,
@@ -163,26 +165,15 @@ def evaluate_bbh(
         bar = Progress(len(order), f"bbh {task} ({prompt})", unit="example")
         for offset in range(0, len(order), batch_size):
             chunk = order[offset : offset + batch_size]
-            batch = [sources[i][1] for i in chunk]
-            width = max(len(ids) for ids in batch)
-            if encoder_decoder:
-                rows = [ids + [pad_id] * (width - len(ids)) for ids in batch]
-                mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in batch]
-            else:
-                rows = [[pad_id] * (width - len(ids)) + ids for ids in batch]
-                mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
-            input_ids = torch.tensor(rows, device=device)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.tensor(mask, device=device),
+            prompts = codec.pad_prompts([sources[i][1] for i in chunk])
+            completions = codec.complete(
+                model,
+                {k: v.to(device) for k, v in prompts.items()},
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
-                pad_token_id=pad_id,
             )
-            if not encoder_decoder:
-                out = out[:, input_ids.shape[1] :]
-            for i, text in zip(chunk, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
+            for i, text in zip(chunk, completions, strict=True):
                 texts[i] = text
             bar.update(len(chunk))
         bar.close()

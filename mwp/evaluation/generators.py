@@ -1,9 +1,10 @@
 """The models the evaluate stage can score: the trained student, the configured teacher, any HF folder.
 
 Each is a `Generator`: greedy completions for a batch of source texts, plus what the source builder
-needs to know (a token counter when the model has a source length limit). The student and HF
-seq2seq folders decode with `generate`; the teacher and HF causal folders go through the teacher
-backends (`Teacher.generate`), so an API teacher's cache and cost ledger work here as in distilling.
+needs to know (a token counter when the model has a source length limit). The student (either kind,
+through its `Codec`) and HF seq2seq folders decode with `generate`; the teacher and HF causal folders go
+through the teacher backends (`Teacher.generate`), so an API teacher's cache and cost ledger work here
+as in distilling.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 
 import torch
 
-from mwp.data.formats import token_counter
 from mwp.data.io import read_json
 from mwp.progress import Progress
-from mwp.student.datamodule import encode_padded
+from mwp.student.codec import Codec, Seq2SeqCodec
 from mwp.teachers.base import SamplingParams, Teacher, TeacherRequest
 from mwp.teachers.usage import UsageLedger, teacher_usage
 
@@ -44,14 +44,15 @@ class Generator:
         """Release the model or client."""
 
 
-class Seq2SeqGenerator(Generator):
-    """A T5-style encoder-decoder: sources truncated to `max_source_len`, greedy `generate`."""
+class StudentGenerator(Generator):
+    """A student of either kind (`Codec`): prompts cut to `max_source_len` (a causal prompt loses its
+    front, a T5 source its end), greedy `generate`, the new tokens decoded."""
 
     def __init__(
         self,
         label: str,
         model: Any,
-        tokenizer: Any,
+        codec: Codec,
         *,
         batch_size: int,
         max_source_len: int | None,
@@ -59,11 +60,12 @@ class Seq2SeqGenerator(Generator):
     ) -> None:
         self.label = label
         self.model = model
-        self.tokenizer = tokenizer
+        self.codec = codec
+        self.tokenizer = codec.tokenizer
         self.batch_size = batch_size
         self.max_source_len = max_source_len
         self.max_new_tokens = max_new_tokens
-        self.count_tokens = token_counter(tokenizer)
+        self.count_tokens = codec.count_source
         self.max_source_tokens = max_source_len
 
     @torch.no_grad()
@@ -75,9 +77,14 @@ class Seq2SeqGenerator(Generator):
         bar = Progress(len(sources), desc or f"eval {self.label}", unit="problem")
         for start in range(0, len(sources), self.batch_size):
             chunk = list(sources[start : start + self.batch_size])
-            enc = encode_padded(self.tokenizer, chunk, self.max_source_len).to(device)
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-            texts.extend(self.tokenizer.batch_decode(out, skip_special_tokens=True))
+            prompts = {
+                k: v.to(device) for k, v in self.codec.prompt_batch(chunk, self.max_source_len).items()
+            }
+            texts.extend(
+                self.codec.complete(
+                    self.model, prompts, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+                )
+            )
             bar.update(len(chunk))
         bar.close()
         self.model.train(was_training)
@@ -129,10 +136,10 @@ def load_hf_folder(
 
         model = AutoModelForSeq2SeqLM.from_pretrained(Path(path).expanduser())
         tokenizer = AutoTokenizer.from_pretrained(Path(path).expanduser())
-        return Seq2SeqGenerator(
+        return StudentGenerator(
             label,
             model,
-            tokenizer,
+            Seq2SeqCodec(tokenizer),
             batch_size=batch_size,
             max_source_len=max_source_len,
             max_new_tokens=max_new_tokens,

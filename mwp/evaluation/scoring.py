@@ -4,8 +4,7 @@
 the sources, and every answer is read with the same extraction; in the equation format the
 completion is a template, scored by substituting the problem's numbers and evaluating it safely
 (extraction mode "equation", `mwp.verify.template_scoring`). `score_baseline` scores one fixed template
-on every problem: the trivial baseline of the most frequent training template. `evaluate_problems` is the
-student's zero-shot shortcut kept for callers that hold a model and a tokenizer.
+on every problem: the trivial baseline of the most frequent training template.
 """
 
 from __future__ import annotations
@@ -15,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
-
 from mwp.data.formats import EQUATION, Format, build_source_kept, problem_numbers
 from mwp.data.io import write_jsonl
 from mwp.data.problem import Problem
 from mwp.evaluation.exemplars import ExemplarPool
-from mwp.evaluation.generators import Generator, Seq2SeqGenerator
+from mwp.evaluation.generators import Generator
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
 from mwp.verify.numbers import format_number
@@ -214,46 +211,6 @@ def score_baseline(
         score = score_template(template, problem_numbers(problem), problem.answer)
         _add_equation_prediction(result, problem, score, completion=template)
     return result
-
-
-def evaluate_problems(
-    model: T5ForConditionalGeneration,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: Sequence[Problem],
-    *,
-    dataset: str,
-    split: str,
-    role: str,
-    fmt: Format = "zero_shot_cot",
-    batch_size: int = 32,
-    max_source_len: int | None = 256,
-    max_new_tokens: int = 128,
-    exclude_ids: set[str] | frozenset[str] = frozenset(),
-    dropped: int = 0,
-) -> EvalResult:
-    """Greedy-decode every problem with a seq2seq student in a zero-shot format (see `score_problems`).
-
-    Content overlap is the caller's job (`mwp.data.dedup.drop_seen`, before any limit): `dropped`
-    is what it removed, added to the id overlap in the result. `max_source_len=None` never cuts a source.
-    """
-    generator = Seq2SeqGenerator(
-        "student",
-        model,
-        tokenizer,
-        batch_size=batch_size,
-        max_source_len=max_source_len,
-        max_new_tokens=max_new_tokens,
-    )
-    return score_problems(
-        generator,
-        problems,
-        dataset=dataset,
-        split=split,
-        role=role,
-        fmt=fmt,
-        exclude_ids=exclude_ids,
-        dropped=dropped,
-    )
 
 
 def result_slug(result: EvalResult) -> str:

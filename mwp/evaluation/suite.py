@@ -31,7 +31,7 @@ from mwp.data.io import write_json
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.evaluation.exemplars import ExemplarPool
-from mwp.evaluation.generators import Generator, Seq2SeqGenerator, TeacherGenerator, load_hf_folder
+from mwp.evaluation.generators import Generator, StudentGenerator, TeacherGenerator, load_hf_folder
 from mwp.evaluation.scoring import (
     EvalResult,
     format_table,
@@ -42,6 +42,7 @@ from mwp.evaluation.scoring import (
     score_problems,
 )
 from mwp.loggers import log_metrics, log_table
+from mwp.student.codec import Codec
 from mwp.student.model import load_student
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,11 @@ def open_model(
     generator: Generator
     exclude: set[str] = set()
     if entry == "student":
-        model, tokenizer, exclude = load_student(student_dir)
-        generator = Seq2SeqGenerator(
+        model, codec, exclude = load_student(student_dir)
+        generator = StudentGenerator(
             "student",
             model,
-            tokenizer,
+            codec,
             batch_size=ev.batch_size,
             max_source_len=max_source_len,
             max_new_tokens=max_new_tokens,
@@ -213,10 +214,8 @@ def run_evaluate(
     print(table, flush=True)
     if ev.bbh is not None:
         # BIG-Bench Hard measures what specialisation costs the student in generality.
-        model, tokenizer, _ = load_student(student_dir)
-        run_bbh(
-            model, tokenizer, ev.bbh, config.paths.data_dir, out_dir, loggers, model_name=str(student_dir)
-        )
+        model, codec, _ = load_student(student_dir)
+        run_bbh(model, codec, ev.bbh, config.paths.data_dir, out_dir, loggers, model_name=str(student_dir))
     return results
 
 
@@ -263,7 +262,7 @@ def replay_evaluation(out_dir: Path, loggers: list[Logger]) -> list[dict[str, An
 
 def run_bbh(
     model: Any,
-    tokenizer: Any,
+    codec: Codec,
     bbh: BBHEvalConfig,
     data_dir: str,
     out_dir: Path,
@@ -277,7 +276,7 @@ def run_bbh(
     tasks = bbh.tasks if isinstance(bbh.tasks, str) else list(bbh.tasks)
     result = evaluate_bbh(
         model,
-        tokenizer,
+        codec,
         tasks,
         prompt=bbh.prompt,
         limit_per_task=bbh.limit_per_task,

@@ -22,10 +22,10 @@ from mwp.config.schema import LossTerm, MiddleModelConfig, RunConfig
 from mwp.data.artifact import DistilledRow, write_distilled
 from mwp.data.formats import equation_source
 from mwp.data.problem import Problem
-from mwp.evaluation.generators import Seq2SeqGenerator
+from mwp.evaluation.generators import StudentGenerator
 from mwp.progress import Progress
 from mwp.refinement.candidates import RoundStats, distinct_verified, recovered_row
-from mwp.student.datamodule import encode_padded
+from mwp.student.codec import Codec
 from mwp.student.fit import fit
 from mwp.student.model import load_student
 from mwp.verify.templates import TemplateError, canonical_infix, from_prefix
@@ -56,14 +56,14 @@ class Decoding:
             )
 
 
-class CandidateGenerator(Seq2SeqGenerator):
+class CandidateGenerator(StudentGenerator):
     """The evaluation generator, returning K decoded sequences per source instead of one greedy one."""
 
-    def __init__(self, model: Any, tokenizer: Any, decoding: Decoding, max_source_len: int | None) -> None:
+    def __init__(self, model: Any, codec: Codec, decoding: Decoding, max_source_len: int | None) -> None:
         super().__init__(
             "middle-model",
             model,
-            tokenizer,
+            codec,
             batch_size=decoding.batch_size,
             max_source_len=max_source_len,
             max_new_tokens=decoding.max_new_tokens,
@@ -80,7 +80,9 @@ class CandidateGenerator(Seq2SeqGenerator):
         for start in range(0, len(sources), self.batch_size):
             chunk = list(sources[start : start + self.batch_size])
             bar.update(len(chunk))
-            enc = encode_padded(self.tokenizer, chunk, self.max_source_len).to(device)
+            prompts = {
+                k: v.to(device) for k, v in self.codec.prompt_batch(chunk, self.max_source_len).items()
+            }
             kwargs: dict[str, Any] = {
                 "do_sample": d.do_sample,
                 "num_return_sequences": d.num_return_sequences,
@@ -89,8 +91,7 @@ class CandidateGenerator(Seq2SeqGenerator):
                 kwargs.update(temperature=d.temperature, top_k=d.top_k, num_beams=1)
             else:
                 kwargs.update(num_beams=d.num_beams)
-            generated = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, **kwargs)
-            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            texts = self.codec.complete(self.model, prompts, max_new_tokens=self.max_new_tokens, **kwargs)
             k = d.num_return_sequences
             out.extend(texts[i * k : (i + 1) * k] for i in range(len(chunk)))
         bar.close()
@@ -198,8 +199,8 @@ class MiddleModelSearch:
             trained = fit(round_config, round_dir / PAIRS, round_dir)
             stats.train_s = time.perf_counter() - stats.started
 
-            model, tokenizer, _ = load_student(trained.student_dir)
-            generator = CandidateGenerator(model, tokenizer, self.decoding, max_source_len=None)
+            model, codec, _ = load_student(trained.student_dir)
+            generator = CandidateGenerator(model, codec, self.decoding, max_source_len=None)
             problems = list(remaining.values())
             search_start = time.perf_counter()
             decoded = generator.candidates([equation_source(p) for p in problems])

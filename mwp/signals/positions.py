@@ -38,6 +38,8 @@ def supervised_positions(labels: Tensor, teacher: TeacherSignal | None = None) -
 
 # A batch's `cot_rows [B]` bool marks chain-of-thought targets (the rest are answer-only).
 COT_ROWS_KEY = "cot_rows"
+# The source texts of a training batch (a list of str): what an on-policy teacher is prompted with.
+SOURCES_KEY = "sources"
 ROW_SCOPES = ("all", "cot", "answer_only")
 
 

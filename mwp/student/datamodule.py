@@ -54,11 +54,11 @@ from mwp.data.formats import (
     problem_numbers,
     sample_exemplars,
     template_expression,
-    token_counter,
 )
 from mwp.data.problem import Problem
 from mwp.signals import SparseSignal, collate_sparse
-from mwp.signals.positions import COT_ROWS_KEY, window_counts
+from mwp.signals.positions import COT_ROWS_KEY, SOURCES_KEY, window_counts
+from mwp.student.codec import Codec, Seq2SeqCodec, as_codec
 from mwp.verify.numbers import format_number
 from mwp.verify.templates import TemplateError
 
@@ -148,13 +148,6 @@ def quantile(values: Sequence[int], q: float) -> int:
         return 0
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def token_lengths(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
-    """Token counts of `texts` as the model sees them (end-of-sequence token included)."""
-    if not texts:
-        return []
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
 
 def _config_error(message: str) -> Exception:
@@ -284,30 +277,27 @@ def _usable_expression(template: str | None) -> str | None:
         return None
 
 
-def encode_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int | None) -> Any:
-    """Tokenise a batch of texts, truncated to `max_len` (None: never cut) and padded to the longest, as tensors."""
-    if max_len is None:
-        return tokenizer(list(texts), truncation=False, padding=True, return_tensors="pt")
-    return tokenizer(list(texts), max_length=max_len, truncation=True, padding=True, return_tensors="pt")
+class PairCollator:
+    """Training tensors of (source, target) examples for the student's kind (`Codec.train_batch`), plus
+    which rows have chain-of-thought targets and the source texts (on-policy teachers read them)."""
 
-
-class Seq2SeqCollator:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_source_len: int, max_target_len: int) -> None:
-        self.tokenizer = tokenizer
+    def __init__(
+        self, codec: Codec | PreTrainedTokenizerBase, max_source_len: int, max_target_len: int
+    ) -> None:
+        self.codec = as_codec(codec)
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        enc = encode_padded(self.tokenizer, [e.source for e in examples], self.max_source_len)
-        target = encode_padded(self.tokenizer, [e.target for e in examples], self.max_target_len)
-        labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
-        cot_rows = torch.tensor([e.format not in ANSWER_ONLY for e in examples], dtype=torch.bool)
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "labels": labels,
-            COT_ROWS_KEY: cot_rows,
-        }
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+        batch: dict[str, Any] = self.codec.train_batch(
+            [e.source for e in examples],
+            [e.target for e in examples],
+            self.max_source_len,
+            self.max_target_len,
+        )
+        batch[COT_ROWS_KEY] = torch.tensor([e.format not in ANSWER_ONLY for e in examples], dtype=torch.bool)
+        batch[SOURCES_KEY] = [e.source for e in examples]
+        return batch
 
 
 Signals = Sequence[SparseSignal]  # a SignalStore or a list: row r is the signal of distilled row r
@@ -328,23 +318,23 @@ def window_token_counts(micro_batches: Sequence[dict[str, Any]]) -> dict[str, to
 
 
 class TrainCollator:
-    """Seq2seq tensors and, with signals, the sparse teacher `[B, L, k]` of one micro-batch."""
+    """Training tensors and, with signals, the sparse teacher `[B, L, k]` of one micro-batch."""
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        codec: Codec | PreTrainedTokenizerBase,
         max_source_len: int,
         max_target_len: int,
         *,
         signals: Signals | None = None,
         k: int | None = None,
     ) -> None:
-        self.seq2seq = Seq2SeqCollator(tokenizer, max_source_len, max_target_len)
+        self.pairs = PairCollator(codec, max_source_len, max_target_len)
         self.signals = signals
         self.k = k
 
     def __call__(self, items: Sequence[TrainItem]) -> dict[str, Any]:
-        out: dict[str, Any] = self.seq2seq([item.example for item in items])
+        out: dict[str, Any] = self.pairs([item.example for item in items])
         if self.signals is not None:
             signals = [_signal_of(self.signals, item) for item in items]
             out.update(collate_sparse(signals, out["labels"].shape[1], labels=out["labels"], k=self.k))
@@ -456,17 +446,17 @@ class WindowedTrainLoader:
 
 
 class EvalCollator:
-    """Batches for generation: encoded sources plus the problems to score against."""
+    """Batches for generation: encoded prompts plus the problems to score against."""
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, max_source_len: int, equation_notation: str = "infix"
+        self, codec: Codec | PreTrainedTokenizerBase, max_source_len: int, equation_notation: str = "infix"
     ) -> None:
-        self.tokenizer = tokenizer
+        self.codec = as_codec(codec)
         self.max_source_len = max_source_len
         self.equation_notation = equation_notation
 
     def __call__(self, items: Sequence[EvalItem]) -> dict[str, Any]:
-        enc = encode_padded(self.tokenizer, [i.source for i in items], self.max_source_len)
+        enc = self.codec.prompt_batch([i.source for i in items], self.max_source_len)
         batch = {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
@@ -517,6 +507,7 @@ class DistilledDataModule(pl.LightningDataModule):
         signals: Signals | None = None,
         train_split: str | None = None,
         equation_notation: str = "infix",
+        codec: Codec | None = None,
     ) -> None:
         super().__init__()
         if not rows:
@@ -529,6 +520,8 @@ class DistilledDataModule(pl.LightningDataModule):
             )
         self.rows = list(rows)
         self.tokenizer = tokenizer
+        # How sources and targets become the student's tensors (a T5 tokenizer alone: seq2seq).
+        self.codec = codec if codec is not None else Seq2SeqCodec(tokenizer)
         self.equation_notation = equation_notation
         self.formats = list(formats)
         self.eval_format = eval_format
@@ -589,7 +582,7 @@ class DistilledDataModule(pl.LightningDataModule):
                 self.seed,
                 row_indices=train_indices,
                 max_source_tokens=budget,
-                count_tokens=token_counter(self.tokenizer),
+                count_tokens=self.codec.count_source,
                 require_split=self.train_split,
                 equation_notation=self.equation_notation,
                 skipped=skipped,
@@ -597,8 +590,8 @@ class DistilledDataModule(pl.LightningDataModule):
 
         # Built with every exemplar first: the sources' real lengths decide the source budget.
         self.train_items = items(None)
-        source_lengths = token_lengths(self.tokenizer, [i.example.source for i in self.train_items])
-        val_lengths = token_lengths(self.tokenizer, [i.source for i in self.val_items])
+        source_lengths = [self.codec.count_source(i.example.source) for i in self.train_items]
+        val_lengths = [self.codec.count_source(i.source) for i in self.val_items]
         in_context = [
             n for n, i in zip(source_lengths, self.train_items, strict=True) if i.example.exemplar_ids
         ]
@@ -623,7 +616,7 @@ class DistilledDataModule(pl.LightningDataModule):
                 f"(equation format: {dict(skipped)} rows skipped; it needs rows with a verified template)"
             )
 
-        target_lengths = token_lengths(self.tokenizer, [e.target for e in self.train_examples])
+        target_lengths = [self.codec.count_target(e.target) for e in self.train_examples]
         # Per format: short answer-only targets must not hide the chain-of-thought ones' length.
         by_format: dict[str, list[int]] = defaultdict(list)
         for example, length in zip(self.train_examples, target_lengths, strict=True):
@@ -704,7 +697,7 @@ class DistilledDataModule(pl.LightningDataModule):
 
     def train_collator(self) -> TrainCollator:
         return TrainCollator(
-            self.tokenizer, self.max_source_len, self.max_target_len, signals=self.signals, k=self.signal_k
+            self.codec, self.max_source_len, self.max_target_len, signals=self.signals, k=self.signal_k
         )
 
     def train_dataloader(self) -> WindowedTrainLoader:
@@ -734,6 +727,6 @@ class DistilledDataModule(pl.LightningDataModule):
             self.val_items,
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=EvalCollator(self.tokenizer, self.max_source_len, self.equation_notation),
+            collate_fn=EvalCollator(self.codec, self.max_source_len, self.equation_notation),
             num_workers=self.num_workers,
         )

@@ -26,7 +26,9 @@ from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
 from mwp.signals.factory import build_teacher_signals
+from mwp.student.codec import Codec
 from mwp.student.datamodule import DistilledDataModule, Signals, vocabulary_texts
+from mwp.student.model import save_student
 from mwp.student.module import StudentModule
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,11 @@ def student_config(config: RunConfig) -> dict[str, Any]:
 
 
 def build_datamodule(
-    config: RunConfig, rows: list[DistilledRow], tokenizer: Any, signals: Signals | None = None
+    config: RunConfig,
+    rows: list[DistilledRow],
+    tokenizer: Any,
+    signals: Signals | None = None,
+    codec: Codec | None = None,
 ) -> DistilledDataModule:
     # The class from `_target_`, called directly: instantiate would turn the typed rows it is
     # given into config nodes (plain dicts).
@@ -65,6 +71,7 @@ def build_datamodule(
     return datamodule_class(
         rows=rows,
         tokenizer=tokenizer,
+        codec=codec,
         signals=signals,
         seed=config.seed,
         train_split=config.dataset.train_split,
@@ -142,11 +149,12 @@ def fit(
         run_dir=run_dir,
         signals_dir=signals_dir,
     )
-    datamodule = build_datamodule(config, rows, bundle.tokenizer, teacher.stored)
+    datamodule = build_datamodule(config, rows, bundle.tokenizer, teacher.stored, bundle.codec)
     datamodule.setup("fit")
     module = StudentModule(
         bundle.model,
         bundle.tokenizer,
+        codec=bundle.codec,
         student=student,
         **config.optim.model_dump(),
         max_new_tokens=datamodule.max_new_tokens,
@@ -199,8 +207,9 @@ def fit(
     if best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
-    module.model.save_pretrained(student_dir)
-    bundle.tokenizer.save_pretrained(student_dir)
+    # A LoRA adapter over a random init has no base to load from: it is saved merged.
+    merge = bool(config.student.peft is not None and config.student.peft.merge) or not bundle.pretrained
+    save_student(module.model, bundle.codec, student_dir, merge=merge)
     write_seen(student_dir, datamodule)
     return result
 

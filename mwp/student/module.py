@@ -1,4 +1,4 @@
-"""LightningModule wrapping the Flan-T5 student: the configured loss terms (cross-entropy, optionally
+"""LightningModule wrapping the student (Flan-T5 or a causal LM, through its `Codec`): the configured loss terms (cross-entropy, optionally
 KL/JSD to a teacher's per-token distributions), AdamW with warmup/decay, validation accuracy by
 greedy generation + answer extraction (`val_extraction`, strict by default: the checkpoint is chosen
 on the same reading of answers as the headline test accuracy and distillation's filter), or, for
@@ -24,13 +24,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from mwp.config.schema.loss_terms import LossTerm
 from mwp.signals import SignalSource, SparseBatch
 from mwp.signals.on_policy import ON_POLICY_KEY
 from mwp.signals.positions import COT_ROWS_KEY
 from mwp.signals.types import BATCH_KEYS
+from mwp.student.codec import Codec, codec_for
 from mwp.student.losses import combine, count_tokens, term_count_key
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
@@ -48,9 +49,10 @@ class StudentModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: T5ForConditionalGeneration | None = None,
+        model: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
+        codec: Codec | None = None,
         student: dict[str, Any] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
@@ -70,9 +72,11 @@ class StudentModule(pl.LightningModule):
             from hydra.utils import instantiate
 
             bundle = instantiate(student, _convert_="all")
-            model, tokenizer = bundle.model, bundle.tokenizer
+            model, tokenizer, codec = bundle.model, bundle.tokenizer, bundle.codec
         self.model = model
         self.tokenizer = tokenizer
+        # How text becomes this student's tensors (seq2seq or causal); a plain object, not a child module.
+        self.codec = codec if codec is not None else codec_for(model, tokenizer)
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
@@ -112,13 +116,8 @@ class StudentModule(pl.LightningModule):
         return any(t.needs_teacher for t in self.terms)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        # Decoder inputs instead of `labels=`: given labels, T5 computes its own [B, L, V]
-        # cross-entropy, which the configured loss terms would only throw away.
-        return self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=self.model._shift_right(batch["labels"]),
-        ).logits
+        """`[B, T, V]` logits of the target positions, aligned with `batch["labels"]` (either kind)."""
+        return self.codec.logits(self.model, batch)
 
     def _step_counts(
         self, batch: dict[str, Any], terms: Sequence[LossTerm], teacher: Any
@@ -203,14 +202,10 @@ class StudentModule(pl.LightningModule):
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
+        prompts = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.codec.complete(
+            self.model, prompts, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
         )
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_correct = 0
@@ -240,7 +235,7 @@ class StudentModule(pl.LightningModule):
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "layer_norm" in name else decay).append(param)
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,

@@ -196,9 +196,12 @@ def test_trainer_options_build_their_strategies() -> None:
     assert isinstance(strategy, FSDPStrategy)
     assert fsdp.precision == "bf16-mixed" and fsdp.accelerator == "gpu"
     assert load_config(compose_config(["trainer=ddp"])).trainer.strategy == "ddp"
-    from mwp.student.model import t5_block_classes
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-    assert t5_block_classes() == {T5Block}
+    from mwp.student.model import transformer_block_classes
+
+    assert {T5Block, LlamaDecoderLayer, Qwen2DecoderLayer} <= transformer_block_classes()
 
 
 def test_checking_a_config_imports_no_model_library() -> None:

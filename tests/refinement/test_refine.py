@@ -298,11 +298,11 @@ def test_middle_model_rounds_train_on_earlier_rounds_additions(svamp_train, tmp_
     from mwp.refinement.middle_model import CandidateGenerator, Decoding
     from mwp.student.model import load_student
 
-    model, tokenizer, _ = load_student(tmp_path / "middle_model" / "round_1" / "student")
+    model, codec, _ = load_student(tmp_path / "middle_model" / "round_1" / "student")
     sampling = Decoding(
         num_beams=1, num_return_sequences=5, do_sample=True, temperature=1.5, max_new_tokens=12
     )
-    decoded = CandidateGenerator(model, tokenizer, sampling, max_source_len=None).candidates(
+    decoded = CandidateGenerator(model, codec, sampling, max_source_len=None).candidates(
         [equation_source(p) for p in failed[:3]]
     )
     assert [len(texts) for texts in decoded] == [5, 5, 5]

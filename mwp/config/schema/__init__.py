@@ -38,7 +38,7 @@ from mwp.config.schema.refine import (
 )
 from mwp.config.schema.run import RunConfig
 from mwp.config.schema.stage import EXTRACTIONS, ChainConfig, StageConfig
-from mwp.config.schema.student import StudentConfig, StudentSizeConfig
+from mwp.config.schema.student import PeftConfig, StudentConfig, StudentSizeConfig
 from mwp.config.schema.teacher import (
     TEACHER_SCHEMAS,
     BatchFileTeacherConfig,
@@ -80,6 +80,7 @@ __all__ = [
     "OpenSection",
     "OptimConfig",
     "PathsConfig",
+    "PeftConfig",
     "PromptConfig",
     "RecordedTeacherConfig",
     "RefineConfig",

