@@ -427,3 +427,13 @@ def test_a_failed_call_cancels_the_other_calls_of_its_problem(fault_server, capl
     assert time.monotonic() - start < 0.95  # the second call (done at ~1.0 s) was not waited for
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+def test_the_limit_does_not_grow_past_what_the_timeout_allows(fault_server):
+    # 0.3 s per call, timeout 0.8 s: a second call queued behind the first would take 0.6 s, more
+    # than half the timeout, although the latency per token holds while one call is in flight
+    server = fault_server(latency_s=0.3, serial=True)
+    teacher = _teacher(server.base_url, concurrency=8, timeout_s=0.8)
+    list(teacher.generate(_requests(6), SamplingParams()))
+    assert server.max_in_flight == 1 and teacher.limit.allowed == 1
+    assert teacher.usage.timeouts == 0 and len(server.calls) == 6
