@@ -113,6 +113,7 @@ class CallLimit:
         self._slow_start = True
         self._epoch = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._session = object()
 
     @property
     def allowed(self) -> int:
@@ -122,6 +123,7 @@ class CallLimit:
         """Start on a new event loop (one per `generate`); what was learned is kept."""
         self._waiters.clear()
         self.in_flight = 0
+        self._session = object()  # calls of an earlier loop, closed late, no longer count
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[_Call]:
@@ -136,13 +138,15 @@ class CallLimit:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+        session = self._session
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             yield _Call(time.monotonic(), self._epoch, self.in_flight)
         finally:
-            self.in_flight -= 1
-            self._wake()
+            if session is self._session:
+                self.in_flight -= 1
+                self._wake()
 
     def _wake(self) -> None:
         free = self.allowed - self.in_flight

@@ -437,3 +437,13 @@ def test_the_limit_does_not_grow_past_what_the_timeout_allows(fault_server):
     list(teacher.generate(_requests(6), SamplingParams()))
     assert server.max_in_flight == 1 and teacher.limit.allowed == 1
     assert teacher.usage.timeouts == 0 and len(server.calls) == 6
+
+
+def test_a_stream_closed_late_does_not_unbalance_the_next_one(fault_server):
+    server = fault_server(latency_s=0.05)
+    teacher = _teacher(server.base_url, concurrency=4, adaptive_concurrency=False)
+    first = teacher.generate(_requests(8), SamplingParams())
+    next(first)  # the other calls of this stream stay in flight on its own loop
+    assert len(list(teacher.generate(_requests(3), SamplingParams()))) == 3
+    first.close()  # cancels them: their slots belong to the first stream, not the second
+    assert teacher.limit.in_flight == 0
