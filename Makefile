@@ -15,10 +15,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench report ablation clean
+.PHONY: help install demo test test-fast test-servers bench-servers lint format bench report ablation clean
 
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,11 +46,25 @@ demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student
 	if [ $$eq -ne 0 ]; then tail -n 20 $(DEMO_LOGS)/demo_equation.log; echo "demo: the equation route failed (exit $$eq)"; fi; \
 	test $$cot -eq 0 -a $$eq -eq 0
 
-test: $(STAMP) ## Run the whole test suite offline (slow end-to-end tests included).
-	$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite offline (slow end-to-end tests included; `make test-servers` apart).
+	$(BIN)/python -m pytest -m "not servers"
 
 test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
 	$(BIN)/python -m pytest -m "not slow"
+
+# llama-cpp-python builds llama.cpp from source: ~13 min on 2 cores the first time, seconds after from
+# pip's wheel cache (a wheel built with this CPU's flags). The tier then takes 3-5 min. Not part of
+# `make test` (CI): the first build alone is most of CI's 15 minutes.
+SERVERS_STAMP := $(VENV)/.servers-stamp
+$(SERVERS_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(BIN)/python -m pip install -q -e ".[servers]"
+	@touch $(SERVERS_STAMP)
+
+test-servers: $(SERVERS_STAMP) ## Install llama-cpp-python[server] (first time ~13 min) and test the teacher against its real server.
+	$(BIN)/python -m pytest -m servers -rs
+
+bench-servers: $(SERVERS_STAMP) ## Benchmark sampling from llama_cpp.server at concurrency 1, 4 and adaptive.
+	$(BIN)/python benchmarks/bench_llamacpp_server.py
 
 lint: $(STAMP) ## Check style with ruff.
 	$(BIN)/ruff check mwp tests experiments benchmarks

@@ -91,21 +91,21 @@ class SamplingProgress:
         self._start = time.monotonic()
         self.samples = 0
         self.kept = 0
+        self.short = 0
         self.cost_usd = 0.0
 
-    def update(self, samples: int, kept: int = 0, cost: float | None = None) -> None:
+    def update(self, samples: int, kept: int = 0, cost: float | None = None, short: int = 0) -> None:
+        """`samples` received for one request, `short` of them missing (asked for, not given)."""
         self.samples += samples
         self.kept += kept
+        self.short += short
         if cost is not None:
             self.cost_usd = cost
         elapsed = max(time.monotonic() - self._start, 1e-9)
-        self._progress.postfix(
-            **{
-                "kept/s": f"{self.kept / elapsed:.1f}",
-                "kept": self.kept,
-                "cost": f"${self.cost_usd:.4f}",
-            }
-        )
+        figures = {"kept/s": f"{self.kept / elapsed:.1f}", "kept": self.kept, "cost": f"${self.cost_usd:.4f}"}
+        if self.short:
+            figures["received"] = f"{self.samples}/{self.samples + self.short} requested"
+        self._progress.postfix(**figures)
         self._progress.update(samples)
 
     def close(self) -> None:

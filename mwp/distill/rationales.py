@@ -42,6 +42,8 @@ class DistillStats:
     split: str
     problems_seen: int = 0
     problems_uncovered: int = 0
+    # n per covered problem; samples_seen is what the teacher gave back
+    samples_requested: int = 0
     samples_seen: int = 0
     samples_no_answer: int = 0
     samples_wrong: int = 0
@@ -134,7 +136,8 @@ def distill(
     partial.unlink(missing_ok=True)
     seen: dict[str, set[str]] = {}
     usage = teacher_usage(teacher)
-    progress = SamplingProgress(total=len(covered) * cfg_sampling.n, desc=f"distill {dataset}/{split}")
+    stats.samples_requested = len(covered) * cfg_sampling.n
+    progress = SamplingProgress(total=stats.samples_requested, desc=f"distill {dataset}/{split}")
     for response in teacher.generate(covered, cfg_sampling):
         problem = by_id[response.request.problem_id]
         kept_here = seen.setdefault(problem.id, set())
@@ -164,13 +167,41 @@ def distill(
                 logprobs=completion.logprobs,
             )
             append_jsonl(partial, row.to_json())
-        progress.update(len(response.completions), kept=stats.samples_kept - kept_before, cost=usage.cost_usd)
+        progress.update(
+            len(response.completions),
+            kept=stats.samples_kept - kept_before,
+            cost=usage.cost_usd,
+            short=max(cfg_sampling.n - len(response.completions), 0),
+        )
     progress.close()
     stats.problems_kept = sum(1 for ids in seen.values() if ids)
     if not partial.exists():
         partial.touch()
     partial.replace(out_dir / ARTIFACT)
     write_json(out_dir / STATS, stats.to_json())
+    if stats.samples_seen < stats.samples_requested:
+        log.warning(
+            "teacher %s gave %d of the %d samples requested (%d problems x n=%d)",
+            teacher.name,
+            stats.samples_seen,
+            stats.samples_requested,
+            len(covered),
+            cfg_sampling.n,
+        )
+    if covered and not stats.samples_kept:
+        log.error(
+            "distill %s/%s: teacher %s kept 0 of %d samples received (%d requested: %d without an answer "
+            "(%s extraction), %d wrong); the artifact is empty (figures: %s)",
+            dataset,
+            split,
+            teacher.name,
+            stats.samples_seen,
+            stats.samples_requested,
+            stats.samples_no_answer,
+            extraction,
+            stats.samples_wrong,
+            out_dir / STATS,
+        )
     return stats
 
 

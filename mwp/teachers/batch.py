@@ -136,8 +136,10 @@ def import_batch(
     originals = _requests_by_id(Path(requests_path)) if requests_path else {}
     samples: dict[str, dict[int, Completion]] = {}
     requests: dict[str, TeacherRequest] = {}
-    failed = 0
+    failed = lines = 0
+    short: list[tuple[str, int, int]] = []  # (custom_id, choices given, choices asked)
     for number, row in _read_lines(path):
+        lines += 1
         try:
             cid = row["custom_id"]
             problem_id, first, count = parse_custom_id(cid)
@@ -157,17 +159,33 @@ def import_batch(
             request, endpoint, params = original
         else:
             endpoint = "chat" if str(body.get("object", "")).startswith("chat") else "completions"
-            request, params = TeacherRequest(problem_id, ""), SamplingParams(top_logprobs=1)
+            # the request's k is unknown: keep up to the API's maximum
+            request, params = TeacherRequest(problem_id, ""), SamplingParams(top_logprobs=20)
         try:
             completions = completions_from_body(body, endpoint, params)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise TeacherError(f"{path}:{number}: malformed response body: {err!r}") from err
+        if len(completions) < count:
+            short.append((cid, len(completions), count))
         requests.setdefault(problem_id, request)
         slot = samples.setdefault(problem_id, {})
         for offset, completion in enumerate(completions[:count]):
             slot.setdefault(first + offset, completion)
     if failed:
         log.warning("%s: %d result lines failed and were skipped", path, failed)
+    if short:
+        cid, given, asked = short[0]
+        log.warning(
+            "%s: %d of %d result lines hold fewer choices than their custom_id asks for (%s: %d of %d): "
+            "the server that wrote them ignores or caps `n`; export with --samples-per-line 1 "
+            "(or teacher.max_n_per_call=1) to get every sample",
+            path,
+            len(short),
+            lines,
+            cid,
+            given,
+            asked,
+        )
     for problem_id, slot in samples.items():
         yield TeacherResponse(requests[problem_id], [slot[i] for i in sorted(slot)])
 
@@ -237,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="teacher overrides, e.g. model=gpt-4o-mini n=8",
     )
-    export.add_argument("--samples-per-line", type=int, default=None)
+    export.add_argument(
+        "--samples-per-line", type=int, default=None, help="default: n, at most teacher.max_n_per_call"
+    )
     export.add_argument("--out", required=True)
     export.add_argument(
         "overrides",
@@ -279,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         str(teacher["model"]),
         args.out,
         endpoint=str(teacher.get("endpoint", "chat")),
-        samples_per_line=args.samples_per_line,
+        samples_per_line=args.samples_per_line
+        or min(params.n, int(teacher.get("max_n_per_call") or params.n)),
         max_tokens_param=str(teacher.get("max_tokens_param", "max_tokens")),
     )
     log.info("wrote %d batch lines for %d problems to %s", count, len(requests), args.out)

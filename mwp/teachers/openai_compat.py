@@ -1,11 +1,22 @@
 """A teacher behind any OpenAI-compatible server: OpenAI itself, vLLM, llama.cpp, tests/servers/openai_server.py.
 
-Requests go out concurrently (up to `concurrency` HTTP calls in flight) on an asyncio loop that
-`generate` drives itself; responses are yielded the moment they are complete, so the caller can
-store each at once. Rate limits (429), server errors (5xx), timeouts, dropped connections and
-malformed bodies are retried with exponential backoff that honours `Retry-After`; when the retries
-run out a TeacherError names the server and the last status. The API key is read from the
-environment variable named by `api_key_env` and is never logged or stored.
+Requests go out concurrently on an asyncio loop that `generate` drives itself; responses are yielded
+the moment they are complete, so the caller can store each at once. Rate limits (429), server errors
+(5xx), timeouts, dropped connections and malformed bodies are retried with exponential backoff that
+honours `Retry-After`; when the retries run out a TeacherError names the server and the last status.
+The API key is read from the environment variable named by `api_key_env` and is never logged or stored.
+
+How many calls are in flight adapts to the server (`CallLimit`): it starts at one, grows while the
+latency per generated token holds, and halves on a timeout, a 429 or a 5xx, never above
+`concurrency`. A server that works one request at a time (llama.cpp's server) is then kept a request
+or two ahead instead of queueing `concurrency` requests until the last ones time out and are asked
+again while the server still generates the abandoned ones (it does not stop on a disconnect).
+
+`n` is checked on every response: servers that ignore it (llama.cpp's answers one choice) or cap it
+return fewer choices than asked. The missing samples are asked for again, at most `max_topup_rounds`
+times, each keeping its place (sample index and seed), and the rest of the run asks for no more per
+call than the server gave; it is said once per run. A sample still missing is a TeacherError naming
+the server and `teacher.max_n_per_call`.
 
 Before the first request, one `GET /models` checks that the server is there at all: a wrong
 `base_url` (connection refused, 404) or a rejected key (401/403) fails at once with a one-line error
@@ -22,7 +33,9 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +59,13 @@ OPENAI_URL = "https://api.openai.com/v1"
 MISSING_LOGPROB = -9999.0
 # The pre-flight GET /models waits at most this long: it is a liveness check, not a request.
 PREFLIGHT_TIMEOUT_S = 10.0
+# Adaptive concurrency: grow while the latency per generated token stays within GROW_RATIO of the
+# fastest seen lately, shrink past SHRINK_RATIO (requests queue inside the server), and keep the
+# slowest call under TIMEOUT_SHARE of timeout_s.
+GROW_RATIO = 1.5
+SHRINK_RATIO = 2.5
+TIMEOUT_SHARE = 0.5
+LATENCY_WINDOW = 64
 
 
 @dataclass
@@ -54,6 +74,159 @@ class _Failure(Exception):
     retryable: bool
     retry_after: float | None = None
     detail: str = ""
+    # the server is saturated (timeout, 429, 5xx, refused): fewer calls in flight
+    overload: bool = False
+    timeout: bool = False
+
+
+@dataclass
+class _Call:
+    started: float
+    epoch: int
+    in_flight: int  # calls in flight when this one was sent, itself included
+
+
+class CallLimit:
+    """How many calls may be in flight: `maximum`, or, adaptive, what the server keeps up with.
+
+    Adaptive, it starts at 1 and grows by one per success (doubling per round trip) until the first
+    sign of saturation, then by one per round trip. A call's latency per generated token, compared
+    with the fastest seen, says whether the server works in parallel: the ratio stays near 1 for a
+    batching server and grows with the queue for one that works a request at a time. It does not
+    grow when one more call in flight would put the slowest recent call, scaled up as if the server
+    were serial, past TIMEOUT_SHARE of the timeout. The limit shrinks (by a quarter) when that ratio
+    passes SHRINK_RATIO or a call takes more than TIMEOUT_SHARE of the timeout, and halves on a
+    timeout, 429 or 5xx, at most once per round trip.
+    """
+
+    def __init__(self, maximum: int, *, adaptive: bool = True, timeout_s: float = 120.0) -> None:
+        self.maximum = maximum
+        self.adaptive = adaptive
+        self.timeout_s = timeout_s
+        self.limit = 1.0 if adaptive else float(maximum)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.decreases = 0
+        self.fastest: float | None = None  # seconds per generated token, the best seen
+        self._recent: float | None = None  # the same, smoothed over the last calls
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per call, the last ones
+        self._slow_start = True
+        self._epoch = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._session = object()
+
+    @property
+    def allowed(self) -> int:
+        return max(1, min(self.maximum, int(self.limit)))
+
+    def bind(self) -> None:
+        """Start on a new event loop (one per `generate`); what was learned is kept."""
+        self._waiters.clear()
+        self.in_flight = 0
+        self._session = object()  # calls of an earlier loop, closed late, no longer count
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[_Call]:
+        while self.in_flight >= self.allowed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._wake()  # a wake-up this task got goes to the next waiter
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        session = self._session
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield _Call(time.monotonic(), self._epoch, self.in_flight)
+        finally:
+            if session is self._session:
+                self.in_flight -= 1
+                self._wake()
+
+    def _wake(self) -> None:
+        free = self.allowed - self.in_flight
+        for waiter in list(self._waiters):
+            if free <= 0:
+                return
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def succeeded(self, call: _Call, completion_tokens: int, choices: int) -> None:
+        if not self.adaptive:
+            return
+        latency = time.monotonic() - call.started
+        per_token = latency / max(completion_tokens / max(choices, 1), 1.0)
+        self.fastest = per_token if self.fastest is None else min(self.fastest, per_token)
+        self._recent = per_token if self._recent is None else 0.7 * self._recent + 0.3 * per_token
+        self._latencies.append(latency)
+        ratio = self._recent / max(self.fastest, 1e-9)
+        budget = TIMEOUT_SHARE * self.timeout_s
+        if latency > budget or ratio > SHRINK_RATIO:
+            self._decrease(call, 0.75)
+        elif (
+            ratio <= GROW_RATIO
+            and self.in_flight >= self.allowed  # grow only when the limit binds
+            and max(self._latencies) * (self.allowed + 1) / self.allowed <= budget
+        ):
+            step = 1.0 if self._slow_start else 1.0 / self.limit
+            self.limit = min(float(self.maximum), self.limit + step)
+            self._wake()
+
+    def overloaded(self, call: _Call) -> None:
+        if self.adaptive:
+            self._decrease(call, 0.5)
+
+    def _decrease(self, call: _Call, factor: float) -> None:
+        self._slow_start = False
+        if call.epoch != self._epoch:  # a call sent before the last decrease says nothing new
+            return
+        self._epoch += 1
+        lowered = max(1.0, self.limit * factor)
+        if int(lowered) < int(self.limit):
+            self.decreases += 1
+            log.debug("concurrency limit %d -> %d", int(self.limit), int(lowered))
+        self.limit = lowered
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "adaptive": self.adaptive,
+            "maximum": self.maximum,
+            "final": self.allowed,
+            "max_in_flight": self.max_in_flight,
+            "decreases": self.decreases,
+        }
+
+
+async def _all_or_none(calls: list[Any]) -> list[Any]:
+    """The results of `calls` run together, in order; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((task for task in tasks if task in done and task.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _spans(indices: Sequence[int], per_call: int) -> list[tuple[int, int]]:
+    """(first, size) calls covering sorted `indices`: runs of consecutive indices, at most `per_call` each."""
+    spans: list[tuple[int, int]] = []
+    for index in indices:
+        if spans and spans[-1][0] + spans[-1][1] == index and spans[-1][1] < per_call:
+            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
+        else:
+            spans.append((index, 1))
+    return spans
 
 
 class OpenAITeacher(Teacher):
@@ -75,6 +248,8 @@ class OpenAITeacher(Teacher):
         retry_max_s: float = 60.0,
         on_error: str = "raise",
         max_n_per_call: int = 128,
+        max_topup_rounds: int = 3,
+        adaptive_concurrency: bool = True,
         max_tokens_param: str = "max_tokens",
         price_input_per_1m: float = 0.0,
         price_output_per_1m: float = 0.0,
@@ -89,6 +264,8 @@ class OpenAITeacher(Teacher):
             raise ValueError(f"teacher.concurrency must be >= 1, got {concurrency}")
         if max_n_per_call < 1:
             raise ValueError(f"teacher.max_n_per_call must be >= 1, got {max_n_per_call}")
+        if max_topup_rounds < 0:
+            raise ValueError(f"teacher.max_topup_rounds must be >= 0, got {max_topup_rounds}")
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(
                 f"teacher.max_tokens_param must be max_tokens or max_completion_tokens, got {max_tokens_param!r}"
@@ -109,6 +286,10 @@ class OpenAITeacher(Teacher):
         self.retry_max_s = retry_max_s
         self.on_error = on_error
         self.max_n_per_call = max_n_per_call
+        self.max_topup_rounds = max_topup_rounds
+        # the most choices one response gave when asked for more (None: n honoured so far)
+        self.n_cap: int | None = None
+        self.limit = CallLimit(concurrency, adaptive=adaptive_concurrency, timeout_s=timeout_s)
         self.max_tokens_param = max_tokens_param
         self.extra_body = dict(extra_body or {})
         self.preflight = preflight
@@ -158,6 +339,7 @@ class OpenAITeacher(Teacher):
                 loop.run_until_complete(client.close())
             finally:
                 loop.close()
+                self.usage.concurrency = self.limit.to_json()
 
     def check(self) -> None:
         """Fail now, with one line naming teacher.base_url, if the server cannot serve this run at all."""
@@ -213,17 +395,18 @@ class OpenAITeacher(Teacher):
     async def _agenerate(
         self, client: Any, requests: Sequence[TeacherRequest], params: SamplingParams
     ) -> AsyncIterator[TeacherResponse]:
-        calls = asyncio.Semaphore(self.concurrency)
+        self.limit.bind()
         pending: set[asyncio.Task[TeacherResponse]] = set()
         todo = iter(requests)
-        window = self.concurrency * 2  # requests started ahead of time; bounds memory for huge runs
+        # requests started ahead of time (each waits for a call slot); bounds memory for huge runs
+        window = self.limit.maximum * 2
 
         def refill() -> None:
             while len(pending) < window:
                 request = next(todo, None)
                 if request is None:
                     return
-                pending.add(asyncio.ensure_future(self._request(client, calls, request, params)))
+                pending.add(asyncio.ensure_future(self._request(client, request, params)))
 
         try:
             refill()
@@ -248,20 +431,65 @@ class OpenAITeacher(Teacher):
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _request(
-        self, client: Any, calls: asyncio.Semaphore, request: TeacherRequest, params: SamplingParams
-    ) -> TeacherResponse:
-        chunks = []
-        start = 0
-        while start < params.n:
-            size = min(self.max_n_per_call, params.n - start)
-            chunks.append((start, size))
-            start += size
-        results = await asyncio.gather(
-            *(self._call_with_retries(client, calls, request, params, first, size) for first, size in chunks)
-        )
-        completions = [c for part in results for c in part]
+    def per_call(self) -> int:
+        """The most samples one call asks for: `max_n_per_call`, or less once the server gave fewer."""
+        return min(self.max_n_per_call, self.n_cap or self.max_n_per_call)
+
+    async def _request(self, client: Any, request: TeacherRequest, params: SamplingParams) -> TeacherResponse:
+        # Sample i always has seed + i (a seeded server then repeats no sample) and comes back in
+        # place i, so the completion cache stores it under index i whichever call delivered it.
+        slots: list[Completion | None] = [None] * params.n
+        calls = 0
+        for round_ in range(self.max_topup_rounds + 1):
+            chunks = _spans([i for i, c in enumerate(slots) if c is None], self.per_call())
+            if not chunks:
+                break
+            if round_:
+                self.usage.record_topup(len(chunks))
+            calls += len(chunks)
+            results = await _all_or_none(
+                [self._call_with_retries(client, request, params, first, size) for first, size in chunks]
+            )
+            filled = 0
+            for (first, size), completions in zip(chunks, results, strict=True):
+                if len(completions) < size:
+                    self._short(len(completions), size)
+                for offset, completion in enumerate(completions[:size]):
+                    slots[first + offset] = completion
+                    filled += 1
+            if not filled:
+                break
+        completions = [c for c in slots if c is not None]
+        if len(completions) < params.n:
+            self.usage.record_failure()
+            raise TeacherError(
+                f"{self.base_url} ({self.endpoint}, model {self.model!r}) returned {len(completions)} of "
+                f"{params.n} samples for problem {request.problem_id!r} in {calls} calls "
+                f"({self.max_topup_rounds} top-up rounds): the server ignores or caps `n`; set "
+                "teacher.max_n_per_call=1 to ask for one sample per call, or raise teacher.max_topup_rounds"
+            )
         return TeacherResponse(request, completions)
+
+    def _short(self, got: int, asked: int) -> None:
+        """A response with fewer choices than asked: learn the server's cap; say so once per run."""
+        self.usage.record_short()
+        if got < 1 or (self.n_cap is not None and got >= self.n_cap):
+            return
+        first = self.n_cap is None
+        self.n_cap = got
+        if first:
+            log.warning(
+                "%s returned %d choice(s) for n=%d: the server ignores or caps `n`; asking for at most %d "
+                "per call from now on and topping up the missing samples (teacher.max_n_per_call=%d "
+                "does so from the start)",
+                self.base_url,
+                got,
+                asked,
+                got,
+                got,
+            )
+        else:
+            log.info("%s: at most %d choice(s) per call from now on", self.base_url, got)
 
     # -- one HTTP call -----------------------------------------------------------------------------
     def _body(self, request: TeacherRequest, params: SamplingParams, first: int, size: int) -> dict[str, Any]:
@@ -270,7 +498,6 @@ class OpenAITeacher(Teacher):
     async def _call_with_retries(
         self,
         client: Any,
-        calls: asyncio.Semaphore,
         request: TeacherRequest,
         params: SamplingParams,
         first: int,
@@ -282,22 +509,37 @@ class OpenAITeacher(Teacher):
             if attempt:
                 self.usage.record_retry()
                 await asyncio.sleep(self._wait_s(attempt, last))
-            try:
-                async with calls:
+            async with self.limit.slot() as call:
+                try:
                     raw = await self._post(client, body)
-                return self._parse(raw, params)
-            except _Failure as failure:
-                last = failure
-                if not failure.retryable:
-                    break
-                log.info(
-                    "%s: %s for problem %s (attempt %d/%d)",
-                    self.base_url,
-                    failure.status,
-                    request.problem_id,
-                    attempt + 1,
-                    self.max_retries + 1,
+                    completions = self._parse(raw, params)
+                except _Failure as failure:
+                    last = failure
+                    if failure.overload:
+                        self.limit.overloaded(call)
+                    in_flight = call.in_flight
+                else:
+                    usage = raw.get("usage") or {}
+                    self.limit.succeeded(call, int(usage.get("completion_tokens") or 0), len(completions))
+                    return completions
+            if not last.retryable:
+                break
+            where = f"{self.base_url}: {last.status} for problem {request.problem_id}"
+            attempts = f"attempt {attempt + 1}/{self.max_retries + 1}"
+            if last.timeout:
+                self.usage.record_timeout()
+                # The server may still be generating the abandoned call: the retry is work done twice.
+                log.warning(
+                    "%s, sent with %d request(s) in flight (%s); a server that works one request at a "
+                    "time keeps generating abandoned ones: lower teacher.concurrency (at most %d now) or "
+                    "raise teacher.timeout_s",
+                    where,
+                    in_flight,
+                    attempts,
+                    self.limit.allowed,
                 )
+            else:
+                log.info("%s (%s)", where, attempts)
         assert last is not None
         self.usage.record_failure()
         gave_up = "not retryable" if not last.retryable else f"after {self.max_retries + 1} attempts"
@@ -334,12 +576,17 @@ class OpenAITeacher(Teacher):
                 retryable=status in RETRYABLE_STATUS,
                 retry_after=_retry_after_s(err.response.headers),
                 detail=_short(err.message),
+                overload=status in (408, 429) or status >= 500,
             ) from err
         except openai.APITimeoutError as err:
-            raise _Failure(status=f"timeout after {self.timeout_s:g}s", retryable=True) from err
+            raise _Failure(
+                status=f"timeout after {self.timeout_s:g}s", retryable=True, overload=True, timeout=True
+            ) from err
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
-            raise _Failure(status="connection error", retryable=True, detail=_short(repr(cause))) from err
+            raise _Failure(
+                status="connection error", retryable=True, detail=_short(repr(cause)), overload=True
+            ) from err
         except (ValueError, openai.APIResponseValidationError) as err:
             raise _Failure(status="malformed response", retryable=True, detail=_short(str(err))) from err
 
@@ -396,18 +643,23 @@ def request_body(
 
 
 def completions_from_body(data: dict[str, Any], endpoint: str, params: SamplingParams) -> list[Completion]:
-    """Completions from a chat or completions response body (a dict), in choice order."""
+    """Completions from a chat or completions response body (a dict), in choice order.
+
+    Per token, at most `params.top_logprobs` alternatives are kept, the most likely first: llama.cpp's
+    server adds the sampled token when it is outside the top k (k+1 alternatives).
+    """
     choices = data["choices"]
     if not isinstance(choices, list):
         raise ValueError("`choices` is not a list")
+    k = params.top_logprobs
     completions = []
     for choice in sorted(choices, key=lambda c: c.get("index") or 0):
         if endpoint == "chat":
             text = (choice.get("message") or {}).get("content") or ""
-            logprobs = _chat_logprobs(choice.get("logprobs")) if params.top_logprobs else None
+            logprobs = _chat_logprobs(choice.get("logprobs"), k) if k else None
         else:
             text = choice.get("text") or ""
-            logprobs = _completions_logprobs(choice.get("logprobs")) if params.top_logprobs else None
+            logprobs = _completions_logprobs(choice.get("logprobs"), k) if k else None
         if not isinstance(text, str):
             raise ValueError("completion text is not a string")
         # Servers may accept fewer stop sequences than asked (OpenAI: 4); cut the rest here.
@@ -425,32 +677,38 @@ def _number(value: Any) -> float:
     return MISSING_LOGPROB if value is None else float(value)
 
 
-def _chat_logprobs(block: dict[str, Any] | None) -> TokenLogprobs | None:
+def _top(alternatives: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
+    return sorted(alternatives, key=lambda alt: -alt[1])[:k]
+
+
+def _chat_logprobs(block: dict[str, Any] | None, k: int) -> TokenLogprobs | None:
     content = (block or {}).get("content")
     if not content:
         return None
+    ranked = [
+        _top([(alt["token"], _number(alt.get("logprob"))) for alt in item.get("top_logprobs") or []], k)
+        for item in content
+    ]
     return TokenLogprobs(
         tokens=[item["token"] for item in content],
         logprobs=[_number(item.get("logprob")) for item in content],
-        top_tokens=[[alt["token"] for alt in item.get("top_logprobs") or []] for item in content],
-        top_logprobs=[
-            [_number(alt.get("logprob")) for alt in item.get("top_logprobs") or []] for item in content
-        ],
+        top_tokens=[[tok for tok, _ in alts] for alts in ranked],
+        top_logprobs=[[lp for _, lp in alts] for alts in ranked],
     )
 
 
-def _completions_logprobs(block: dict[str, Any] | None) -> TokenLogprobs | None:
+def _completions_logprobs(block: dict[str, Any] | None, k: int) -> TokenLogprobs | None:
     tokens = (block or {}).get("tokens")
     if not tokens:
         return None
     assert block is not None
     tops = block.get("top_logprobs") or [{} for _ in tokens]
-    ranked = [sorted((d or {}).items(), key=lambda kv: -_number(kv[1])) for d in tops]
+    ranked = [_top([(tok, _number(lp)) for tok, lp in (d or {}).items()], k) for d in tops]
     return TokenLogprobs(
         tokens=list(tokens),
         logprobs=[_number(v) for v in block.get("token_logprobs") or []],
         top_tokens=[[tok for tok, _ in alts] for alts in ranked],
-        top_logprobs=[[_number(lp) for _, lp in alts] for alts in ranked],
+        top_logprobs=[[lp for _, lp in alts] for alts in ranked],
     )
 
 

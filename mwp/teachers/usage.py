@@ -24,6 +24,13 @@ class UsageLedger:
     completion_tokens: int = 0
     samples: int = 0
     cached_samples: int = 0
+    # responses with fewer choices than asked for, and the calls made to top them up
+    short_calls: int = 0
+    topup_calls: int = 0
+    # calls abandoned after timeout_s (retried: the server may have generated them anyway)
+    timeouts: int = 0
+    # how many calls were in flight (OpenAI-compatible servers: CallLimit.to_json)
+    concurrency: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_call(self, prompt_tokens: int, completion_tokens: int, samples: int) -> None:
@@ -36,6 +43,18 @@ class UsageLedger:
     def record_retry(self) -> None:
         with self._lock:
             self.retries += 1
+
+    def record_short(self) -> None:
+        with self._lock:
+            self.short_calls += 1
+
+    def record_topup(self, calls: int) -> None:
+        with self._lock:
+            self.topup_calls += calls
+
+    def record_timeout(self) -> None:
+        with self._lock:
+            self.timeouts += 1
 
     def record_failure(self) -> None:
         with self._lock:
@@ -61,6 +80,10 @@ class UsageLedger:
                 "completion_tokens": self.completion_tokens,
                 "samples": self.samples,
                 "cached_samples": self.cached_samples,
+                "short_calls": self.short_calls,
+                "topup_calls": self.topup_calls,
+                "timeouts": self.timeouts,
+                **({"concurrency": dict(self.concurrency)} if self.concurrency is not None else {}),
                 "price_input_per_1m": self.price_input_per_1m,
                 "price_output_per_1m": self.price_output_per_1m,
                 "cost_usd": round(self.cost_usd, 6),

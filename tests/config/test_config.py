@@ -133,6 +133,7 @@ def test_every_dataset_config_names_loadable_splits() -> None:
         (["teacher=hf"], r"teacher\.model: "),
         # vllm serves whatever model it was started with: no default name may slip through from openai
         (["teacher=vllm"], r"^teacher\.model: "),
+        (["teacher=llamacpp"], r"^teacher\.model: "),
     ],
 )
 def test_schema_names_the_full_key_and_the_value(overrides: list[str], message: str) -> None:
@@ -150,6 +151,7 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
             "hf": ["teacher.model=x"],
             "batch_file": ["teacher.results=x"],
             "vllm": ["teacher.model=x"],
+            "llamacpp": ["teacher.model=x"],
         },
         "dataset": {
             name: ["teacher=smollm2"]

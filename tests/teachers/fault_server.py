@@ -7,6 +7,10 @@ one per POST: "ok", "429" (Retry-After seconds), "429ms" (retry-after-ms), "500"
 connection without answering), "partial" (headers, then half a body, then closes). GET /models
 answers `models_status` (an error body that echoes the Authorization header, as some servers do).
 
+Two quirks of real servers on demand: `max_n` caps the choices of every answer (llama.cpp's server
+returns one whatever `n` asks; 0 answers none), and `serial` works one request at a time, finishing
+each even when its client has gone (as llama.cpp's server does with a non-streamed request).
+
 Run from the repository root to serve until killed: python -m tests.teachers.fault_server PORT_FILE [latency_s]
 """
 
@@ -45,6 +49,8 @@ class FaultServer:
         retry_after: str = "1",
         retry_after_ms: str = "300",
         models_status: int = 200,
+        max_n: int | None = None,
+        serial: bool = False,
     ) -> None:
         self.faults = list(faults)
         self.latency_s = latency_s
@@ -52,6 +58,9 @@ class FaultServer:
         self.retry_after = retry_after
         self.retry_after_ms = retry_after_ms
         self.models_status = models_status
+        self.max_n = max_n
+        self.serial = serial
+        self.model_lock = threading.Lock()  # held while "generating" when serial
         self.model_lists = 0  # GET /models calls
         self.lock = threading.Lock()
         self.calls: list[dict[str, Any]] = []  # every POST: behaviour, path, body
@@ -119,6 +128,8 @@ class FaultServer:
         else:
             prompt = str(body.get("prompt", ""))
         n = int(body.get("n") or 1)
+        if self.max_n is not None:
+            n = min(n, self.max_n)
         stops = body.get("stop") or []
         stops = [stops] if isinstance(stops, str) else list(stops)
         k = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
@@ -216,41 +227,49 @@ class _Handler(JSONHandler):
             owner.in_flight += 1
             owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
         try:
-            call, behaviour = owner.next_behaviour(self.path, body)
-            if owner.latency_s:
-                time.sleep(owner.latency_s)
-            error = {"error": {"message": f"scripted {behaviour}", "type": "scripted", "code": behaviour}}
-            if behaviour == "429":
-                self.send_json(429, error, {"Retry-After": owner.retry_after})
-            elif behaviour == "429ms":
-                self.send_json(429, error, {"retry-after-ms": owner.retry_after_ms})
-            elif behaviour in ("500", "503", "400", "401", "404"):
-                self.send_json(int(behaviour), error)
-            elif behaviour == "malformed":
-                data = b'{"id": "x", "choices": [{"index": 0, "message": '
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            elif behaviour == "drop":
-                self.close_connection = True
-            elif behaviour == "partial":
-                data = json.dumps(owner.answer(self.path, body, call)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
+            if owner.serial:
+                with owner.model_lock:  # one request at a time, in the order they get the lock
+                    self._answer(body)
             else:
-                if behaviour == "slow":
-                    time.sleep(owner.slow_s)
-                self.send_json(200, owner.answer(self.path, body, call))
+                self._answer(body)
         finally:
             with owner.lock:
                 owner.in_flight -= 1
+
+    def _answer(self, body: dict[str, Any]) -> None:
+        owner = self.owner
+        call, behaviour = owner.next_behaviour(self.path, body)
+        if owner.latency_s:
+            time.sleep(owner.latency_s)
+        error = {"error": {"message": f"scripted {behaviour}", "type": "scripted", "code": behaviour}}
+        if behaviour == "429":
+            self.send_json(429, error, {"Retry-After": owner.retry_after})
+        elif behaviour == "429ms":
+            self.send_json(429, error, {"retry-after-ms": owner.retry_after_ms})
+        elif behaviour in ("500", "503", "400", "401", "404"):
+            self.send_json(int(behaviour), error)
+        elif behaviour == "malformed":
+            data = b'{"id": "x", "choices": [{"index": 0, "message": '
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        elif behaviour == "drop":
+            self.close_connection = True
+        elif behaviour == "partial":
+            data = json.dumps(owner.answer(self.path, body, call)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            if behaviour == "slow":
+                time.sleep(owner.slow_s)
+            self.send_json(200, owner.answer(self.path, body, call))
 
 
 def main() -> None:

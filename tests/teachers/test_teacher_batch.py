@@ -161,3 +161,67 @@ def test_export_command_names_an_unknown_teacher(tmp_path: Path) -> None:
     result = _export(tmp_path, "--teacher=nope", f"--out={tmp_path / 'x.jsonl'}")
     assert result.returncode != 0 and "Could not find 'teacher/nope'" in result.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_results_of_a_server_that_ignores_n_are_imported_short_and_said_so(
+    fault_server, tmp_path, caplog, monkeypatch
+):
+    """A line asking for 4 samples of a server that gives one: the import says so, and so does distill."""
+    import logging
+
+    from mwp.data.loaders import load_problems
+    from mwp.distill.rationales import distill
+
+    server = fault_server(max_n=1)
+    problems = load_problems("multiarith", "train", limit=3)
+    requests = [TeacherRequest(p.id, p.question) for p in problems]
+    input_path, output_path = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    export_batch(requests, SamplingParams(n=4), "echo", input_path)
+    _execute(input_path, output_path, server.base_url)
+    caplog.set_level(logging.INFO)
+    responses = list(import_batch(output_path, input_path))
+    assert [len(r.completions) for r in responses] == [1, 1, 1]
+    (warning,) = [r.message for r in caplog.records if "fewer choices" in r.message]
+    assert "3 of 3 result lines" in warning and "multiarith/0#s0-3: 1 of 4" in warning
+    assert "--samples-per-line 1" in warning
+
+    monkeypatch.setenv("MWP_PROGRESS", "log")
+    teacher = BatchFileTeacher(output_path, input_path)
+    stats = distill(
+        problems,
+        teacher,
+        requests,
+        SamplingParams(n=4),
+        tmp_path / "distill",
+        dataset="multiarith",
+        split="train",
+    )
+    assert (stats.samples_requested, stats.samples_seen) == (12, 3)
+    written = json.loads((tmp_path / "distill" / "stats.json").read_text())
+    assert (written["samples_requested"], written["samples_seen"]) == (12, 3)
+    assert any("received 3/12 requested" in r.message for r in caplog.records if r.name == "mwp.progress")
+    assert any("gave 3 of the 12 samples requested" in r.message for r in caplog.records)
+    # the echo answers are all wrong: nothing kept is said with the figures
+    assert any("kept 0 of 3 samples received (12 requested" in r.message for r in caplog.records)
+
+
+def test_export_asks_no_more_per_line_than_the_teacher_config_allows(tmp_path: Path, data_dir: Path) -> None:
+    """teacher=llamacpp sets max_n_per_call=1 (its server ignores n): one sample per batch line."""
+    out = tmp_path / "batch.jsonl"
+    result = _export(
+        tmp_path,
+        "--teacher=llamacpp",
+        "--limit=2",
+        f"--data-dir={data_dir}",
+        f"--out={out}",
+        "teacher.model=smollm2",
+        "teacher.n=3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines[:3]] == [
+        "multiarith/0#s0-0",
+        "multiarith/0#s1-1",
+        "multiarith/0#s2-2",
+    ]
+    assert len(lines) == 6 and {line["body"]["n"] for line in lines} == {1}

@@ -245,3 +245,205 @@ def test_preflight_can_be_turned_off(fault_server):
     teacher = _teacher(server.base_url, preflight=False)
     assert len(list(teacher.generate(_requests(1), SamplingParams(n=1)))) == 1
     assert server.model_lists == 0
+
+
+# --- `n` honoured or refused: servers that ignore or cap it -----------------------------------------
+
+
+def test_a_server_that_caps_n_is_topped_up_in_place_and_said_once(fault_server, caplog):
+    server = fault_server(max_n=2)
+    teacher = _teacher(server.base_url, concurrency=1)
+    caplog.set_level(logging.INFO, logger="mwp.teachers.openai_compat")
+    responses = list(teacher.generate(_requests(3), SamplingParams(n=5, seed=11)))
+    assert all(len(r.completions) == 5 for r in responses)
+    texts = [c.text for r in responses for c in r.completions]
+    assert len(set(texts)) == 15 and set(texts) <= set(server.served_texts)
+    asked: dict[str, list[tuple[int, int]]] = {}
+    for call in server.calls:
+        prompt = call["body"]["messages"][-1]["content"]
+        asked.setdefault(prompt, []).append((call["body"]["n"], call["body"]["seed"]))
+    # the first call learns the cap (5 asked, 2 given); slots 2-4 are asked for two at a time, each
+    # slot with its own seed. p1 was planned before the cap was known; p2, started later, asks for 2.
+    prompts = [r.prompt for r in _requests(3)]
+    assert asked[prompts[0]] == [(5, 11), (2, 13), (1, 15)]
+    assert asked[prompts[2]] == [(2, 11), (2, 13), (1, 15)]
+    assert len(server.calls) == 9
+    # sample i comes from the call for slot i: the echo names the sample within its call
+    first = next(r for r in responses if r.request.problem_id == "p0").completions
+    assert [c.text.split(" sample ")[1].split(" ")[0] for c in first] == ["0", "1", "0", "1", "0"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "caps `n`" in r.message]
+    assert len(warnings) == 1
+    assert (
+        "returned 2 choice(s) for n=5" in warnings[0].message
+        and "teacher.max_n_per_call" in warnings[0].message
+    )
+    # p0 and p1 were short once each and topped up with two calls each; p2 asked right the first time
+    assert teacher.usage.short_calls == 2 and teacher.usage.topup_calls == 4
+    assert teacher.usage.samples == 15
+
+
+def test_one_sample_per_call_from_the_start_asks_nothing_twice(fault_server, caplog):
+    server = fault_server(max_n=1)
+    teacher = _teacher(server.base_url, max_n_per_call=1)
+    caplog.set_level(logging.WARNING)
+    responses = list(teacher.generate(_requests(2), SamplingParams(n=3, seed=0)))
+    assert all(len(r.completions) == 3 for r in responses)
+    assert [c["body"]["n"] for c in server.calls] == [1] * 6
+    assert sorted(c["body"]["seed"] for c in server.calls) == [0, 0, 1, 1, 2, 2]
+    assert teacher.usage.short_calls == 0 and "caps `n`" not in caplog.text
+
+
+def test_a_remaining_shortfall_is_an_error_naming_server_and_setting(fault_server):
+    server = fault_server(max_n=1)
+    teacher = _teacher(server.base_url, max_topup_rounds=0)
+    with pytest.raises(TeacherError) as caught:
+        list(teacher.generate(_requests(1), SamplingParams(n=4)))
+    message = str(caught.value)
+    assert server.base_url in message and "returned 1 of 4 samples for problem 'p0'" in message
+    assert "ignores or caps `n`" in message and "teacher.max_n_per_call=1" in message
+    assert "teacher.max_topup_rounds" in message
+    assert len(server.calls) == 1 and teacher.usage.failed_calls == 1
+
+
+def test_an_empty_answer_is_a_shortfall_error_not_a_short_artifact(fault_server):
+    server = fault_server(max_n=0)
+    teacher = _teacher(server.base_url)
+    with pytest.raises(TeacherError) as caught:
+        list(teacher.generate(_requests(1), SamplingParams(n=2)))
+    message = str(caught.value)
+    assert server.base_url in message and "returned 0 of 2 samples" in message
+    assert "teacher.max_n_per_call=1" in message and "'p0'" in message
+    # one call, and no top-up round after a round that filled nothing
+    assert len(server.calls) == 1
+
+
+def test_top_ups_go_through_the_completion_cache_under_stable_indices(fault_server, tmp_path):
+    from mwp.teachers.completion_cache import CachedTeacher, CompletionCache, request_key
+
+    server = fault_server(max_n=1)
+    params = SamplingParams(n=4, temperature=0.7)
+    with CachedTeacher(_teacher(server.base_url), tmp_path / "cache.jsonl") as teacher:
+        first = list(teacher.generate(_requests(2), params))
+    assert all(len(r.completions) == 4 for r in first)
+    store = CompletionCache(tmp_path / "cache.jsonl")
+    for response in first:
+        key = request_key("openai:chat:echo", response.request, params)
+        stored = store.get(key)
+        assert sorted(stored) == [0, 1, 2, 3]
+        assert [stored[i].text for i in range(4)] == [c.text for c in response.completions]
+    calls = len(server.calls)
+    with CachedTeacher(_teacher(server.base_url), tmp_path / "cache.jsonl") as teacher:
+        again = list(teacher.generate(_requests(2), params))
+    assert len(server.calls) == calls
+    assert [c.text for r in again for c in r.completions] == [c.text for r in first for c in r.completions]
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_extra_alternatives_are_trimmed_to_the_k_asked_for(endpoint):
+    from mwp.teachers.openai_compat import completions_from_body
+
+    # llama.cpp adds the sampled token when it is outside the top k: k+1 alternatives
+    alternatives = {"a": -0.5, "b": -1.0, "c": -2.0, "picked": -3.5}
+    if endpoint == "chat":
+        item = {
+            "token": "picked",
+            "logprob": -3.5,
+            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alternatives.items()],
+        }
+        choice = {"index": 0, "message": {"content": "picked"}, "logprobs": {"content": [item]}}
+    else:
+        block = {"tokens": ["picked"], "token_logprobs": [-3.5], "top_logprobs": [alternatives]}
+        choice = {"index": 0, "text": "picked", "logprobs": block}
+    (completion,) = completions_from_body({"choices": [choice]}, endpoint, SamplingParams(top_logprobs=3))
+    assert completion.logprobs is not None
+    assert completion.logprobs.top_tokens == [["a", "b", "c"]]
+    assert completion.logprobs.top_logprobs == [[-0.5, -1.0, -2.0]]
+    assert completion.logprobs.logprobs == [-3.5]
+
+
+# --- capacity: timeouts must not multiply work ------------------------------------------------------
+
+
+def test_fixed_concurrency_against_a_serial_server_times_out_and_asks_twice(fault_server, caplog):
+    # 6 requests of 0.15 s queued at once: the last ones wait up to 0.9 s > timeout 0.5 s and are
+    # asked again while the server, which finishes abandoned requests, still works on them.
+    server = fault_server(latency_s=0.15, serial=True)
+    teacher = _teacher(
+        server.base_url,
+        concurrency=6,
+        adaptive_concurrency=False,
+        timeout_s=0.5,
+        max_retries=1,
+        on_error="skip",
+    )
+    caplog.set_level(logging.WARNING, logger="mwp.teachers.openai_compat")
+    responses = list(teacher.generate(_requests(6), SamplingParams()))
+    assert teacher.usage.timeouts > 0 and len(server.calls) > len(responses)
+    timeout_logs = [r.message for r in caplog.records if "in flight" in r.message]
+    assert len(timeout_logs) == teacher.usage.timeouts
+    assert "timeout after 0.5s" in timeout_logs[0] and "teacher.concurrency" in timeout_logs[0]
+    assert "teacher.timeout_s" in timeout_logs[0]
+    in_flight = int(timeout_logs[0].split("sent with ")[1].split(" request")[0])
+    assert 2 <= in_flight <= 6
+
+
+def test_adaptive_concurrency_keeps_a_serial_server_out_of_timeouts(fault_server):
+    server = fault_server(latency_s=0.15, serial=True)
+    teacher = _teacher(server.base_url, concurrency=6, timeout_s=0.5)
+    responses = list(teacher.generate(_requests(12), SamplingParams()))
+    assert len(responses) == 12
+    assert teacher.usage.timeouts == 0 and teacher.usage.retries == 0
+    assert len(server.calls) == 12  # nothing asked twice
+    assert server.max_in_flight <= 3
+    assert teacher.usage.concurrency is not None and teacher.usage.concurrency["max_in_flight"] <= 3
+
+
+def test_adaptive_concurrency_grows_to_the_maximum_while_latency_holds(fault_server):
+    server = fault_server(latency_s=0.05)
+    teacher = _teacher(server.base_url, concurrency=8)
+    list(teacher.generate(_requests(40), SamplingParams()))
+    assert server.max_in_flight == 8 and teacher.limit.allowed == 8
+
+
+def test_overload_halves_the_limit(fault_server):
+    server = fault_server(faults=["503"] * 2, latency_s=0.02)
+    teacher = _teacher(server.base_url, concurrency=8, max_retries=3)
+    teacher.limit.limit = 8.0
+    list(teacher.generate(_requests(1), SamplingParams()))
+    # each 503 came from a call sent after the previous halving, so each halves (8 -> 4 -> 2)
+    assert teacher.limit.allowed == 2 and teacher.limit.decreases == 2
+
+
+def test_a_failed_call_cancels_the_other_calls_of_its_problem(fault_server, caplog):
+    import gc
+
+    # two one-sample calls for one problem, served one after the other; the first is refused
+    server = fault_server(faults=["400"], latency_s=0.5, serial=True)
+    teacher = _teacher(server.base_url, max_n_per_call=1, concurrency=2, adaptive_concurrency=False)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    start = time.monotonic()
+    with pytest.raises(TeacherError, match="HTTP 400"):
+        list(teacher.generate(_requests(1), SamplingParams(n=2)))
+    assert time.monotonic() - start < 0.95  # the second call (done at ~1.0 s) was not waited for
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+def test_the_limit_does_not_grow_past_what_the_timeout_allows(fault_server):
+    # 0.3 s per call, timeout 0.8 s: a second call queued behind the first would take 0.6 s, more
+    # than half the timeout, although the latency per token holds while one call is in flight
+    server = fault_server(latency_s=0.3, serial=True)
+    teacher = _teacher(server.base_url, concurrency=8, timeout_s=0.8)
+    list(teacher.generate(_requests(6), SamplingParams()))
+    assert server.max_in_flight == 1 and teacher.limit.allowed == 1
+    assert teacher.usage.timeouts == 0 and len(server.calls) == 6
+
+
+def test_a_stream_closed_late_does_not_unbalance_the_next_one(fault_server):
+    server = fault_server(latency_s=0.05)
+    teacher = _teacher(server.base_url, concurrency=4, adaptive_concurrency=False)
+    first = teacher.generate(_requests(8), SamplingParams())
+    next(first)  # the other calls of this stream stay in flight on its own loop
+    assert len(list(teacher.generate(_requests(3), SamplingParams()))) == 3
+    first.close()  # cancels them: their slots belong to the first stream, not the second
+    assert teacher.limit.in_flight == 0

@@ -12,6 +12,8 @@ from mwp.config.schema.base import Section, help_field
 # How a teacher is called, never what it answers: left out of the distill stage's cache key.
 OPERATIONAL_TEACHER_KEYS = (
     "concurrency",
+    "adaptive_concurrency",
+    "max_topup_rounds",
     "timeout_s",
     "max_retries",
     "retry_base_s",
@@ -75,7 +77,14 @@ class OpenAITeacherConfig(CachedTeacherConfig):
     api_key_required: bool = help_field(
         True, help="fail at start-up when the key variable is unset", operational=True
     )
-    concurrency: int = help_field(16, ge=1, le=4096, help="requests in flight", operational=True)
+    concurrency: int = help_field(
+        16, ge=1, le=4096, help="requests in flight at most (see adaptive_concurrency)", operational=True
+    )
+    adaptive_concurrency: bool = help_field(
+        True,
+        help="start at 1 request in flight, grow while latency holds, back off on timeouts/429/5xx",
+        operational=True,
+    )
     timeout_s: float = help_field(120, gt=0, help="per-request timeout", operational=True)
     max_retries: int = help_field(8, ge=0, le=100, help="retries on 429/5xx/timeouts", operational=True)
     retry_base_s: float = help_field(1.0, gt=0, help="first backoff delay", operational=True)
@@ -83,7 +92,16 @@ class OpenAITeacherConfig(CachedTeacherConfig):
     on_error: Literal["raise", "skip"] = help_field(
         "raise", help="after the retries: stop, or skip the problem"
     )
-    max_n_per_call: int = help_field(128, ge=1, help="largest n in one request (larger n is split)")
+    max_n_per_call: int = help_field(
+        128, ge=1, help="largest n in one request (larger n is split; 1 for servers that ignore n)"
+    )
+    max_topup_rounds: int = help_field(
+        3,
+        ge=0,
+        le=100,
+        help="rounds of further calls for samples a server left out (it ignores or caps n)",
+        operational=True,
+    )
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = help_field(
         "max_tokens", help="max_completion_tokens for reasoning models"
     )
