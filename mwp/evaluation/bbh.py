@@ -203,9 +203,11 @@ def evaluate_bbh(
     return result
 
 
-def save_bbh_predictions(result: BBHResult, out_dir: Path) -> Path:
-    """All tasks' predictions in one JSONL file (each row's `id` names its task)."""
-    path = out_dir / f"predictions_bbh_{result.prompt}.jsonl"
+def save_bbh_predictions(result: BBHResult, out_dir: Path, label: str = "student") -> Path:
+    """All tasks' predictions in one JSONL file (each row's `id` names its task); the student's file keeps
+    its plain name, another model's carries its label."""
+    suffix = "" if label == "student" else f"_{label}"
+    path = out_dir / f"predictions_bbh_{result.prompt}{suffix}.jsonl"
     write_jsonl(path, (row for task in result.tasks for row in task.predictions))
     return path
 

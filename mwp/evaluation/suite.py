@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 TABLE = "table.txt"
-BBH_RESULTS = "bbh_results.json"
-BBH_TABLE = "bbh_table.txt"
 
 
 def seen_questions(config: RunConfig, student_dir: Path) -> set[str]:
@@ -93,6 +91,22 @@ def generation_lengths(config: RunConfig, student_dir: Path) -> tuple[int | None
     return (None if source == "auto" else int(source)), int(new)
 
 
+# Entries of evaluation.models that are the student: trained (its folder), or as built before training.
+LOCAL_STUDENTS = ("student", "initial")
+
+
+def local_student(entry: str, config: RunConfig, student_dir: Path) -> tuple[Any, Codec, set[str]]:
+    """The trained student (`student`), or the configured student as built, before any training (`initial`)."""
+    if entry == "student":
+        return load_student(student_dir)
+    from hydra.utils import instantiate
+
+    from mwp.student.fit import student_config
+
+    bundle = instantiate(student_config(config), _convert_="all")
+    return bundle.model, bundle.codec, set()
+
+
 @contextmanager
 def open_model(
     entry: str, config: RunConfig, student_dir: Path, max_source_len: int | None, max_new_tokens: int
@@ -101,10 +115,10 @@ def open_model(
     ev = config.evaluation
     generator: Generator
     exclude: set[str] = set()
-    if entry == "student":
-        model, codec, exclude = load_student(student_dir)
+    if entry in LOCAL_STUDENTS:
+        model, codec, exclude = local_student(entry, config, student_dir)
         generator = StudentGenerator(
-            "student",
+            entry,
             model,
             codec,
             batch_size=ev.batch_size,
@@ -203,7 +217,8 @@ def run_evaluate(
             if usage is not None:
                 usage.write(out_dir / f"usage_{model_slug(generator.label)}.json")
     write_json(out_dir / RESULTS, [r.summary() for r in results])
-    models = ", ".join(f"{e} = {student_dir}" if e == "student" else e for e in ev.models)
+    named = {"student": str(student_dir), "initial": f"{config.student.name_or_path} before training"}
+    models = ", ".join(f"{e} = {named[e]}" if e in named else e for e in ev.models)
     origin = f"student distilled from teacher {config.teacher.name!r} on {config.dataset.name}/{config.dataset.train_split}"
     title = f"Evaluation of {models} ({origin}; greedy; strict = answer phrase, flexible = else last number"
     if EQUATION in formats:
@@ -213,9 +228,19 @@ def run_evaluate(
     (out_dir / TABLE).write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
     if ev.bbh is not None:
-        # BIG-Bench Hard measures what specialisation costs the student in generality.
-        model, codec, _ = load_student(student_dir)
-        run_bbh(model, codec, ev.bbh, config.paths.data_dir, out_dir, loggers, model_name=str(student_dir))
+        # BIG-Bench Hard measures what specialisation costs the student in generality: before and after.
+        for entry in (e for e in ev.models if e in LOCAL_STUDENTS):
+            model, codec, _ = local_student(entry, config, student_dir)
+            run_bbh(
+                model,
+                codec,
+                ev.bbh,
+                config.paths.data_dir,
+                out_dir,
+                loggers,
+                label=entry,
+                model_name=named[entry],
+            )
     return results
 
 
@@ -252,12 +277,20 @@ def replay_evaluation(out_dir: Path, loggers: list[Logger]) -> list[dict[str, An
         result = SimpleNamespace(**summary)
         predictions = out_dir / f"predictions_{result_slug(result)}.jsonl"
         _log_result(result, list(read_jsonl(predictions)) if predictions.is_file() else [], loggers)
-    if (out_dir / BBH_RESULTS).is_file():
-        _log_bbh(json.loads((out_dir / BBH_RESULTS).read_text(encoding="utf-8")), loggers)
-    for table in (TABLE, BBH_TABLE):
+    for label in LOCAL_STUDENTS:
+        results_path, _ = bbh_paths(out_dir, label)
+        if results_path.is_file():
+            _log_bbh(json.loads(results_path.read_text(encoding="utf-8")), loggers, label)
+    for table in (TABLE, *(bbh_paths(out_dir, label)[1].name for label in LOCAL_STUDENTS)):
         if (out_dir / table).is_file():
             print((out_dir / table).read_text(encoding="utf-8"), end="", flush=True)
     return summaries
+
+
+def bbh_paths(out_dir: Path, label: str) -> tuple[Path, Path]:
+    """Where a model's BBH results and table go: the student's keep their plain names."""
+    suffix = "" if label == "student" else f"_{label}"
+    return out_dir / f"bbh_results{suffix}.json", out_dir / f"bbh_table{suffix}.txt"
 
 
 def run_bbh(
@@ -268,6 +301,7 @@ def run_bbh(
     out_dir: Path,
     loggers: list[Logger],
     *,
+    label: str = "student",
     model_name: str,
 ) -> None:
     """BIG-Bench Hard (`evaluation=bbh`): eval/bbh_results.json, the predictions and the per-task table."""
@@ -287,16 +321,17 @@ def run_bbh(
         model_name=model_name,
     )
     summary = result.summary()
-    write_json(out_dir / BBH_RESULTS, summary)
-    save_bbh_predictions(result, out_dir)
-    _log_bbh(summary, loggers)
+    results_path, table_path = bbh_paths(out_dir, label)
+    write_json(results_path, summary)
+    save_bbh_predictions(result, out_dir, label)
+    _log_bbh(summary, loggers, label)
     table = format_bbh_table(result)
-    (out_dir / BBH_TABLE).write_text(table + "\n", encoding="utf-8")
+    table_path.write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
 
 
-def _log_bbh(summary: dict[str, Any], loggers: list[Logger]) -> None:
-    prefix = f"bbh_{summary['prompt']}"
+def _log_bbh(summary: dict[str, Any], loggers: list[Logger], label: str = "student") -> None:
+    prefix = f"bbh_{summary['prompt']}" + ("" if label == "student" else f"/{label}")
     log_metrics(
         loggers,
         {

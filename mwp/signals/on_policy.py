@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mwp.signals.alignment import make_aligner
 from mwp.signals.collate import collate_sparse
-from mwp.signals.positions import COT_ROWS_KEY
+from mwp.signals.positions import COT_ROWS_KEY, SOURCES_KEY
 from mwp.signals.scoring import TeacherForcedScorer
 from mwp.signals.sources import DenseTeacherSource, StoredSparseSource
 from mwp.signals.types import IGNORE_INDEX, SparseBatch
@@ -53,11 +53,9 @@ def is_on_policy_step(fraction: float, seed: int, step: int) -> bool:
     return random.Random(f"on-policy:{seed}:{step}").random() < fraction
 
 
-def sampled_labels(sequences: torch.Tensor, eos_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    """Generated `[B, 1 + n]` sequences (decoder start first) as labels `[B, n]`: each up to and
-    including its first EOS, -100 after it."""
-    if sequences.shape[1] and bool((sequences[:, 0] == decoder_start_token_id).all()):
-        sequences = sequences[:, 1:]
+def sampled_labels(sequences: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Generated tokens `[B, n]` (the new ones only) as labels: each row up to and including its first
+    EOS, -100 after it."""
     is_eos = sequences == eos_token_id
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     return sequences.masked_fill(after_eos, IGNORE_INDEX)
@@ -90,13 +88,14 @@ class StudentSampling:
 
     @torch.no_grad()
     def sample(self, batch: Mapping[str, Any], student: nn.Module) -> torch.Tensor:
-        """The student's samples for the batch's sources, as labels `[B, n]` (-100 after EOS)."""
+        """The student's samples for the batch's prompts, as labels `[B, n]` (-100 after EOS)."""
+        sequences = self.sequences
         was_training = student.training
         student.eval()  # no dropout while sampling: the samples are the policy being trained
         try:
-            sequences = student.generate(  # type: ignore[operator]
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+            new = sequences.generate(
+                student,
+                sequences.prompts(batch),
                 do_sample=True,
                 temperature=self.temperature,
                 top_k=0,
@@ -105,20 +104,20 @@ class StudentSampling:
             )
         finally:
             student.train(was_training)
-        config = student.config  # type: ignore[union-attr]
-        return sampled_labels(sequences, config.eos_token_id, config.decoder_start_token_id)
+        return sampled_labels(new, sequences.eos_id)
 
     def targets(self, batch: dict[str, Any], student: nn.Module, step: int) -> dict[str, Any]:
         if not self.is_on_policy(step):
             return batch
-        out = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "labels": self.sample(batch, student),
-            ON_POLICY_KEY: True,
-        }
-        if COT_ROWS_KEY in batch:
-            out[COT_ROWS_KEY] = batch[COT_ROWS_KEY]
+        out = self.sequences.with_labels(
+            {
+                k: v
+                for k, v in batch.items()
+                if k in ("input_ids", "attention_mask", "labels", COT_ROWS_KEY, SOURCES_KEY)
+            },
+            self.sample(batch, student),
+        )
+        out[ON_POLICY_KEY] = True
         return out
 
 
@@ -176,7 +175,9 @@ class CausalOnPolicySource(StudentSampling, StoredSparseSource):
 
     def scored_texts(self, batch: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """The batch's sources and sampled targets as text (what the causal teacher reads)."""
-        sources = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        sources = batch.get(SOURCES_KEY) or self.tokenizer.batch_decode(
+            batch["input_ids"], skip_special_tokens=True
+        )
         labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, self.tokenizer.pad_token_id)
         samples = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
         return [" ".join(s.split()) for s in sources], [" ".join(s.split()) for s in samples]

@@ -8,7 +8,8 @@ trainer):
   `SignalStore` (`teacher_ids`, `teacher_logprobs`, `teacher_mask`). Rows a recorded teacher left
   without logprobs were scored into that store at build time (`mwp.signals.scoring`), so a
   "scored by a local causal LM" teacher is this source too.
-* `DenseTeacherSource` - a same-vocabulary T5 teacher run beside the student: logits `[B, L, V]`,
+* `DenseTeacherSource` - a same-vocabulary teacher of the student's kind (a T5 for a T5, a causal LM with
+  the student's tokenizer for a causal student) run beside it: logits `[B, L, V]`,
   or with `top_k` its top-k per position as a `SparseBatch` (what a stored top-k of it holds).
 * `NoSignal` - cross-entropy only (a module may also be given no source at all).
 * `mwp.signals.on_policy.OnPolicySource` - a dense teacher that, on a share of the optimizer
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mwp.signals.types import BATCH_KEYS, IGNORE_INDEX, LOGPROB_DTYPE, SparseBatch, TeacherSignal
+from mwp.signals.types import BATCH_KEYS, IGNORE_INDEX, LOGPROB_DTYPE, Sequences, SparseBatch, TeacherSignal
 
 
 class SignalSource(ABC):
@@ -35,9 +36,13 @@ class SignalSource(ABC):
     def signal(self, batch: Mapping[str, Any]) -> TeacherSignal | None:
         """Dense logits `[B, L, V]`, a `SparseBatch`, or None (no teacher for this batch)."""
 
-    def check_student(self, student: nn.Module) -> None:
-        """Raise if this source cannot supervise `student` (called once, when the module is built)."""
+    sequences: Sequences | None = None
+
+    def attach(self, student: nn.Module, sequences: Sequences) -> None:
+        """Bind the source to the student it supervises and its batch layout (once, when the module is
+        built); raise if this source cannot supervise `student`."""
         del student
+        self.sequences = sequences
 
     def targets(self, batch: dict[str, Any], student: nn.Module, step: int) -> dict[str, Any]:
         """The batch the student trains on at optimizer step `step`: the dataset's, unless the source
@@ -82,17 +87,27 @@ class DenseTeacherSource(SignalSource):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, top_k: int | None = None) -> DenseTeacherSource:
-        """A teacher from a local T5 checkpoint folder (`loss.signal.teacher_model`)."""
-        from transformers import T5ForConditionalGeneration
+        """A teacher from a local checkpoint folder (`loss.signal.teacher_model`): a T5 for a T5 student,
+        a causal LM for a causal student (it must share the student's tokenizer)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         try:
-            return cls(T5ForConditionalGeneration.from_pretrained(str(path)), top_k=top_k)
+            config = AutoConfig.from_pretrained(str(path))
+            loader = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            return cls(loader.from_pretrained(str(path)), top_k=top_k)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(
-                f"loss.signal.teacher_model={str(path)!r}: no T5 checkpoint could be loaded ({err})"
+                f"loss.signal.teacher_model={str(path)!r}: no checkpoint could be loaded ({err})"
             ) from err
 
-    def check_student(self, student: nn.Module) -> None:
+    def attach(self, student: nn.Module, sequences: Sequences) -> None:
+        super().attach(student, sequences)
+        teacher_kind = "seq2seq" if getattr(self.teacher.config, "is_encoder_decoder", False) else "causal"
+        if teacher_kind != sequences.kind:
+            raise ValueError(
+                f"loss.signal.teacher_model is a {teacher_kind} model and the student a {sequences.kind} one: a "
+                "dense teacher runs on the student's own batches, so it must be of the same kind"
+            )
         student_vocab = student.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
         teacher_vocab = self.teacher.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
         if student_vocab != teacher_vocab:
@@ -107,12 +122,20 @@ class DenseTeacherSource(SignalSource):
             self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
-            # Decoder inputs, not `labels=`: T5 would compute a [B, L, V] cross-entropy nobody reads.
-            logits = self.teacher(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=self.teacher._shift_right(batch["labels"]),
-            ).logits
+            if self.sequences is not None:
+                logits = self.sequences.logits(self.teacher, batch)
+            elif getattr(self.teacher.config, "is_encoder_decoder", False):
+                # Not attached to a student yet: a T5's batches are laid out one way only. Decoder
+                # inputs, not `labels=`: T5 would compute a [B, L, V] cross-entropy nobody reads.
+                logits = self.teacher(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    decoder_input_ids=self.teacher._shift_right(batch["labels"]),
+                ).logits
+            else:
+                raise RuntimeError(
+                    "a causal dense teacher runs on its student's batch layout: attach it first"
+                )
         if self.top_k is None:
             return logits
         logprobs, ids = torch.log_softmax(logits.float(), dim=-1).topk(

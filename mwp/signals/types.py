@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -179,3 +180,27 @@ class SparseBatch:
 
 # What a `SignalSource` hands the losses for one batch: dense logits `[B, L, V]` or a sparse batch.
 TeacherSignal = Tensor | SparseBatch
+
+
+class Sequences(Protocol):
+    """How a student lays out its training batches and generates (the student's `Codec` is one): what the
+    signal sources need to run a teacher or the student on a batch of either kind (seq2seq or causal)."""
+
+    kind: str
+    eos_id: int
+
+    def logits(self, model: Any, batch: Mapping[str, Any]) -> Tensor:
+        """`[B, T, V]` logits of the target positions of `batch`, aligned with its labels."""
+        ...
+
+    def prompts(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The batch's prompts (without targets), ready to generate from."""
+        ...
+
+    def generate(self, model: Any, prompts: Mapping[str, Tensor], **kwargs: Any) -> Tensor:
+        """The new tokens only, `[B, N]`."""
+        ...
+
+    def with_labels(self, batch: Mapping[str, Any], labels: Tensor) -> dict[str, Any]:
+        """`batch` with new targets `labels` `[B, T]` (-100 = padding)."""
+        ...

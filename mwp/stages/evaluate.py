@@ -16,7 +16,7 @@ from mwp.digest import folder_stamp
 from mwp.stages.base import Stage, StageContext, StageInput
 
 RESULTS = "results.json"
-BBH_RESULTS = "bbh_results.json"
+BBH_RESULTS = "bbh_results*.json"
 
 
 class EvaluateStage(Stage):
@@ -28,7 +28,13 @@ class EvaluateStage(Stage):
     on_worker = "skip"
 
     def key_settings(self, config: RunConfig) -> dict[str, Any]:
-        return {
+        # `initial` scores the configured student as built: its settings determine that row.
+        initial = (
+            {"student": config.student.settings(), "seed": config.seed}
+            if "initial" in config.evaluation.models
+            else {}
+        )
+        return initial | {
             "evaluation": config.evaluation.settings(),
             "eval_sets": [spec.settings() for spec in config.dataset.eval_sets],
             # in-context exemplars come from the training split; templates are read in this notation

@@ -98,6 +98,10 @@ class Codec(ABC):
         """`[B, T, V]` logits of the target positions, aligned with `batch["labels"]`."""
 
     @abstractmethod
+    def prompts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The prompts of a training batch, without its targets, ready to generate from."""
+
+    @abstractmethod
     def with_labels(self, batch: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
         """`batch` whose targets are replaced by `labels` `[B, T]` (-100 = padding): the student's own
         samples on an on-policy step."""
@@ -166,6 +170,9 @@ class Seq2SeqCodec(Codec):
             attention_mask=batch["attention_mask"],
             decoder_input_ids=model._shift_right(batch["labels"]),
         ).logits
+
+    def prompts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def with_labels(self, batch: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
         return {**batch, "labels": labels}
@@ -257,11 +264,17 @@ class CausalCodec(Codec):
         )
         return out.logits[:, :-1]
 
+    def prompts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        width_p = batch["input_ids"].shape[1] - batch["labels"].shape[1]
+        return {
+            "input_ids": batch["input_ids"][:, :width_p],
+            "attention_mask": batch["attention_mask"][:, :width_p],
+        }
+
     def with_labels(self, batch: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
         """The prompts of `batch` followed by new completions `labels` (right-padded with -100)."""
-        width_t = batch["labels"].shape[1]
-        prompt_ids = batch["input_ids"][:, :-width_t] if width_t else batch["input_ids"]
-        prompt_mask = batch["attention_mask"][:, : prompt_ids.shape[1]]
+        prompts = self.prompts(batch)
+        prompt_ids, prompt_mask = prompts["input_ids"], prompts["attention_mask"]
         real = labels != IGNORE_INDEX
         completion = labels.masked_fill(~real, self.pad_id)
         return {

@@ -92,7 +92,7 @@ class StudentModule(pl.LightningModule):
         if not self.terms:
             raise ValueError("loss.terms is empty: the training loss needs at least one term")
         if signal_source is not None:
-            signal_source.check_student(model)
+            signal_source.attach(model, self.codec)
         # A plain object, not a child module: a teacher it holds is not trained, checkpointed or in state_dict.
         self.signal_source = signal_source
         self.save_hyperparameters(

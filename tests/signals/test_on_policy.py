@@ -89,8 +89,8 @@ def test_on_policy_steps_are_a_seeded_share() -> None:
 
 
 def test_sampled_labels_end_at_the_first_eos() -> None:
-    sequences = torch.tensor([[0, 5, 6, 1, 0, 0], [0, 7, 8, 9, 4, 3]])
-    labels = sampled_labels(sequences, eos_token_id=1, decoder_start_token_id=0)
+    sequences = torch.tensor([[5, 6, 1, 0, 0], [7, 8, 9, 4, 3]])
+    labels = sampled_labels(sequences, eos_token_id=1)
     assert labels.tolist() == [[5, 6, 1, -100, -100], [7, 8, 9, 4, 3]]
 
 

@@ -16,6 +16,7 @@ from mwp.signals import (
     collate_sparse,
     supervised_positions,
 )
+from mwp.student.codec import codec_for
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -92,9 +93,11 @@ def test_dense_teacher_source_runs_frozen_in_eval_mode_without_autograd(flan_t5_
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
         ).logits
     torch.testing.assert_close(logits, reference)
-    source.check_student(_t5(flan_t5_dir, seed=1))
+    student = _t5(flan_t5_dir, seed=1)
+    source.attach(student, codec_for(student, None))
     with pytest.raises(ValueError, match=r"loss\.signal\.teacher_model"):
-        source.check_student(_t5(flan_t5_dir, seed=1, vocab=vocab + 8))
+        wide = _t5(flan_t5_dir, seed=1, vocab=vocab + 8)
+        source.attach(wide, codec_for(wide, None))
     with pytest.raises(FileNotFoundError, match=r"loss\.signal\.teacher_model='/nonexistent'"):
         DenseTeacherSource.from_pretrained("/nonexistent")
 

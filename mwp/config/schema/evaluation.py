@@ -55,7 +55,8 @@ class EvaluationConfig(Section):
     models: list[str] = help_field(
         ["student"],
         min_length=1,
-        help="models to evaluate: student, teacher (the configured live teacher), hf:<local model folder>",
+        help="models to evaluate: student (the trained one), initial (the configured student as built, before any "
+        "training: the before of a before/after table), teacher (the configured live teacher), hf:<local model folder>",
     )
 
     @field_validator("formats", "models")
@@ -72,16 +73,17 @@ class EvaluationConfig(Section):
         from pathlib import Path
 
         for index, entry in enumerate(models):
-            if entry in ("student", "teacher"):
+            if entry in ("student", "initial", "teacher"):
                 continue
             if not entry.startswith("hf:") or not entry[3:]:
                 raise ValueError(
-                    f"evaluation.models.{index}={entry!r}: use student, teacher or hf:<local model folder>"
+                    f"evaluation.models.{index}={entry!r}: use student, initial, teacher or hf:<local model folder>"
                 )
             if not (Path(entry[3:]).expanduser() / "config.json").is_file():
                 raise ValueError(f"evaluation.models.{index}={entry!r}: no config.json in {entry[3:]}")
         return models
 
     bbh: BBHEvalConfig | None = help_field(
-        None, help="BIG-Bench Hard after the math sets (evaluation=bbh; null = skip)"
+        None,
+        help="BIG-Bench Hard after the math sets, for the student and the initial model (evaluation=bbh; null = skip)",
     )
