@@ -100,6 +100,19 @@ class StudentConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _size_keys_of_the_kind(self) -> StudentConfig:
+        t5 = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "dropout_rate")
+        overridden = [k for k, v in self.size.model_dump().items() if v is not None]
+        wrong = [k for k in overridden if (k in t5) == (self.kind == "causal")] if self.kind != "auto" else []
+        if wrong:
+            raise ValueError(
+                f"student.size.{wrong[0]}: a {self.kind} student has no such size key "
+                f"({'T5' if self.kind == 'seq2seq' else 'causal'} students use the "
+                f"{'d_model/d_ff/...' if self.kind == 'seq2seq' else 'hidden_size/intermediate_size/...'} keys)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _size_needs_random_init(self) -> StudentConfig:
         overridden = [k for k, v in self.size.model_dump().items() if v is not None]
         if overridden and self.pretrained != "never":
