@@ -20,6 +20,8 @@ from mwp.pipeline import run
 from tests.helpers import CONF_DIR, compose_config
 
 pytestmark = pytest.mark.slow
+# GPT-2's pre-tokenisation (ASCII): the chunks its BPE merges within.
+GPT2_PIECES = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 
 
 def test_demo_experiment_in_debug_mode_end_to_end(tmp_path: Path) -> None:
@@ -89,8 +91,10 @@ def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: 
 
 def write_gold_gsm8k_batch_results(path: Path) -> Path:
     """A Batch API results file in which every GSM8K training problem is answered by its own worked
-    solution (calculator notes dropped, "The answer is N." at the end) with a made-up top-5 per word:
-    an offline stand-in for a live teacher's chain-of-thought samples with logprobs."""
+    solution (calculator notes dropped, "The answer is N." at the end) with a made-up top-5 per token:
+    an offline stand-in for a live teacher's chain-of-thought samples with logprobs. Tokens are the
+    pieces GPT-2-style BPE starts from (a word or number with its leading space, a punctuation run),
+    close to what such a teacher reports, which `loss.signal.alignment=fu2023` needs to match."""
     from mwp.data.loaders import load_problems
     from mwp.teachers.batch import custom_id
 
@@ -106,7 +110,7 @@ def write_gold_gsm8k_batch_results(path: Path) -> Path:
                     "top_logprobs": [{"token": token, "logprob": math.log(0.6)}]
                     + [{"token": alt, "logprob": math.log(0.05)} for alt in alternates],
                 }
-                for token in re.findall(r"\s*\S+", text)
+                for token in GPT2_PIECES.findall(text)
             ]
             body = {
                 "object": "chat.completion",

@@ -14,8 +14,8 @@ Modules:
 * `types` - the signal types; `positions` - `supervised_positions`, the one definition of the
   target positions a teacher supervises (losses and DataModule token counts both use it).
 * `collate` - `collate_sparse`; `store` - `SignalStore`, the safetensors file of one artifact.
-* `alignment` - `SpanAligner` (character-offset spans) and `TokenAligner` (DTW), built by
-  `make_aligner`: a teacher's tokens onto the student's tokenization.
+* `alignment` - `SpanAligner` (character-offset spans), `TokenAligner` (DTW) and `Fu2023Aligner`
+  (Fu et al.'s DTW), built by `make_aligner`: a teacher's tokens onto the student's tokenization.
 * `scoring` - `TeacherForcedScorer`: rationales without logprobs, scored by a local causal LM.
 * `build` - `prepare_signals`: align (or score) every distilled row and write the store.
 * `sources` - `SignalSource` and its kinds: where the LightningModule gets a batch's signal.
@@ -23,7 +23,14 @@ Modules:
 
 from __future__ import annotations
 
-from mwp.signals.alignment import Alignment, SpanAligner, TokenAligner, dtw_align, make_aligner
+from mwp.signals.alignment import (
+    Alignment,
+    Fu2023Aligner,
+    SpanAligner,
+    TokenAligner,
+    dtw_align,
+    make_aligner,
+)
 from mwp.signals.build import MISSING_CHOICES, SignalReport, prepare_signals, signals_path, tokenizer_id
 from mwp.signals.collate import collate_sparse
 from mwp.signals.positions import has_distribution, supervised_positions
@@ -37,6 +44,7 @@ __all__ = [
     "Alignment",
     "DenseSignal",
     "DenseTeacherSource",
+    "Fu2023Aligner",
     "NoSignal",
     "SignalReport",
     "SignalSource",

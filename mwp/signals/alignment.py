@@ -1,17 +1,17 @@
 """Carry a teacher's per-token top-k distribution over to the student's tokenization.
 
-Two methods (`loss.signal.alignment`): `span` (`SpanAligner`, the default, see its doc) groups
+Three methods (`loss.signal.alignment`): `span` (`SpanAligner`, the default, see its doc) groups
 tokens by their character offsets into the smallest spans whose boundaries coincide and carries
 the teacher's probability of a span by the chain rule; `dtw` (`TokenAligner`, below) pairs tokens
-one to one. `make_aligner` builds either.
+one to one; `fu2023` (`Fu2023Aligner`) is Fu et al.'s own alignment as their code computes it.
+`make_aligner` builds any of them.
 
-Fu et al. (2023) distil a teacher whose tokenizer differs from the student's: the two token
-sequences of the same text are aligned by dynamic time warping (DTW) over token strings, and where
-a student token corresponds to exactly one teacher token with the same text, the teacher's top-k
-alternatives at that token are looked up in the student vocabulary. Every other student position
-trains on plain cross-entropy (mask False).
+`dtw` follows Fu et al. (2023)'s idea: the two token sequences of the same text are aligned by
+dynamic time warping (DTW) over token strings, and where a student token corresponds to exactly one
+teacher token with the same text, the teacher's top-k alternatives at that token are looked up in
+the student vocabulary. Every other student position trains on plain cross-entropy (mask False).
 
-Choices:
+Its choices, where it departs from theirs (`fu2023` keeps theirs):
 * Token strings are compared after removing whitespace and its markers (`▁` sentencepiece, `Ġ Ċ ĉ`
   byte-level BPE, real spaces and newlines). Case is kept: both sides tokenize the same text, so
   ignoring it would only add false matches ("the"/"The"). Cost = Levenshtein distance / longer
@@ -38,6 +38,7 @@ Choices:
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -68,9 +69,13 @@ _LONGEST_TOKEN = 64
 MATCH_LENGTH_RATIO = 4
 MATCH_SLACK_CHARS = 1024
 MAX_EXACT_MATCH_CELLS = 4_000_000
+# fu2023's full DTW table: 1,000 x 1,000 tokens (Fu et al.'s teacher wrote at most 256).
+FU2023_MAX_CELLS = 1_000_000
 # One slot of an aligned distribution: student id, teacher logprob, whether the student's vocabulary
 # shares the teacher token (False: the id is the placeholder `UNSHARED_ID`).
 Slot = tuple[int, float, bool]
+
+logger = logging.getLogger(__name__)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -665,6 +670,188 @@ class SpanAligner(TokenAligner):
             rows[s] = [(prepared.student_ids[s], 0.0, True)]
 
 
+class Fu2023Aligner(TokenAligner):
+    """Fu et al. (2023)'s alignment of a teacher's tokens to Flan-T5's, as their code computes it.
+
+    From the authors' repository (FranxYao/FlanT5-CoT-Specialization):
+    `notebooks/dev_align_codex_to_flan_t5_dtw.ipynb@d4911c8`, cells `7931d279` (the cost) and
+    `35d0b79f` (`transform_step_probs`), with `dtw` of `src/utils.py@65fbc2a:649-692`:
+    * the teacher tokens are the completion's, trimmed to the text the student target holds: they
+      drop the two tokens that continue their prompt (`' step'`, `'\\n'`) and the two closing
+      newlines (`steps[2:-2]`); mwp's rationale is the completion stripped, so here the
+      whitespace-only tokens at either end are dropped;
+    * the student tokens are the target's pieces without its end-of-sequence token;
+    * classic DTW over the full matrix (no band, no skips), steps (1,0), (0,1), (1,1) each costing
+      the edit distance between the teacher token without its spaces and the student piece without
+      `▁` (`fu2023_cost`); the path is traced back from the last cell, taking the first minimum of
+      diagonal, up (teacher), left (student) (`fu2023_dtw`);
+    * a student position carries the teacher's distribution only when its path pairs it with exactly
+      one teacher token and that token, spaces written `▁`, is the student's piece; the distribution
+      is the sampled token and then the reported alternatives, each written with `▁` for spaces and
+      kept if the student's vocabulary has that exact piece, the first occurrence of a piece winning;
+      nothing is renormalised, merged or kept as an unshared slot. Every other position (and the
+      end-of-sequence token) has no distribution: `LossTerm.unaligned: one_hot` trains it against
+      a one-hot teacher at the label, as their `{flan_token: 1.0}` does.
+
+    The target is aligned whole and truncated after (`max_length`), so truncation cannot move the
+    path. Teacher output is untrusted: a row whose table would exceed `FU2023_MAX_CELLS` gets no
+    distribution (a warning says so). Their boundary check (a sample whose stream does not start `' step'`, `'\\n'` is dropped)
+    belongs to their prompt layout and has no counterpart here.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        student_text_fn: Callable[[str], str] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(tokenizer, student_text_fn=student_text_fn, max_length=max_length)
+        if not any(piece.startswith(SPM_SPACE) for piece in self.vocab):
+            raise ValueError(
+                "loss.signal.alignment=fu2023 compares SentencePiece pieces (a space written '▁'), as "
+                "Fu et al. aligned to Flan-T5; this student tokenizer has none: use span or dtw"
+            )
+
+    def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
+        """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
+        tokens = teacher.tokens[:MAX_TEACHER_TOKENS]
+        texts = [teacher_token_text(t) for t in tokens]
+        if student_text is None:
+            student_text = self.student_text_fn("".join(texts))
+        full_ids: list[int] = self.tokenizer(student_text)["input_ids"]
+        student_ids = full_ids
+        if self.max_length is not None and len(full_ids) > self.max_length:
+            student_ids = self.tokenizer(student_text, truncation=True, max_length=self.max_length)[
+                "input_ids"
+            ]
+        end = len(full_ids) - 1 if full_ids and full_ids[-1] == self.tokenizer.eos_token_id else len(full_ids)
+        pieces = self.tokenizer.convert_ids_to_tokens(full_ids[:end])
+        first, last = 0, len(texts)
+        while first < last and not texts[first].strip():
+            first += 1
+        while last > first and not texts[last - 1].strip():
+            last -= 1
+        # Positions the (possibly truncated) target shares with the whole one.
+        shared = 0
+        while shared < min(end, len(student_ids)) and student_ids[shared] == full_ids[shared]:
+            shared += 1
+        rows: dict[int, list[Slot]] = {}
+        pairs: list[tuple[int, int]] = []
+        if (last - first) * len(pieces) > FU2023_MAX_CELLS:
+            logger.warning(
+                "fu2023 alignment: %d teacher x %d student tokens exceed its %d-cell table; the row "
+                "gets no teacher distribution",
+                last - first,
+                len(pieces),
+                FU2023_MAX_CELLS,
+            )
+        elif first < last and pieces:
+            codex = texts[first:last]
+            cost = _fu2023_costs(codex, pieces)
+            for s, mapped in enumerate(fu2023_dtw(cost)[:shared]):
+                if len(mapped) != 1 or codex[mapped[0]].replace(" ", SPM_SPACE) != pieces[s]:
+                    continue
+                t = first + mapped[0]
+                rows[s] = self._fu2023_distribution(teacher, t, texts[t])
+                pairs.append((t, s))
+        types = [
+            None if i in self.special_ids else token_type(normalize_token(piece))
+            for i, piece in zip(student_ids, self.tokenizer.convert_ids_to_tokens(student_ids), strict=True)
+        ]
+        prepared = _Prepared(teacher, texts, student_text, student_ids, [], [], [], types)
+        return self._assemble(prepared, rows, pairs)
+
+    def _fu2023_distribution(self, teacher: TokenLogprobs, t: int, sampled: str) -> list[Slot]:
+        records: list[tuple[str, float | None]] = [(sampled, teacher.logprobs[t])]
+        if len(teacher.top_tokens) == len(teacher.tokens):
+            records += [
+                (teacher_token_text(alt), lp)
+                for alt, lp in zip(teacher.top_tokens[t], teacher.top_logprobs[t], strict=True)
+            ]
+        slots: dict[int, float] = {}
+        for text, lp in records:
+            token_id = self.vocab.get(text.replace(" ", SPM_SPACE))
+            if token_id is None or token_id in slots or lp is None:
+                continue
+            slots[token_id] = float(lp)
+        return [(token_id, lp, True) for token_id, lp in slots.items()]
+
+
+@lru_cache(maxsize=1 << 17)
+def _edit_distance(a: str, b: str) -> int:
+    if a == b:
+        return 0
+    if not a or not b:
+        return len(a) + len(b)
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def fu2023_cost(teacher_token: str, student_piece: str) -> int:
+    """Fu et al.'s DTW cost: the edit distance between the teacher token without its spaces and the
+    student piece without `▁` (newlines and other whitespace stay and cost like any character)."""
+    return _edit_distance(teacher_token.replace(" ", ""), student_piece.replace(SPM_SPACE, ""))
+
+
+def _fu2023_costs(teacher: Sequence[str], student: Sequence[str]) -> np.ndarray:
+    teacher_kinds = {t: i for i, t in enumerate(dict.fromkeys(teacher))}
+    student_kinds = {s: j for j, s in enumerate(dict.fromkeys(student))}
+    distinct = np.array(
+        [[fu2023_cost(t, s) for s in student_kinds] for t in teacher_kinds], dtype=np.int64
+    ).reshape(len(teacher_kinds), len(student_kinds))
+    rows = np.array([teacher_kinds[t] for t in teacher])
+    columns = np.array([student_kinds[s] for s in student])
+    return distinct[np.ix_(rows, columns)]
+
+
+def fu2023_dtw(cost: np.ndarray) -> list[list[int]]:
+    """Classic DTW over a `[teacher, student]` cost matrix as Fu et al.'s `dtw` computes it: for each
+    student index, the teacher indices its path pairs it with, ascending.
+
+    Cell (i, j) costs `cost[i, j]` plus the cheapest of (i-1, j), (i, j-1), (i-1, j-1), from 0 before
+    (0, 0). The path is traced back from the last cell: while i > 0 or j > 0, the cell is recorded
+    and the step goes to the first minimum of diagonal, up (i-1), left (j-1); (0, 0) is recorded last.
+    Costs are integers, so the vectorised recursion gives their floating-point cells exactly.
+    """
+    n, m = cost.shape
+    unreachable = np.int64(1) << 60
+    total = np.empty((n, m), dtype=np.int64)
+    above = np.full(m + 1, unreachable, dtype=np.int64)  # the row before, with its column -1
+    above[0] = 0
+    for i in range(n):
+        row = cost[i]
+        entry = np.minimum(above[1:], above[:-1])  # from (i-1, j) or (i-1, j-1)
+        prefix = np.cumsum(row)
+        # cell j = row[j] + min(entry[j], cell j-1) = prefix[j] + min over k <= j of (entry[k] + row[k] - prefix[k])
+        total[i] = prefix + np.minimum.accumulate(entry + row - prefix)
+        above[1:] = total[i]
+        above[0] = unreachable
+    cells = total.tolist()
+    mapped: list[list[int]] = [[] for _ in range(m)]
+    i, j = n - 1, m - 1
+    while i > 0 or j > 0:
+        mapped[j].append(i)
+        diagonal = cells[i - 1][j - 1] if i > 0 and j > 0 else None
+        up = cells[i - 1][j] if i > 0 else None
+        left = cells[i][j - 1] if j > 0 else None
+        options = [x for x in (diagonal, up, left) if x is not None]
+        best = min(options)
+        if diagonal == best:
+            i, j = i - 1, j - 1
+        elif up == best:
+            i -= 1
+        else:
+            j -= 1
+    mapped[0].append(0)
+    return [sorted(indices) for indices in mapped]
+
+
 class _CharMap:
     """Where the boundaries of the student's character stream fall in the teacher's.
 
@@ -729,7 +916,7 @@ class _CharMap:
         return int(self._teacher_kept[b] - self._teacher_kept[a]) == 0
 
 
-ALIGNMENTS = ("dtw", "span")
+ALIGNMENTS = ("dtw", "span", "fu2023")
 
 
 def _matching_blocks(
@@ -767,8 +954,9 @@ def make_aligner(
     student_text_fn: Callable[[str], str] | None = None,
     max_length: int | None = None,
 ) -> TokenAligner:
-    """The aligner of `loss.signal.alignment`: `span` (`SpanAligner`) or `dtw` (`TokenAligner`)."""
+    """The aligner of `loss.signal.alignment`: `span` (`SpanAligner`), `dtw` (`TokenAligner`) or
+    `fu2023` (`Fu2023Aligner`)."""
     if method not in ALIGNMENTS:
         raise ValueError(f"loss.signal.alignment must be one of {ALIGNMENTS}, got {method!r}")
-    cls = SpanAligner if method == "span" else TokenAligner
+    cls = {"span": SpanAligner, "dtw": TokenAligner, "fu2023": Fu2023Aligner}[method]
     return cls(tokenizer, student_text_fn=student_text_fn, max_length=max_length)

@@ -127,8 +127,8 @@ def prepare_signals(
 
     Row r of the store is the signal of `rows[r]`. `missing` decides rows without logprobs: `empty`
     (no distribution, plain cross-entropy), `score` (through `scorer`, whose model loads only when
-    the store has to be built), or `error`. `alignment` is `loss.signal.alignment` (`span` or `dtw`,
-    see `mwp.signals.alignment`). With `name_by_content`, `out_path` is a folder shared by runs (the
+    the store has to be built), or `error`. `alignment` is `loss.signal.alignment` (`span`, `dtw` or
+    `fu2023`, see `mwp.signals.alignment`). With `name_by_content`, `out_path` is a folder shared by runs (the
     stage cache's `signals/`): the store is named by the fingerprint of its rows and settings, built
     under a lock, so jobs of a sweep that need the same signals build them once.
     """

@@ -360,14 +360,27 @@ def with_one_hot_fallback(teacher: SparseBatch, labels: Tensor) -> SparseBatch:
     )
 
 
-def keep_top_slots(teacher: SparseBatch, k: int) -> tuple[SparseBatch, Tensor]:
-    """The `k` most probable slots of each position (fewer if the teacher has fewer), and their slot
-    indices `[B, L, k']` into `teacher`'s slots. Positions keep their mask; emptier slots stay unused."""
+def keep_top_slots(teacher: SparseBatch, k: int, labels: Tensor | None = None) -> tuple[SparseBatch, Tensor]:
+    """`k` slots of each position (fewer if the teacher has fewer): the slot of the label (`labels
+    [B, L]`, the token the target actually holds) whenever the teacher has one, then the most probable
+    others; and their slot indices `[B, L, k']` into `teacher`'s slots. Positions keep their mask;
+    emptier slots stay unused. Without the label's slot kept, a label the teacher ranks below k would
+    get no teacher mass at the position that trains it (Fu et al. (2023) always keep the sampled token)."""
     if k >= teacher.ids.shape[-1]:
         index = torch.arange(teacher.ids.shape[-1], device=teacher.ids.device).expand_as(teacher.ids)
         return teacher, index
-    scores = torch.where(teacher.ids >= 0, teacher.logprobs.float(), float("-inf"))
-    index = scores.topk(k, dim=-1).indices
+    valid = (teacher.ids >= 0) & (teacher.logprobs > float("-inf"))
+    scores = torch.where(valid, teacher.logprobs.float(), float("-inf"))
+    if labels is not None:
+        is_label = valid & (teacher.ids == labels[..., None].to(teacher.ids.dtype))
+        if teacher.in_vocab is not None:  # an unshared slot's id is a placeholder, not a token
+            is_label = is_label & teacher.in_vocab.to(torch.bool)
+        first_label = is_label & (is_label.cumsum(dim=-1) == 1)
+        index = scores.masked_fill(first_label, float("inf")).topk(k, dim=-1).indices
+        # Most probable first, as without the label.
+        index = index.gather(-1, scores.gather(-1, index).argsort(dim=-1, descending=True, stable=True))
+    else:
+        index = scores.topk(k, dim=-1).indices
     in_vocab = teacher.in_vocab.gather(-1, index) if teacher.in_vocab is not None else None
     kept = SparseBatch(
         teacher.ids.gather(-1, index), teacher.logprobs.gather(-1, index), teacher.mask, in_vocab
@@ -600,7 +613,7 @@ def combine(
             if isinstance(signal, SparseBatch) and term.kind in gathered_kinds:
                 student_at_ids = gathered[term.temperature][..., -signal.ids.shape[-1] :]
             if isinstance(signal, SparseBatch) and term.top_k is not None:
-                signal, slots = keep_top_slots(signal, term.top_k)
+                signal, slots = keep_top_slots(signal, term.top_k, labels)
                 if student_at_ids is not None:
                     student_at_ids = student_at_ids.gather(-1, slots)
             if term.kind == "uld":

@@ -33,9 +33,10 @@ def test_fu2023_composes_validates_and_names_its_switches(tmp_path: Path) -> Non
         "forward_kl",
         "cot",
         "none",
-        5,
+        6,  # the sampled token and the teacher's top-5
         "one_hot",
     )
+    assert config.loss.signal.alignment == "fu2023"
     assert config.loss.on_policy.fraction == 0.0
 
 

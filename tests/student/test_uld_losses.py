@@ -224,7 +224,7 @@ def test_terms_count_only_their_rows() -> None:
     combined = combine(terms, student, labels, teacher, cot_rows=cot_rows)
     assert int(combined.n_tokens["ce"]) == 1 and int(combined.n_tokens["kl"]) == 5
     assert torch.allclose(combined.parts["ce"], cross_entropy(student[1:2], labels[1:2]).mean())
-    top2, _ = keep_top_slots(teacher, 2)
+    top2, _ = keep_top_slots(teacher, 2, labels)
     expected_kl = distill_loss(
         "forward_kl", student, top2, mask=(labels != -100) & cot_rows[:, None], tail="none"
     )
@@ -243,5 +243,42 @@ def test_keep_top_slots_keeps_the_most_probable() -> None:
     teacher = _sparse([4, 1, 2, 3], [0.1, 0.4, 0.3, 0.05])
     kept, slots = keep_top_slots(teacher, 2)
     assert kept.ids.flatten().tolist() == [1, 2] and slots.flatten().tolist() == [1, 2]
+    # A label the teacher ranks within the k changes nothing; one it lacks is not invented.
+    for label in (2, 9):
+        kept, slots = keep_top_slots(teacher, 2, torch.tensor([[label]]))
+        assert kept.ids.flatten().tolist() == [1, 2] and slots.flatten().tolist() == [1, 2]
     with pytest.raises(ValueError, match="top_k"):
         LossTerm("kl", top_k=0)
+
+
+def test_top_k_keeps_the_label_the_teacher_ranks_sixth() -> None:
+    """top_k=5 keeps the label's slot (the sampled token, ranked 6th) and the 4 most probable others,
+    not the 5 most probable: the position trains towards the token the target holds."""
+    teacher_ids = [10, 11, 12, 13, 14, 7]
+    teacher_probs = [0.30, 0.20, 0.15, 0.10, 0.08, 0.05]
+    teacher = _sparse(teacher_ids, teacher_probs)
+    labels = torch.tensor([[7]])
+    kept, slots = keep_top_slots(teacher, 5, labels)
+    assert kept.ids.flatten().tolist() == [10, 11, 12, 13, 7]  # most probable first
+    assert slots.flatten().tolist() == [0, 1, 2, 3, 5]
+    assert torch.allclose(kept.logprobs.exp().sum(), torch.tensor(0.80, dtype=torch.float64))
+    # Hand-computed forward KL (tail none: the kept slots as reported), through `combine`.
+    student_probs = [0.01] * 16
+    student_probs[7], student_probs[10], student_probs[11], student_probs[14] = 0.25, 0.20, 0.15, 0.24
+    student_probs[0] = 1 - sum(student_probs[1:])
+    student = _logits_of(student_probs)
+    q = dict(enumerate(student_probs))
+    expected = sum(p * math.log(p / q[i]) for i, p in zip(teacher_ids, teacher_probs, strict=True) if i != 14)
+    term = LossTerm("kl", kind="forward_kl", tail="none", top_k=5, unaligned="one_hot")
+    combined = combine([term], student, labels, teacher)
+    assert combined.parts["kl"].item() == pytest.approx(expected, rel=1e-9)
+    # The old rule (the 5 most probable) would have dropped the label's 0.05 * log(0.05 / 0.25).
+    top5 = sum(p * math.log(p / q[i]) for i, p in zip(teacher_ids[:5], teacher_probs[:5], strict=True))
+    assert combined.parts["kl"].item() != pytest.approx(top5, rel=1e-3)
+    # Every loss term keeps it: reverse KL and JSD see the same 5 slots (here with the rest bucket).
+    for kind in ("reverse_kl", "jsd"):
+        other = LossTerm(kind, kind=kind, tail="bucket", top_k=5)
+        value = combine([other], student, labels, teacher).parts[kind]
+        kept_teacher, _ = keep_top_slots(teacher, 5, labels)
+        direct = distill_loss(kind, student, kept_teacher, tail="bucket").total
+        assert torch.allclose(value, direct)

@@ -11,7 +11,7 @@ from mwp.config.schema.loss_terms import LossTerm
 
 SIGNAL_SOURCES = ("sparse", "dense")
 MISSING_SIGNAL = ("empty", "score", "error")
-SIGNAL_ALIGNMENTS = ("span", "dtw")
+SIGNAL_ALIGNMENTS = ("span", "dtw", "fu2023")
 
 
 class ScorerConfig(Section):
@@ -47,7 +47,9 @@ class SignalConfig(Section):
     alignment: Literal[SIGNAL_ALIGNMENTS] = help_field(  # type: ignore[valid-type]
         "span",
         help="sparse only: how teacher tokens map onto student tokens: span (character-offset spans, "
-        "chain rule) or dtw (one-to-one pairs by dynamic time warping)",
+        "chain rule), dtw (one-to-one pairs by dynamic time warping) or fu2023 (Fu et al.'s classic DTW: "
+        "a student token gets the teacher's top-k only where one teacher token of the same string maps "
+        "to it; pair with a term's unaligned: one_hot)",
     )
 
 

@@ -56,7 +56,8 @@ class LossTerm:
         "skip",
     )
     top_k: int | None = _help(
-        "sparse teachers: keep only each position's k most probable teacher slots (null: all it reports)",
+        "sparse teachers: keep only k teacher slots a position: the label's (the token the target holds) "
+        "whenever the teacher has it, then the most probable others (null: all it reports)",
         None,
     )
     scale_by_temperature_squared: bool = _help(
