@@ -74,6 +74,8 @@ FU2023_MAX_CELLS = 1_000_000
 # One slot of an aligned distribution: student id, teacher logprob, whether the student's vocabulary
 # shares the teacher token (False: the id is the placeholder `UNSHARED_ID`).
 Slot = tuple[int, float, bool]
+# How a student tokenizes a target text: (ids with EOS last, each id's character span), at most max_length ids.
+TargetEncoder = Callable[[str, int | None], tuple[list[int], list[tuple[int, int]]]]
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +338,7 @@ class TokenAligner:
         student_text_fn: Callable[[str], str] | None = None,
         max_length: int | None = None,
         band_chars: int | None = 32,
+        encode_target: TargetEncoder | None = None,
     ) -> None:
         if not tokenizer.is_fast:
             raise ValueError("TokenAligner needs a fast tokenizer (character offsets)")
@@ -343,15 +346,85 @@ class TokenAligner:
         self.student_text_fn = student_text_fn or (lambda text: text)
         self.max_length = max_length
         self.band_chars = band_chars
+        # How the student tokenizes a target (a causal student: its completion and EOS, `Codec.target_encoding`).
+        self.encode_target = encode_target or self._encode_seq2seq_target
         self.vocab: dict[str, int] = tokenizer.get_vocab()
         self.special_ids = set(tokenizer.all_special_ids)
         self.unk_id = tokenizer.unk_token_id
+        self._text_of: dict[int, str] = {}
+        self._id_of_text: dict[str, int] | None = None
+        # The student's word-start marker: sentencepiece's "▁" (T5), or byte-level BPE's "Ġ" (Llama-3,
+        # Qwen, SmolLM2), whichever its vocabulary is written in.
+        byte_level = sum(piece.startswith("Ġ") for piece in self.vocab)
+        self.space = (
+            "Ġ" if byte_level > sum(piece.startswith(SPM_SPACE) for piece in self.vocab) else SPM_SPACE
+        )
+
+    def _encode_seq2seq_target(
+        self, text: str, max_length: int | None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        encoded = self.tokenizer(
+            text, return_offsets_mapping=True, truncation=max_length is not None, max_length=max_length
+        )
+        return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+
+    # -- a teacher with the student's own tokenizer ------------------------------------------------------
+    def _token_text(self, token_id: int) -> str:
+        text = self._text_of.get(token_id)
+        if text is None:
+            text = self._text_of[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def _shared_id(self, text: str) -> int | None:
+        """The student id whose text is `text` exactly (None when no one id, or a special one, spells it)."""
+        if self._id_of_text is None:
+            by_text: dict[str, int] = {}
+            ambiguous: set[str] = set()
+            for token_id in range(len(self.tokenizer)):
+                if token_id in self.special_ids:
+                    continue
+                piece = self._token_text(token_id)
+                if piece in by_text:
+                    ambiguous.add(piece)
+                by_text[piece] = token_id
+            self._id_of_text = {k: v for k, v in by_text.items() if k not in ambiguous}
+        return self._id_of_text.get(text)
+
+    def _shared_alignment(self, prepared: _Prepared) -> Alignment | None:
+        """Token i of the teacher is token i of the student when both spell the target with the same tokens
+        (a teacher that shares the student's tokenizer: SmolLM2 teaching a SmolLM2-shaped student): then
+        every position gets the teacher's distribution, its alternatives mapped by their exact text.
+        None when the tokenizations differ anywhere (the caller aligns across tokenizers instead)."""
+        teacher, texts = prepared.teacher, prepared.texts
+        body = [s for s, token_id in enumerate(prepared.student_ids) if token_id not in self.special_ids]
+        if not body or body != list(range(len(body))) or len(texts) < len(body):
+            return None
+        if any(self._token_text(prepared.student_ids[s]) != texts[s] for s in body):
+            return None
+        has_top = len(teacher.top_tokens) == len(teacher.tokens)
+        rows: dict[int, list[Slot]] = {}
+        for s in body:
+            mass: dict[int, float] = {}
+            unshared: list[Slot] = []
+            alternatives = zip(teacher.top_tokens[s], teacher.top_logprobs[s], strict=True) if has_top else ()
+            sampled = (texts[s], teacher.logprobs[s])
+            for text, lp in [sampled, *((teacher_token_text(a), b) for a, b in alternatives)]:
+                if lp is None or not lp > float("-inf"):
+                    continue
+                token_id = prepared.student_ids[s] if text == texts[s] else self._shared_id(text)
+                if token_id is None:
+                    unshared.append((UNSHARED_ID, float(lp), False))
+                elif token_id not in mass or text != texts[s]:
+                    # the sampled token's own logprob counts once (it is also among the alternatives)
+                    mass[token_id] = max(mass.get(token_id, float("-inf")), float(lp))
+            rows[s] = sorted([(i, lp, True) for i, lp in mass.items()] + unshared, key=lambda slot: -slot[1])
+        return self._assemble(prepared, rows, [(s, s) for s in body])
 
     def _student_id(self, text: str, with_space: bool) -> int | None:
         core = text.translate(_MARKER_TABLE).strip()
         if not core or any(ch.isspace() for ch in core):
             return None
-        token_id = self.vocab.get(SPM_SPACE + core if with_space else core)
+        token_id = self.vocab.get(self.space + core if with_space else core)
         if token_id is None or token_id in self.special_ids:
             return None
         return token_id
@@ -369,15 +442,8 @@ class TokenAligner:
         texts = [teacher_token_text(t) for t in teacher.tokens]
         if student_text is None:
             student_text = self.student_text_fn("".join(texts))
-        encoded = self.tokenizer(
-            student_text,
-            return_offsets_mapping=True,
-            truncation=self.max_length is not None,
-            max_length=self.max_length,
-        )
-        student_ids: list[int] = encoded["input_ids"]
+        student_ids, offsets = self.encode_target(student_text, self.max_length)
         pieces = self.tokenizer.convert_ids_to_tokens(student_ids)
-        offsets: list[tuple[int, int]] = [tuple(o) for o in encoded["offset_mapping"]]
         student_norm: list[str] = []
         types: list[str | None] = []
         for token_id, piece, (start, end) in zip(student_ids, pieces, offsets, strict=True):
@@ -429,16 +495,18 @@ class TokenAligner:
     def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
         """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
         prepared = self._prepare(teacher, student_text)
+        if (shared := self._shared_alignment(prepared)) is not None:
+            return shared
         teacher, texts = prepared.teacher, prepared.texts
         student_ids, pieces, student_norm = prepared.student_ids, prepared.pieces, prepared.student_norm
-        student_space = [p.startswith(SPM_SPACE) for p in pieces]
+        student_space = [p.startswith(self.space) for p in pieces]
         teacher_space = [starts_with_space(t) for t in texts]
         teacher_norm = [normalize_token(t) for t in texts]
         # Whether a token begins a word: its own leading space, a whitespace-only token before it
         # (byte-level BPE writes " 4" as "Ġ" + "4"; sentencepiece writes "▁" + "<unk>"), a teacher
         # newline (the student sees a space), or the start of the text.
         teacher_boundary = _word_starts(texts, teacher_space, lambda x: x[-1:].isspace())
-        student_boundary = _word_starts(pieces, student_space, lambda x: x == SPM_SPACE)
+        student_boundary = _word_starts(pieces, student_space, lambda x: x == self.space)
         pairs = dtw_align(
             teacher_norm,
             student_norm,
@@ -559,6 +627,8 @@ class SpanAligner(TokenAligner):
     def align(self, teacher: TokenLogprobs, student_text: str | None = None) -> Alignment:
         """Sparse signal over the student tokens of `student_text` (default: the rewritten teacher text)."""
         prepared = self._prepare(teacher, student_text)
+        if (shared := self._shared_alignment(prepared)) is not None:
+            return shared
         teacher, texts = prepared.teacher, prepared.texts
         if len(teacher.top_tokens) != len(teacher.tokens):  # no top-k: nothing to carry
             return self._assemble(prepared, {}, [])
@@ -581,7 +651,7 @@ class SpanAligner(TokenAligner):
         ):
             if token_id in self.special_ids:
                 student_range.append(None)
-            elif piece == SPM_SPACE:  # its offsets repeat the next token's first character
+            elif piece == self.space:  # its offsets repeat the next token's first character
                 student_range.append((before[start], before[start]))
             else:
                 student_range.append((before[start], before[end]))
@@ -637,7 +707,7 @@ class SpanAligner(TokenAligner):
             lead = 0
             while lead < len(span_teacher) - 1 and whitespace[span_teacher[lead]]:
                 lead += 1
-            if lead and len(span_students) > 1 and prepared.pieces[span_students[0]] == SPM_SPACE:
+            if lead and len(span_students) > 1 and prepared.pieces[span_students[0]] == self.space:
                 # A lone `▁` against the teacher's own whitespace tokens is a span of its own (the
                 # same split a tokenizer shared by both sides makes).
                 parts = [(span_teacher[:lead], span_students[:1]), (span_teacher[lead:], span_students[1:])]
@@ -661,7 +731,7 @@ class SpanAligner(TokenAligner):
         first, *rest = span_students
         t = span_teacher[0]
         target = prepared.student_ids[first]
-        student_space = prepared.pieces[first].startswith(SPM_SPACE)
+        student_space = prepared.pieces[first].startswith(self.space)
         teacher_space = starts_with_space(prepared.texts[t])
         rows[first] = self._distribution(
             prepared.teacher, prepared.texts, t, target, student_space, teacher_space, span_logprob
@@ -953,10 +1023,15 @@ def make_aligner(
     *,
     student_text_fn: Callable[[str], str] | None = None,
     max_length: int | None = None,
+    encode_target: TargetEncoder | None = None,
 ) -> TokenAligner:
     """The aligner of `loss.signal.alignment`: `span` (`SpanAligner`), `dtw` (`TokenAligner`) or
-    `fu2023` (`Fu2023Aligner`)."""
+    `fu2023` (`Fu2023Aligner`). `span` and `dtw` align a teacher that shares the student's tokenizer
+    token by token (`TokenAligner._shared_alignment`) and only otherwise across tokenizers.
+    `encode_target` is how the student tokenizes a target (default: a T5's, EOS appended)."""
     if method not in ALIGNMENTS:
         raise ValueError(f"loss.signal.alignment must be one of {ALIGNMENTS}, got {method!r}")
     cls = {"span": SpanAligner, "dtw": TokenAligner, "fu2023": Fu2023Aligner}[method]
-    return cls(tokenizer, student_text_fn=student_text_fn, max_length=max_length)
+    if cls is Fu2023Aligner:
+        return cls(tokenizer, student_text_fn=student_text_fn, max_length=max_length)
+    return cls(tokenizer, student_text_fn=student_text_fn, max_length=max_length, encode_target=encode_target)

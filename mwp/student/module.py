@@ -199,6 +199,11 @@ class StudentModule(pl.LightningModule):
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
+    def on_fit_start(self) -> None:
+        # `from_pretrained` returns a model in eval mode, and Lightning keeps the modes it finds: without
+        # this a pretrained student (or its LoRA adapters) would train with dropout off.
+        self.model.train()
+
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:

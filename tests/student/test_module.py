@@ -176,3 +176,31 @@ def test_a_kl_term_without_teacher_signals_is_a_clear_error(uneven_items, flan_t
     module = _student(flan_t5_dir, terms=[LossTerm("ce"), LossTerm("kl")], signal_source=StoredSparseSource())
     with pytest.raises(ValueError, match="need teacher signals"):
         _one_step(module, _grouped_loader(items, tokenizer, 4, 1), 1)
+
+
+def test_a_pretrained_student_trains_in_train_mode(flan_t5_dir: Path, tmp_path: Path) -> None:
+    """`from_pretrained` hands back a model in eval mode; training must still run with dropout on."""
+    bundle = build_student("x", pretrained="never", fallback_config=flan_t5_dir, size=TINY, seed=0)
+    bundle.model.save_pretrained(tmp_path / "saved")
+    bundle.tokenizer.save_pretrained(tmp_path / "saved")
+    loaded = build_student(str(tmp_path / "saved"), pretrained="required")
+    assert loaded.pretrained and not loaded.model.training
+
+    seen: list[bool] = []
+
+    class Modes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(pl_module.model.training)
+
+    items = build_train_items(
+        [r for r in read_distilled(_distilled(tmp_path))][:4], ["zero_shot_cot"], 0, seed=0
+    )
+    loader = DataLoader(items, batch_size=2, collate_fn=TrainCollator(loaded.tokenizer, 128, MAX_TARGET))
+    module = StudentModule(loaded.model, loaded.tokenizer, lr=1e-3, warmup_ratio=0.0, scheduler="constant")
+    bare_trainer(1, callbacks=[Modes()]).fit(module, train_dataloaders=loader)
+    assert seen == [True]
+
+
+def _distilled(tmp_path: Path) -> Path:
+    run_distill(typed_config(["stage=distill", "dataset.limit=8"], run_dir=tmp_path), tmp_path / "distill")
+    return tmp_path / "distill"
