@@ -1,0 +1,129 @@
+"""Faults a run meets, each a clear error or a correct result: nothing paid for is lost, nothing failed is reused.
+
+A live teacher here is a loopback server that solves MultiArith (`tests.teacher_server`), failing
+on demand; runs go through `mwp.pipeline.run` with the composed config, as the CLI runs them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mwp.data.io import DataError
+from mwp.data.loaders import load_problems
+from mwp.pipeline import run as run_pipeline
+from mwp.stages import StageError
+from tests.helpers import compose_config
+from tests.teacher_server import SolvingServer, teacher_overrides
+
+PROBLEMS = 5
+
+
+def _problems():
+    return load_problems("multiarith", "train", limit=PROBLEMS)
+
+
+def _distill(tmp_path: Path, server: SolvingServer, name: str, *more: str) -> dict:
+    overrides = [
+        "stage=distill",
+        "dataset=multiarith",
+        f"dataset.limit={PROBLEMS}",
+        "teacher.n=2",
+        "logger=csv",
+        *teacher_overrides(server, str(tmp_path / "teacher.jsonl"), *more),
+    ]
+    return run_pipeline(compose_config(overrides, run_dir=tmp_path / name))
+
+
+def _published(stage_cache: Path, stage: str = "distill") -> list[Path]:
+    return sorted(p.parent for p in (stage_cache / stage).glob("*/manifest.json"))
+
+
+def test_a_distill_whose_every_call_failed_fails_and_publishes_nothing(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    """on_error=skip against a server answering HTTP 500: not a success with 0 rows, reused later."""
+    with SolvingServer(_problems(), faults=["500"] * PROBLEMS) as server:
+        with pytest.raises(StageError) as err:
+            _distill(tmp_path, server, "failing", "teacher.on_error=skip")
+        assert str(err.value).startswith(
+            f"distill kept nothing: every teacher call failed: {PROBLEMS} calls failed and were skipped "
+            "(teacher.on_error=skip"
+        )
+        assert _published(stage_cache) == []
+        assert json.loads((tmp_path / "failing" / "summary.json").read_text())["status"] == "failed"
+        # The server is healthy again: the same settings ask it, and keep what it answers.
+        summary = _distill(tmp_path, server, "healthy", "teacher.on_error=skip")
+        assert server.ok_calls() == PROBLEMS
+        assert summary["stages"]["distill"]["status"] == "computed"
+        assert summary["distill"]["problems_kept"] == PROBLEMS
+
+
+def test_an_output_with_skipped_calls_is_used_once_and_never_reused(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    with SolvingServer(_problems(), faults=["500"]) as server:
+        first = _distill(tmp_path, server, "first", "teacher.on_error=skip", "teacher.concurrency=1")
+        record = first["stages"]["distill"]
+        assert record["incomplete"] == "1 teacher calls failed and were skipped (teacher.on_error=skip)"
+        assert first["distill"]["problems_kept"] == PROBLEMS - 1
+        # Computed again, not reused; the completion cache means only the failed problem is asked.
+        second = _distill(tmp_path, server, "second", "teacher.on_error=skip", "teacher.concurrency=1")
+        assert second["stages"]["distill"]["status"] == "computed"
+        assert "incomplete" not in second["stages"]["distill"]
+        assert second["distill"]["problems_kept"] == PROBLEMS
+        assert server.ok_calls() == PROBLEMS
+        third = _distill(tmp_path, server, "third", "teacher.on_error=skip", "teacher.concurrency=1")
+        assert third["stages"]["distill"]["status"] == "reused" and server.ok_calls() == PROBLEMS
+
+
+def test_a_distill_that_verifies_nothing_says_why(tmp_path: Path, stage_cache: Path) -> None:
+    wrong = r"none of the 10 samples for 5 problems verified \(0 without an answer, 10 wrong"
+    with SolvingServer([]) as server, pytest.raises(StageError, match=wrong):  # it answers 0 to all
+        _distill(tmp_path, server, "wrong")
+    assert _published(stage_cache) == []
+
+
+def test_a_bad_dataset_file_fails_before_the_run_folder_and_leaves_no_partial(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("qid,text,ask,result,formula,part\n")
+    cfg = compose_config(
+        [
+            "dataset=example_custom",
+            f"dataset.source.files.all={empty}",
+            "stage=distill",
+            "teacher=simulated",
+            "teacher.dataset=example_custom",
+            "prompt=fltt_en",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    with pytest.raises(
+        DataError, match=rf"dataset 'example_custom' has no problems in split 'train' \(read {empty}\)"
+    ):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()
+    assert not list(stage_cache.rglob("*.partial"))
+
+
+def test_resuming_from_a_truncated_checkpoint_fails_before_any_work(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("task_name: demo\n")
+    # the first kilobyte of a real torch checkpoint: a zip whose central directory was never written
+    import torch
+
+    torch.save({"state_dict": {"w": torch.zeros(512)}}, run_dir / "full.ckpt")
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes((run_dir / "full.ckpt").read_bytes()[:1024])
+    cfg = compose_config(
+        ["experiment=demo", "debug=default", f"stage.resume={run_dir}"], run_dir=tmp_path / "new"
+    )
+    with pytest.raises(DataError, match=r"^stage\.resume: .*last\.ckpt is not a readable checkpoint"):
+        run_pipeline(cfg)
+    assert _published(stage_cache) == [] and not (run_dir / "summary.json").exists()
