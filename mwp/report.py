@@ -128,7 +128,7 @@ def collect_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(f"mwp-report: {path} does not exist")
+            raise FileNotFoundError(f"{path} does not exist")
         candidates = [path / RUN_CONFIG] if (path / RUN_CONFIG).is_file() else sorted(path.rglob(RUN_CONFIG))
         for config in candidates:
             if config.parent.name == ".hydra":
