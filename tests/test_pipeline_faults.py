@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from mwp.config import ConfigError
 from mwp.data.io import DataError
 from mwp.data.loaders import load_problems
 from mwp.pipeline import run as run_pipeline
 from mwp.stages import StageError
-from tests.helpers import compose_config
+from tests.helpers import compose_config, typed_config
 from tests.teacher_server import SolvingServer, teacher_overrides
 
 PROBLEMS = 5
@@ -127,3 +128,38 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_any_work(
     with pytest.raises(DataError, match=r"^stage\.resume: .*last\.ckpt is not a readable checkpoint"):
         run_pipeline(cfg)
     assert _published(stage_cache) == [] and not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="student builder: lead")
+def test_an_explicit_student_folder_is_loaded_whatever_the_preset_says(tmp_path: Path) -> None:
+    """`experiment=demo` picks flan_t5_mini (pretrained: never); an explicit folder must still win."""
+    import torch
+    from hydra.utils import instantiate
+    from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
+
+    from mwp.paths import default_models_dir
+
+    base = default_models_dir() / "flan-t5-small"
+    shape = AutoConfig.from_pretrained(base)
+    for key, value in {
+        "d_model": 32,
+        "d_ff": 64,
+        "d_kv": 8,
+        "num_layers": 1,
+        "num_decoder_layers": 1,
+    }.items():
+        setattr(shape, key, value)
+    shape.num_heads = 2
+    trained = T5ForConditionalGeneration(shape)
+    trained.save_pretrained(tmp_path / "student")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "student")
+    config = typed_config(["experiment=demo", f"student.name_or_path={tmp_path / 'student'}"])
+    bundle = instantiate({**config.student.model_dump(by_alias=True), "seed": config.seed}, _convert_="all")
+    assert bundle.pretrained
+    assert torch.equal(bundle.model.shared.weight, trained.shared.weight)
+
+
+@pytest.mark.xfail(strict=True, reason="student builder: lead")
+def test_an_explicit_student_path_that_does_not_exist_fails_the_config_check(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"student\.name_or_path"):
+        typed_config(["experiment=demo", f"student.name_or_path={tmp_path / 'nowhere'}"])
