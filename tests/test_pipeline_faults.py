@@ -7,6 +7,11 @@ on demand; runs go through `mwp.pipeline.run` with the composed config, as the C
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,7 @@ from mwp.data.io import DataError
 from mwp.data.loaders import load_problems
 from mwp.pipeline import run as run_pipeline
 from mwp.stages import StageError
-from tests.helpers import compose_config, typed_config
+from tests.helpers import REPO_ROOT, compose_config, typed_config
 from tests.teacher_server import SolvingServer, teacher_overrides
 
 PROBLEMS = 5
@@ -163,3 +168,50 @@ def test_an_explicit_student_folder_is_loaded_whatever_the_preset_says(tmp_path:
 def test_an_explicit_student_path_that_does_not_exist_fails_the_config_check(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"student\.name_or_path"):
         typed_config(["experiment=demo", f"student.name_or_path={tmp_path / 'nowhere'}"])
+
+
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mwp.cli", *overrides, f"paths.log_dir={tmp_path / 'outputs'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+def _run_folders(tmp_path: Path) -> list[Path]:
+    return sorted(p.parent for p in (tmp_path / "outputs").rglob("runs/*/.hydra"))
+
+
+@pytest.mark.slow
+def test_resuming_a_run_leaves_no_stray_folder_behind(tmp_path: Path) -> None:
+    first = _cli(tmp_path, "stage=distill", "dataset.limit=20")
+    assert first.wait(timeout=180) == 0, first.stderr.read() if first.stderr else ""
+    (run_dir,) = _run_folders(tmp_path)
+    again = _cli(tmp_path, "stage=distill", "dataset.limit=20", f"stage.resume={run_dir}")
+    assert again.wait(timeout=180) == 0, again.stderr.read() if again.stderr else ""
+    # Hydra's new folder was folded into the resumed run: its .hydra/ and its log lines
+    assert [p.parent for p in (tmp_path / "outputs").rglob("runs/*")] == [run_dir.parent]
+    assert len(list(run_dir.glob(".hydra.resume-*/overrides.yaml"))) == 1
+    assert "resuming the run in" in (run_dir / "mwp.log").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_records_an_interrupted_run(tmp_path: Path) -> None:
+    proc = _cli(tmp_path, "experiment=demo", "debug=default", "trainer.max_steps=100000", "logger=csv")
+    deadline = time.monotonic() + 240
+    while not any("training on" in p.read_text() for p in (tmp_path / "outputs").rglob("mwp.log")):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    (run_dir,) = _run_folders(tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    message = f"interrupted (SIGINT) during the train stage; continue with stage.resume={run_dir}"
+    assert err.strip().splitlines()[-1] == f"mwp: {message}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["error"]) == ("interrupted", message)

@@ -167,3 +167,38 @@ def test_mwp_cache_says_when_no_entry_matches(tmp_path: Path) -> None:
 def test_mwp_report_prints_its_prefix_once(tmp_path: Path) -> None:
     line = _one_line(_command(["-m", "mwp.report", str(tmp_path / "nowhere")], tmp_path), "mwp-report")
     assert line.count("mwp-report") == 1 and "nowhere" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"qid,text,ask,result,formula,part\np1,Zo\xeb has 5,How many?,5,5,train\n", ":2: not UTF-8 text"),
+        (b"", "has no problems in split 'train'"),
+    ],
+)
+def test_a_bad_dataset_file_is_one_line_naming_it_before_any_run_folder(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    data = tmp_path / "mine.csv"
+    data.write_bytes(content)
+    proc = _mwp(
+        tmp_path,
+        "dataset=example_custom",
+        f"dataset.source.files.all={data}",
+        "stage=distill",
+        "teacher=simulated",
+        "teacher.dataset=example_custom",
+        "prompt=fltt_en",
+        "logger=default",
+        env={"WANDB_MODE": "offline"},
+    )
+    line = _one_line(proc, "mwp")
+    assert str(data) in line and expected in line
+    assert "simulated teacher" not in line  # the file is to blame, not the teacher
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+def test_a_config_error_leaves_no_empty_folders(tmp_path: Path) -> None:
+    proc = _mwp(tmp_path, "optim.lr=-1")
+    assert proc.returncode == 2
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
