@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from mwp.config import ConfigError
+from mwp.data.artifact import TokenLogprobs
 from mwp.data.io import DataError
 from mwp.data.loaders import load_problems
+from mwp.distill.rationales import logprobs_cover
 from mwp.pipeline import run as run_pipeline
 from mwp.stages import StageError
 from tests.helpers import REPO_ROOT, compose_config, typed_config
@@ -133,6 +135,61 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_any_work(
     with pytest.raises(DataError, match=r"^stage\.resume: .*last\.ckpt is not a readable checkpoint"):
         run_pipeline(cfg)
     assert _published(stage_cache) == [] and not (run_dir / "summary.json").exists()
+
+
+def test_a_teacher_that_returns_fewer_samples_than_asked_is_asked_again_next_run(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    """A server that caps n (one choice fewer than asked): the output says so and is not reused."""
+    with SolvingServer(_problems(), quirk="fewer") as server:
+        first = _distill(tmp_path, server, "first", "teacher.n=3")
+        assert (
+            first["stages"]["distill"]["incomplete"] == "the teacher returned 10 of the 15 samples asked for"
+        )
+        second = _distill(tmp_path, server, "second", "teacher.n=3")
+        assert (
+            second["stages"]["distill"]["status"] == "computed"
+            and "incomplete" not in second["stages"]["distill"]
+        )
+        assert second["distill"]["samples_seen"] == 15
+        # only the missing third sample of each problem was asked for
+        assert [call["body"]["n"] for call in server.calls[PROBLEMS:]] == [1] * PROBLEMS
+
+
+def test_duplicate_choices_are_counted_and_kept_once(tmp_path: Path, stage_cache: Path) -> None:
+    with SolvingServer(_problems(), quirk="duplicate") as server:
+        summary = _distill(tmp_path, server, "dup", "teacher.n=3")
+    assert (summary["distill"]["samples_kept"], summary["distill"]["samples_duplicate"]) == (
+        PROBLEMS,
+        2 * PROBLEMS,
+    )
+
+
+@pytest.mark.parametrize("quirk", [None, "short_logprobs"])
+def test_logprobs_that_cover_only_part_of_the_text_are_not_kept(
+    tmp_path: Path, stage_cache: Path, quirk: str | None
+) -> None:
+    with SolvingServer(_problems(), quirk=quirk) as server:
+        summary = _distill(tmp_path, server, "lp", "teacher.top_logprobs=2")
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "lp" / "distill" / "distilled.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 2 * PROBLEMS
+    if quirk is None:
+        assert summary["distill"]["samples_partial_logprobs"] == 0 and all(r.get("logprobs") for r in rows)
+    else:
+        assert summary["distill"]["samples_partial_logprobs"] == 2 * PROBLEMS
+        assert not any(r.get("logprobs") for r in rows)
+
+
+def test_tokens_decoded_one_by_one_without_their_spaces_still_cover_the_text() -> None:
+    text = "Tom has 3 apples. The answer is 7."
+    spaced = ["Tom", " has", " 3", " apples", ".", " The", " answer", " is", " 7", "."]
+    assert logprobs_cover(TokenLogprobs(spaced, [-0.1] * len(spaced)), text)
+    sentencepiece = [t.strip() for t in spaced]  # what decoding a SentencePiece token alone gives
+    assert logprobs_cover(TokenLogprobs(sentencepiece, [-0.1] * len(spaced)), text)
+    assert not logprobs_cover(TokenLogprobs(spaced[:5], [-0.1] * 5), text)
 
 
 @pytest.mark.xfail(strict=True, reason="student builder: lead")

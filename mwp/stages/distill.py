@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mwp.config.schema import RunConfig
+from mwp.config.schema.teacher import OpenAITeacherConfig
 from mwp.data.artifact import ARTIFACT
 from mwp.data.io import DataError, read_json, write_json
 from mwp.data.loaders import load_problems
@@ -68,10 +69,17 @@ class DistillStage(Stage):
         if stats.problems_seen and not stats.samples_kept:
             raise StageError(nothing_kept(config, stats, failed))
         result = stats.to_json()
+        # Reused later, such an output would stand for samples never received: it is computed again
+        # instead, and the teacher's completion cache asks only for what did not arrive.
+        missing = []
         if failed:
-            # Reused later, this output would stand for samples never received: recomputed instead
-            # (the teacher's completion cache keeps what did arrive).
-            result[INCOMPLETE] = f"{failed} teacher calls failed and were skipped (teacher.on_error=skip)"
+            missing.append(f"{failed} teacher calls failed and were skipped (teacher.on_error=skip)")
+        asked = (stats.problems_seen - stats.problems_uncovered) * config.teacher.n
+        if isinstance(config.teacher, OpenAITeacherConfig) and not failed and stats.samples_seen < asked:
+            missing.append(f"the teacher returned {stats.samples_seen} of the {asked} samples asked for")
+        if missing:
+            result[INCOMPLETE] = "; ".join(missing)
+            log.warning("distill: %s", result[INCOMPLETE])
         return result
 
     def external_inputs(self, config: RunConfig) -> list[tuple[str, Path]]:
