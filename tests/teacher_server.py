@@ -2,7 +2,7 @@
 
 Its completions end in the problem's gold answer ("... The answer is 7."), so a distill run keeps
 them, and each names its sample index and the server call, so duplicates and refills can be told
-apart. `faults` are consumed one per POST, as in `tests.teachers.fault_server`: "ok", "500", "hang"
+apart; every answer takes `latency_s`. `faults` are consumed one per POST, as in `tests.teachers.fault_server`: "ok", "500", "hang"
 (answers only when the server stops). `quirk` applies to every answer:
 
 - "fewer": one choice fewer than `n` asked (never less than one);
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,11 +26,16 @@ from tests.servers.loopback import JSONHandler, LoopbackServer
 
 class SolvingServer:
     def __init__(
-        self, problems: Iterable[Problem], faults: Iterable[str] = (), quirk: str | None = None
+        self,
+        problems: Iterable[Problem],
+        faults: Iterable[str] = (),
+        quirk: str | None = None,
+        latency_s: float = 0.0,
     ) -> None:
         self.answers = {p.question: format_number(p.answer) for p in problems}
         self.faults = list(faults)
         self.quirk = quirk
+        self.latency_s = latency_s
         self.lock = threading.Lock()
         self.calls: list[dict[str, Any]] = []
         self.release = threading.Event()
@@ -113,6 +119,8 @@ class _Handler(JSONHandler):
             call = len(state.calls)
             behaviour = state.faults[call] if call < len(state.faults) else "ok"
             state.calls.append({"behaviour": behaviour, "body": body})
+        if state.latency_s:
+            time.sleep(state.latency_s)
         if behaviour == "hang":
             state.release.wait()
             self.close_connection = True

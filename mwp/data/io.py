@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -204,8 +205,10 @@ def _write_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -239,12 +242,23 @@ def append_jsonl(path: str | Path, row: dict[str, Any], *, fsync: bool = False) 
     path = Path(path)
     line = _dump_row(row) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as handle:
+    with _naming(path), path.open("a+b") as handle:
         _repair_tail(path, handle)
         handle.write(line.encode("utf-8"))
         handle.flush()
         if fsync:
             os.fsync(handle.fileno())
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (a full disk, a file-size limit) names the file it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def _repair_tail(path: Path, handle: BinaryIO) -> None:
