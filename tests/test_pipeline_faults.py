@@ -94,6 +94,14 @@ def test_a_distill_that_verifies_nothing_says_why(tmp_path: Path, stage_cache: P
     assert _published(stage_cache) == []
 
 
+def test_a_distill_that_keeps_nothing_hands_every_problem_to_a_refine_step(tmp_path: Path) -> None:
+    """From Large to Tiny's refine step exists for the problems distillation leaves: then it is no failure."""
+    with SolvingServer([]) as server:
+        summary = _distill(tmp_path, server, "refined", "stage.steps=[distill,refine]", "refine=enumeration")
+    assert summary["distill"]["samples_kept"] == 0
+    assert summary["refine"]["failed"] == PROBLEMS and summary["refine"]["recovered"] > 0
+
+
 def test_a_bad_dataset_file_fails_before_the_run_folder_and_leaves_no_partial(
     tmp_path: Path, stage_cache: Path
 ) -> None:
@@ -272,3 +280,30 @@ def test_ctrl_c_during_training_records_an_interrupted_run(tmp_path: Path) -> No
     assert err.strip().splitlines()[-1] == f"mwp: {message}"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["error"]) == ("interrupted", message)
+
+
+def test_the_log_names_published_outputs_not_the_partial_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO"):
+        run_pipeline(
+            compose_config(
+                [
+                    "experiment=demo_equation",
+                    "stage.steps=[distill,refine]",
+                    "dataset.limit=20",
+                    "logger=csv",
+                ],
+                run_dir=tmp_path,
+            )
+        )
+    assert "[refine] computed" in caplog.text and ".partial" not in caplog.text
+
+
+def test_mwp_cache_ls_calls_a_random_init_student_one() -> None:
+    from mwp.stages import STAGES
+
+    config = typed_config(["experiment=demo"])
+    settings = STAGES["train"].key_settings(config)
+    line = STAGES["train"].describe(settings, {"steps": 60})
+    assert line.startswith("random init (config of google/flan-t5-small, d_model 256)"), line

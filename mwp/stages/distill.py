@@ -67,7 +67,12 @@ class DistillStage(Stage):
         usage = read_json(out / USAGE)
         failed = int(usage.get("failed_calls") or 0) if isinstance(usage, dict) else 0
         if stats.problems_seen and not stats.samples_kept:
-            raise StageError(nothing_kept(config, stats, failed))
+            if "refine" not in config.stage.steps or config.refine.method == "none":
+                raise StageError(f"{nothing_kept(config, stats, failed)}; nothing is published")
+            # From Large to Tiny's refine step exists for the problems distillation leaves: it gets them all.
+            log.warning(
+                "%s; refine=%s takes every problem", nothing_kept(config, stats, failed), config.refine.method
+            )
         result = stats.to_json()
         # Reused later, such an output would stand for samples never received: it is computed again
         # instead, and the teacher's completion cache asks only for what did not arrive.
@@ -116,7 +121,7 @@ def nothing_kept(config: RunConfig, stats: DistillStats, failed_calls: int) -> s
             f"{f', {failed_calls} teacher calls failed and were skipped' if failed_calls else ''}; "
             f"stage.extraction={config.stage.extraction})"
         )
-    return f"distill kept nothing: {why}; nothing is published and the next run tries again"
+    return f"distill kept nothing: {why}"
 
 
 def run_distill(config: RunConfig, out_dir: Path) -> DistillStats:
