@@ -307,3 +307,25 @@ def test_mwp_cache_ls_calls_a_random_init_student_one() -> None:
     settings = STAGES["train"].key_settings(config)
     line = STAGES["train"].describe(settings, {"steps": 60})
     assert line.startswith("random init (config of google/flan-t5-small, d_model 256)"), line
+
+
+def test_an_unreachable_teacher_fails_before_the_run_folder(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = compose_config(
+        [
+            "stage=distill",
+            "dataset=multiarith",
+            "dataset.limit=3",
+            "teacher=vllm",
+            "teacher.model=m",
+            f"teacher.base_url=http://127.0.0.1:{port}/v1",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    with pytest.raises(DataError, match=rf"^teacher\.base_url=http://127\.0\.0\.1:{port}/v1: cannot connect"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,7 @@ from mwp.distill.equation_chain import ChainSettings, distill_chain
 from mwp.distill.rationales import STATS, DistillStats, chain_route, distill, resolve_extraction
 from mwp.stage_cache import INCOMPLETE
 from mwp.stages.base import Stage, StageContext, StageError, StageInput
-from mwp.teachers.factory import build_teacher, input_problems, sampling_params
+from mwp.teachers.factory import build_teacher, connection_problem, input_problems, sampling_params
 from mwp.teachers.prompts import build_requests
 from mwp.teachers.usage import teacher_usage
 from mwp.verify.equations import DEFAULT_CONSTANTS
@@ -60,7 +60,10 @@ class DistillStage(Stage):
             )
         except DataError as err:
             problems.append(str(err))
-        return problems + input_problems(config.teacher, config.dataset.train_split)
+        teacher = input_problems(config.teacher, config.dataset.train_split)
+        # An unreachable server is found now, not after the run folder and the W&B run were made.
+        unreachable = None if teacher else connection_problem(config.teacher)
+        return [*problems, *teacher, *([unreachable] if unreachable else [])]
 
     def run(self, config: RunConfig, source: StageInput, out: Path, context: StageContext) -> dict[str, Any]:
         stats = run_distill(config, out)

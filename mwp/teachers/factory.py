@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 
 from mwp.config.schema import TeacherConfig
 from mwp.config.schema.teacher import BatchFileTeacherConfig, OpenAITeacherConfig, RecordedTeacherConfig
-from mwp.teachers.base import SamplingParams, Teacher
+from mwp.teachers.base import SamplingParams, Teacher, TeacherError
 
 SAMPLING_KEYS = tuple(f.name for f in fields(SamplingParams))
 CACHE_KEYS = ("cache", "cache_path")
@@ -90,3 +90,24 @@ def input_problems(cfg: TeacherConfig, split: str) -> list[str]:
             if value and not Path(value).is_file():
                 problems.append(f"teacher.{key}={value!r}: no such file")
     return problems
+
+
+def connection_problem(cfg: TeacherConfig) -> str | None:
+    """Why a teacher behind an OpenAI-compatible API cannot serve a run (its GET /models preflight:
+    refused connection, rejected key, no API at base_url), or None. Only with `teacher.preflight`."""
+    if not isinstance(cfg, OpenAITeacherConfig) or not cfg.preflight:
+        return None
+    conf = cfg.arguments()
+    arguments = {k: v for k, v in conf.items() if k not in SAMPLING_KEYS and k not in CACHE_KEYS}
+    teacher = None
+    try:
+        teacher = build_teacher(arguments)
+        check = getattr(teacher, "check", None)
+        if check is not None:
+            check()
+    except TeacherError as err:
+        return str(err)
+    finally:
+        if teacher is not None:
+            teacher.close()
+    return None
