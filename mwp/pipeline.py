@@ -1,12 +1,15 @@
 """Run the configured stages in order inside one run folder: a loop over `stage.steps` (`mwp.stages.STAGES`).
 
-The whole config is validated first, before any teacher call, model load or W&B run, and the
-validated sections are what every stage receives. A run folder belongs to one run: a new run never
+The whole config is validated first, then the inputs of every stage the run will compute
+(`check_inputs`), before the run folder is claimed and before any teacher call, model load or W&B
+run; the validated sections are what every stage receives. A run folder belongs to one run: a new run never
 writes into a folder that already holds one, and `stage.resume=<run folder>` continues that run in
 place (training resumes from `checkpoints/last.ckpt`). Every stage's output lives in the stage cache
 (`mwp.stage_cache`, under `cache.dir`), keyed by the settings that determine it (the stage object's
 `key_settings`) and the keys of what it read, and is linked into the run folder under the stage's
 link name (`distill/`, `refine/`, `student/`, `eval/`): a sweep over student or loss settings distils once.
+The run holds every entry it uses until it ends (`StageCache.lease`), and `summary.json` says
+`success`, `failed` or `interrupted` (Ctrl+C).
 """
 
 from __future__ import annotations
