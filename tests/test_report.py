@@ -117,3 +117,17 @@ def test_samples_and_format_plots_appear_when_those_settings_differ(tmp_path: Pa
     single = tmp_path / "single"
     write_report(collect_runs([sweep / "0"]), single)
     assert not (single / "samples.png").exists() and not (single / "formats.png").exists()
+
+
+def test_a_corrupt_summary_is_named_and_its_run_marked_unreadable(
+    sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = sweep / "1" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:20])  # cut short, as a full disk leaves it
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        err.strip() == f"mwp-report: warning: {summary} is not a JSON object; its run is shown as unreadable"
+    )
+    row = next(line for line in out.splitlines() if "seed=2" in line and "refine=none" in line)
+    assert "| unreadable |" in row
