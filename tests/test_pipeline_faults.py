@@ -200,7 +200,6 @@ def test_tokens_decoded_one_by_one_without_their_spaces_still_cover_the_text() -
     assert not logprobs_cover(TokenLogprobs(spaced[:5], [-0.1] * 5), text)
 
 
-@pytest.mark.xfail(strict=True, reason="student builder: lead")
 def test_an_explicit_student_folder_is_loaded_whatever_the_preset_says(tmp_path: Path) -> None:
     """`experiment=demo` picks flan_t5_mini (pretrained: never); an explicit folder must still win."""
     import torch
@@ -229,7 +228,6 @@ def test_an_explicit_student_folder_is_loaded_whatever_the_preset_says(tmp_path:
     assert torch.equal(bundle.model.shared.weight, trained.shared.weight)
 
 
-@pytest.mark.xfail(strict=True, reason="student builder: lead")
 def test_an_explicit_student_path_that_does_not_exist_fails_the_config_check(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"student\.name_or_path"):
         typed_config(["experiment=demo", f"student.name_or_path={tmp_path / 'nowhere'}"])
