@@ -148,9 +148,10 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_any_work(
 def test_a_teacher_that_returns_fewer_samples_than_asked_is_asked_again_next_run(
     tmp_path: Path, stage_cache: Path
 ) -> None:
-    """A server that caps n (one choice fewer than asked): the output says so and is not reused."""
+    """A server that caps n (one choice fewer than asked), top-ups off: the samples received are kept,
+    the output says it is short and is not reused, and the next run asks only for the missing ones."""
     with SolvingServer(_problems(), quirk="fewer") as server:
-        first = _distill(tmp_path, server, "first", "teacher.n=3")
+        first = _distill(tmp_path, server, "first", "teacher.n=3", "teacher.max_topup_rounds=0")
         assert (
             first["stages"]["distill"]["incomplete"] == "the teacher returned 10 of the 15 samples asked for"
         )
@@ -161,7 +162,17 @@ def test_a_teacher_that_returns_fewer_samples_than_asked_is_asked_again_next_run
         )
         assert second["distill"]["samples_seen"] == 15
         # only the missing third sample of each problem was asked for
-        assert [call["body"]["n"] for call in server.calls[PROBLEMS:]] == [1] * PROBLEMS
+        assert [call["body"]["n"] for call in server.calls] == [3] * PROBLEMS + [1] * PROBLEMS
+
+
+def test_a_teacher_that_returns_fewer_samples_than_asked_is_topped_up_in_the_same_run(
+    tmp_path: Path, stage_cache: Path
+) -> None:
+    with SolvingServer(_problems(), quirk="fewer") as server:
+        summary = _distill(tmp_path, server, "topped", "teacher.n=3")
+    assert "incomplete" not in summary["stages"]["distill"]
+    assert summary["distill"]["samples_seen"] == 3 * PROBLEMS
+    assert sorted(call["body"]["n"] for call in server.calls) == [1] * PROBLEMS + [3] * PROBLEMS
 
 
 def test_duplicate_choices_are_counted_and_kept_once(tmp_path: Path, stage_cache: Path) -> None:

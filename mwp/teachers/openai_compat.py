@@ -15,8 +15,10 @@ again while the server still generates the abandoned ones (it does not stop on a
 `n` is checked on every response: servers that ignore it (llama.cpp's answers one choice) or cap it
 return fewer choices than asked. The missing samples are asked for again, at most `max_topup_rounds`
 times, each keeping its place (sample index and seed), and the rest of the run asks for no more per
-call than the server gave; it is said once per run. A sample still missing is a TeacherError naming
-the server and `teacher.max_n_per_call`.
+call than the server gave; it is said once per run. Samples still missing after the top-ups leave the
+problem's response short (what was received is kept and cached, the distill stage marks its output
+incomplete, and the next run asks for the missing ones only), said once per run naming
+`teacher.max_n_per_call`; a problem with no sample at all is a TeacherError.
 
 Before the first request, one `GET /models` checks that the server is there at all: a wrong
 `base_url` (connection refused, 404) or a rejected key (401/403) fails at once with a one-line error
@@ -287,6 +289,7 @@ class OpenAITeacher(Teacher):
         self.on_error = on_error
         self.max_n_per_call = max_n_per_call
         self.max_topup_rounds = max_topup_rounds
+        self._warned_shortfall = False
         # the most choices one response gave when asked for more (None: n honoured so far)
         self.n_cap: int | None = None
         self.limit = CallLimit(concurrency, adaptive=adaptive_concurrency, timeout_s=timeout_s)
@@ -461,13 +464,18 @@ class OpenAITeacher(Teacher):
                 break
         completions = [c for c in slots if c is not None]
         if len(completions) < params.n:
-            self.usage.record_failure()
-            raise TeacherError(
+            message = (
                 f"{self.base_url} ({self.endpoint}, model {self.model!r}) returned {len(completions)} of "
                 f"{params.n} samples for problem {request.problem_id!r} in {calls} calls "
                 f"({self.max_topup_rounds} top-up rounds): the server ignores or caps `n`; set "
                 "teacher.max_n_per_call=1 to ask for one sample per call, or raise teacher.max_topup_rounds"
             )
+            if not completions:
+                self.usage.record_failure()
+                raise TeacherError(message)
+            if not self._warned_shortfall:
+                self._warned_shortfall = True
+                log.warning("%s; keeping the samples received (said once per run)", message)
         return TeacherResponse(request, completions)
 
     def _short(self, got: int, asked: int) -> None:

@@ -92,6 +92,11 @@ def test_lora_trains_only_the_adapters_and_the_saved_student_reloads_merged(tmp_
     module = StudentModule.load_from_checkpoint(last, map_location="cpu", weights_only=False)
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    # the saved student is the checkpoint selected on validation (the last one when there is none)
+    selected = [p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(selected) <= 1
+    if selected:
+        module = StudentModule.load_from_checkpoint(selected[0], map_location="cpu", weights_only=False)
     merged = module.model.merge_and_unload()
     reloaded, codec, _ = load_student(tmp_path / "student")
     torch.testing.assert_close(_logits(reloaded, codec), _logits(merged, codec), rtol=1e-4, atol=1e-4)

@@ -293,16 +293,17 @@ def test_one_sample_per_call_from_the_start_asks_nothing_twice(fault_server, cap
     assert teacher.usage.short_calls == 0 and "caps `n`" not in caplog.text
 
 
-def test_a_remaining_shortfall_is_an_error_naming_server_and_setting(fault_server):
+def test_a_remaining_shortfall_keeps_what_was_received_and_names_server_and_setting(fault_server, caplog):
     server = fault_server(max_n=1)
     teacher = _teacher(server.base_url, max_topup_rounds=0)
-    with pytest.raises(TeacherError) as caught:
-        list(teacher.generate(_requests(1), SamplingParams(n=4)))
-    message = str(caught.value)
-    assert server.base_url in message and "returned 1 of 4 samples for problem 'p0'" in message
-    assert "ignores or caps `n`" in message and "teacher.max_n_per_call=1" in message
-    assert "teacher.max_topup_rounds" in message
-    assert len(server.calls) == 1 and teacher.usage.failed_calls == 1
+    with caplog.at_level(logging.WARNING):
+        responses = list(teacher.generate(_requests(2), SamplingParams(n=4)))
+    assert [len(r.completions) for r in responses] == [1, 1]
+    warnings = [r.getMessage() for r in caplog.records if "samples for problem" in r.getMessage()]
+    assert len(warnings) == 1, "said once per run, not once per problem"
+    assert server.base_url in warnings[0] and "returned 1 of 4 samples" in warnings[0]
+    assert "teacher.max_n_per_call=1" in warnings[0] and "teacher.max_topup_rounds" in warnings[0]
+    assert len(server.calls) == 2 and teacher.usage.failed_calls == 0
 
 
 def test_an_empty_answer_is_a_shortfall_error_not_a_short_artifact(fault_server):
