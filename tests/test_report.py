@@ -132,3 +132,17 @@ def test_the_paper_metric_is_a_column_where_a_run_scored_it(tmp_path: Path) -> N
     out = tmp_path / "report"
     assert main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(out)]) == 0
     assert "last_number" in (out / "report.md").read_text()
+
+
+def test_a_corrupt_summary_is_named_and_its_run_marked_unreadable(
+    sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = sweep / "1" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:20])  # cut short, as a full disk leaves it
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        err.strip() == f"mwp-report: warning: {summary} is not a JSON object; its run is shown as unreadable"
+    )
+    row = next(line for line in out.splitlines() if "seed=2" in line and "refine=none" in line)
+    assert "| unreadable |" in row
