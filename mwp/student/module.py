@@ -265,10 +265,12 @@ class StudentModule(pl.LightningModule):
         warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * steps)
         # Fu et al. size the schedule in micro-batches but step it per optimizer step
         # (train_distill_simple.py@02dec73:107-116,168-170): under accumulation a it only covers about
-        # 1/a of its length, so a cosine ends near 0.5 * (1 + cos(pi / a)) instead of 0.
-        length = (
-            steps * self.trainer.accumulate_grad_batches if self.schedule_length == "micro_batches" else steps
-        )
+        # 1/a of its length, so a cosine ends near 0.5 * (1 + cos(pi / a)) instead of 0. They trained one
+        # replica, so their micro-batches are counted over every data-parallel device here: the same
+        # global batch on N devices (accumulation a / N) decays as theirs did.
+        length = steps
+        if self.schedule_length == "micro_batches":
+            length = steps * self.trainer.accumulate_grad_batches * self.trainer.world_size
         scheduler = get_scheduler(
             self.scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=length
         )

@@ -338,6 +338,8 @@ def test_fu2023_experiments_compose_and_validate_with_the_published_settings(
     data, optim, trainer = settings.data, settings.optim, settings.trainer
     assert set(data.formats) == {"zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer"}
     assert (data.exemplars, data.num_exemplars, data.eval_format) == ("gold", 4, "zero_shot_cot")
+    # their 200-problem GSM8K-train dev split, held out here by question
+    assert data.val_size == 200 and settings.dataset.name == "gsm8k"
     assert min(data.batch_size_by_format.values()) == data.batch_size_by_format["in_context_cot"] == micro
     assert (optim.lr, optim.weight_decay, optim.weight_decay_on) == (5e-4, 0.01, "all")
     assert (optim.scheduler, optim.warmup_steps, optim.schedule_length) == ("cosine", 10, "micro_batches")

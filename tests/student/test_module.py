@@ -239,13 +239,29 @@ def test_fu2023_schedule_warms_up_for_ten_steps_and_decays_as_their_scheduler_do
         warmup_steps=10,
         schedule_length="micro_batches",
     )
-    # 10 optimizer steps of linear warm-up, the first at lr 0 (their LambdaLR starts at factor 0)
-    assert rates.used[:11] == pytest.approx([peak * k / 10 for k in range(11)], abs=1e-12)
-    # sized in micro-batches (T = 10 epochs x L = 6), stepped per optimizer step (s = 10 L / a = 20)
+    # Their scheduler, analytically: sized in micro-batches (T = 10 epochs x L = 6 = 60), stepped once per
+    # optimizer step (s = 10 L / a = 20 steps), 10 of linear warm-up from factor 0 at the first step.
     micro, accumulate, warmup = 6, 3, 10
-    factor = 0.5 * (1 + math.cos(math.pi * (10 * micro / accumulate - warmup) / (10 * micro - warmup)))
-    assert rates.final == pytest.approx(peak * factor, rel=1e-9)
-    assert factor > 0.9
+    length = 10 * micro
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (length - warmup)))
+
+    steps = 10 * micro // accumulate
+    assert rates.used == pytest.approx([peak * factor(k) for k in range(steps)], abs=1e-12)
+    assert rates.used[0] == 0.0 and max(rates.used) == pytest.approx(peak)
+    # the run stops a fifth of the way along the cosine: 0.5 (1 + cos(pi (10L/a - 10) / (10L - 10)))
+    assert rates.final == pytest.approx(peak * factor(steps), rel=1e-9)
+    assert factor(steps) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 50)))
+    assert 0.9 < factor(steps) < 1.0
+    # the same run sized in optimizer steps (mwp's default) ends the cosine at 0
+    default, _ = _train_schedule(
+        uneven_items, flan_t5_dir, accumulate=3, epochs=10, warmup_steps=10, schedule_length="optimizer_steps"
+    )
+    assert default.used[:warmup] == rates.used[:warmup]
+    assert default.final == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_default_schedule_runs_its_course_and_decays_matrices_only(

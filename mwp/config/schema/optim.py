@@ -49,5 +49,6 @@ class OptimConfig(Section):
         "optimizer_steps",
         help="what the scheduler's length counts, stepped once per optimizer step either way: "
         "optimizer_steps (the schedule runs its course) or micro_batches (Fu et al.'s quirk: sized in "
-        "micro-batches, so under accumulation a cosine decays only to about 0.5(1+cos(pi/accumulation)))",
+        "micro-batches of every device together, so under accumulation a (per device x devices) a cosine "
+        "decays only to about 0.5(1+cos(pi/a)))",
     )
