@@ -166,15 +166,16 @@ def _result_key(result: dict[str, Any], multi_format: bool) -> str:
 
 
 def _accuracy_figures(result: dict[str, Any], multi_format: bool) -> dict[str, float]:
-    """An equation-format result has one accuracy (the template's value); CoT has strict and flexible.
-    The most-frequent-template baseline gets its own column next to the student's."""
+    """An equation-format result has one accuracy (the template's value); CoT has strict and flexible,
+    and Fu et al.'s metric (`last_number`) where the run scored it. The most-frequent-template
+    baseline gets its own column next to the student's."""
     key = _result_key(result, multi_format)
     baseline = str(result.get("model") or "").startswith("baseline")
     if result.get("extraction") == "equation":
         value = _number(result.get("strict_acc"))
         return {} if value is None else {f"{key} {'baseline' if baseline else 'acc'}": 100 * value}
     out = {}
-    for name in ("strict_acc", "flexible_acc"):
+    for name in ("strict_acc", "flexible_acc", "last_number_acc"):
         value = _number(result.get(name))
         if value is not None:
             label = name.removesuffix("_acc")
@@ -388,7 +389,11 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
-    kinds = [k for k in ("acc", "strict", "flexible") if any(c.endswith(f" {k}") for c in table.columns)]
+    kinds = [
+        k
+        for k in ("acc", "strict", "flexible", "last_number")
+        if any(c.endswith(f" {k}") for c in table.columns)
+    ]
     accuracy_columns = [c for c in table.columns if c.endswith(tuple(f" {k}" for k in kinds))]
     sets = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in accuracy_columns))
     if not sets:
@@ -396,7 +401,7 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(sets), figsize=(max(4.0, 1.2 * len(table.labels)) * len(sets), 4.2))
     axes = [axes] if len(sets) == 1 else list(axes)
-    width = 0.38
+    width = 0.76 / max(2, len(kinds))
     for ax, name in zip(axes, sets, strict=True):
         for j, kind in enumerate(kinds):
             _bars(ax, table, f"{name} {kind}", width * (j - (len(kinds) - 1) / 2), width, kind)

@@ -119,6 +119,21 @@ def test_samples_and_format_plots_appear_when_those_settings_differ(tmp_path: Pa
     assert not (single / "samples.png").exists() and not (single / "formats.png").exists()
 
 
+def test_the_paper_metric_is_a_column_where_a_run_scored_it(tmp_path: Path) -> None:
+    for name, lr, extra in (("0", "1e-3", {"last_number_acc": 0.42}), ("1", "3e-3", {})):
+        run_dir = _run(tmp_path, name, ["experiment=fu2023_gsm8k", f"optim.lr={lr}"], status="success")
+        result = {"dataset": "gsm8k", "split": "test", "format": "zero_shot_cot", "size": 100}
+        result |= {"extraction": "strict/flexible", "strict_acc": 0.3, "flexible_acc": 0.35, **extra}
+        (run_dir / "eval" / "results.json").write_text(json.dumps([result]))
+    table = build_table(collect_runs([tmp_path]))
+    column = table.columns.index("gsm8k/test last_number")
+    assert [row[column] for row in table.rows] == ["42.0", ""]
+    assert table.rows[0][table.columns.index("gsm8k/test strict")] == "30.0"
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(out)]) == 0
+    assert "last_number" in (out / "report.md").read_text()
+
+
 def test_a_corrupt_summary_is_named_and_its_run_marked_unreadable(
     sweep: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

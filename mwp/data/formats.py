@@ -38,12 +38,19 @@ EQUATION = "equation"
 EVAL_FORMATS: tuple[str, ...] = ("zero_shot_cot", "zero_shot_answer", EQUATION)
 EquationNotation = Literal["infix", "prefix"]
 EQUATION_NOTATIONS: tuple[str, ...] = get_args(EquationNotation)
+# Where in-context training exemplars' rationales come from: the teacher's kept rationales, or the
+# dataset's own worked solutions (Fu et al.'s choice).
+ExemplarSource = Literal["rationales", "gold"]
+EXEMPLAR_SOURCES: tuple[str, ...] = get_args(ExemplarSource)
 
 COT_TRIGGER = "Let's think step by step."
 EQUATION_TASK = "equation:"
 
 # A rationale already ends with its own answer sentence when its last 100 characters hold one.
 _HAS_ANSWER_SENTENCE = re.compile(re.escape(ANSWER_PREFIX) + r"\s[^\n]{0,100}$", re.IGNORECASE)
+# GSM8K's calculator annotations ("<<48/2=24>>") and its final "#### 72" line.
+_CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
+_FINAL_LINE = re.compile(r"\n?#### .*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,38 @@ def cot_target(problem: Problem, rationale: str) -> str:
     if _HAS_ANSWER_SENTENCE.search(text):
         return text
     return f"{text} {answer_target(problem)}"
+
+
+def gold_rationale(problem: Problem) -> str | None:
+    """The dataset's own worked solution, else its equation with the result; None when it has neither.
+
+    A GSM8K solution loses its calculator notes and its "#### N" line: `cot_target` then ends it
+    with the gold answer sentence. Gold rationales keep exemplars independent of any teacher run.
+    """
+    if problem.solution:
+        text = _FINAL_LINE.sub("", _CALCULATOR_NOTE.sub("", problem.solution)).strip()
+        if text:
+            return text
+    answer = format_number(problem.answer)
+    if problem.equation and answer is not None:
+        return f"{problem.equation.strip()} = {answer}."
+    return None
+
+
+def gold_exemplar_pool(problems: Sequence[Problem]) -> list[tuple[Problem, str]]:
+    """(problem, gold rationale) once per distinct question, in first-seen order; problems without a
+    worked solution or equation, or without a numeric answer, are left out."""
+    pool: list[tuple[Problem, str]] = []
+    seen: set[str] = set()
+    for problem in problems:
+        key = normalize_question(problem.question)
+        if key in seen:
+            continue
+        seen.add(key)
+        rationale = gold_rationale(problem)
+        if rationale is not None and problem.answer is not None:
+            pool.append((problem, rationale))
+    return pool
 
 
 def token_counter(tokenizer: Any) -> Callable[[str], int]:

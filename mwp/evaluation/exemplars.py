@@ -11,33 +11,14 @@ problem sees the same exemplars whatever the limit, order or model.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mwp.data.dedup import normalize_question
+from mwp.data.formats import gold_rationale
 from mwp.data.problem import Problem
-from mwp.verify.numbers import format_number
 
-# GSM8K's calculator annotations ("<<48/2=24>>") and its final "#### 72" line.
-_CALC = re.compile(r"<<[^>]*>>")
-_FINAL = re.compile(r"\n?#### .*$", re.DOTALL)
-
-
-def gold_rationale(problem: Problem) -> str | None:
-    """The dataset's own worked solution, else its equation with the result; None when it has neither.
-
-    Gold rationales keep the exemplars independent of any teacher run, so the in-context accuracy of
-    a student and of the teacher itself are measured with the very same prompts.
-    """
-    if problem.solution:
-        text = _FINAL.sub("", _CALC.sub("", problem.solution)).strip()
-        if text:
-            return text
-    answer = format_number(problem.answer)
-    if problem.equation and answer is not None:
-        return f"{problem.equation.strip()} = {answer}."
-    return None
+__all__ = ["ExemplarPool", "gold_rationale"]
 
 
 @dataclass(frozen=True)

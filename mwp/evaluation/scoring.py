@@ -1,7 +1,8 @@
 """Greedy evaluation on benchmark sets: accuracy with strict and flexible extraction, per model and format.
 
 `score_problems` is the one scoring loop: any `Generator` (student, teacher, HF folder) completes
-the sources, and every answer is read with the same extraction; in the equation format the
+the sources, and every answer is read with the same extraction (with `paper_metric`, also the way
+Fu et al.'s tables read it, `mwp.verify.last_number`, as a column of its own beside the strict headline); in the equation format the
 completion is a template, scored by substituting the problem's numbers and evaluating it safely
 (extraction mode "equation", `mwp.verify.template_scoring`). `score_baseline` scores one fixed template
 on every problem: the trivial baseline of the most frequent training template.
@@ -21,6 +22,7 @@ from mwp.evaluation.exemplars import ExemplarPool
 from mwp.evaluation.generators import Generator
 from mwp.verify.compare import answers_match
 from mwp.verify.extract import extract_answer
+from mwp.verify.last_number import completion_as_read, last_number, last_number_correct
 from mwp.verify.numbers import format_number
 from mwp.verify.template_scoring import EQUATION_EXTRACTION, EquationScore, score_template
 
@@ -31,6 +33,7 @@ class Accuracies:
     size: int
     strict_correct: int
     flexible_correct: int
+    last_number_correct: int
 
     @property
     def strict_acc(self) -> float:
@@ -39,6 +42,11 @@ class Accuracies:
     @property
     def flexible_acc(self) -> float:
         return self.flexible_correct / self.size if self.size else 0.0
+
+    @property
+    def last_number_acc(self) -> float:
+        """Fu et al.'s metric: the completion's last number equals the gold's (`mwp.verify.last_number`)."""
+        return self.last_number_correct / self.size if self.size else 0.0
 
 
 @dataclass
@@ -54,6 +62,9 @@ class EvalResult(Accuracies):
     model: str = "student"
     format: str = "zero_shot_cot"
     exemplars_shown: int = 0  # exemplars in all sources together (sources that were too long keep fewer)
+    # Fu et al.'s metric scored too (evaluation.paper_metric); never for the equation format
+    paper_metric: bool = False
+    last_number_correct: int = 0
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -73,8 +84,13 @@ class EvalResult(Accuracies):
             "mean_exemplars": round(self.exemplars_shown / self.size, 2) if self.size else 0.0,
             "strict_acc": round(self.strict_acc, 4),
             "flexible_acc": round(self.flexible_acc, 4),
+            **({"last_number_acc": round(self.last_number_acc, 4)} if self.has_paper_metric else {}),
             "dropped": self.dropped,
         }
+
+    @property
+    def has_paper_metric(self) -> bool:
+        return self.paper_metric and self.format != EQUATION
 
 
 def score_problems(
@@ -91,8 +107,12 @@ def score_problems(
     exclude_ids: set[str] | frozenset[str] = frozenset(),
     dropped: int = 0,
     equation_notation: str = "infix",
+    paper_metric: bool = False,
 ) -> EvalResult:
     """Complete every problem's source in format `fmt` and score it; `exclude_ids` are never scored.
+
+    With `paper_metric`, every completion is also scored as Fu et al. scored theirs (the last number,
+    `last_number_acc`), except in the equation format, whose completions are templates.
 
     `dropped` counts problems the caller already removed by content (`mwp.data.dedup.drop_seen`);
     the id overlap with `exclude_ids` is added to it.
@@ -110,6 +130,7 @@ def score_problems(
         dropped=dropped + len(problems) - len(kept),
         model=generator.label,
         format=fmt,
+        paper_metric=paper_metric,
     )
     in_context = fmt.startswith("in_context")
     if in_context and pool is None:
@@ -141,21 +162,25 @@ def score_problems(
         result.strict_correct += ok_strict
         result.flexible_correct += ok_flexible
         result.exemplars_shown += len(shown)
-        result.predictions.append(
-            {
-                "id": problem.id,
-                "model": generator.label,
-                "format": fmt,
-                "exemplar_ids": list(shown),
-                "question": problem.question,
-                "answer": format_number(problem.answer),
-                "completion": text,
-                "pred_strict": format_number(strict),
-                "pred_flexible": format_number(flexible),
-                "correct_strict": ok_strict,
-                "correct_flexible": ok_flexible,
-            }
-        )
+        prediction = {
+            "id": problem.id,
+            "model": generator.label,
+            "format": fmt,
+            "exemplar_ids": list(shown),
+            "question": problem.question,
+            "answer": format_number(problem.answer),
+            "completion": text,
+            "pred_strict": format_number(strict),
+            "pred_flexible": format_number(flexible),
+            "correct_strict": ok_strict,
+            "correct_flexible": ok_flexible,
+        }
+        if paper_metric:
+            ok_last = last_number_correct(text, problem.answer_text, problem.answer)
+            result.last_number_correct += ok_last
+            prediction["pred_last_number"] = last_number(completion_as_read(text))
+            prediction["correct_last_number"] = ok_last
+        result.predictions.append(prediction)
     return result
 
 
@@ -237,7 +262,12 @@ def save_predictions(result: EvalResult, out_dir: Path) -> Path:
     return path
 
 
+PAPER_COLUMN = "last number (paper)"
+
+
 def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> str:
+    """One row per result; a `last number (paper)` column when any result scored Fu et al.'s metric."""
+    paper = any(r.has_paper_metric for r in results)
     header = (
         "model",
         "dataset",
@@ -249,6 +279,7 @@ def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> st
         "dropped",
         "strict acc",
         "flexible acc",
+        *((PAPER_COLUMN,) if paper else ()),
     )
     # An equation row has one accuracy (its template's value), shown in the first accuracy column.
     rows = [
@@ -263,6 +294,7 @@ def format_table(results: Sequence[EvalResult], title: str = "Evaluation") -> st
             str(r.dropped),
             f"{100 * r.strict_acc:.1f}%",
             "-" if r.format == EQUATION else f"{100 * r.flexible_acc:.1f}%",
+            *(((f"{100 * r.last_number_acc:.1f}%" if r.has_paper_metric else "-"),) if paper else ()),
         )
         for r in results
     ]

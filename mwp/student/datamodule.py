@@ -46,11 +46,13 @@ from mwp.data.formats import (
     EQUATION,
     EQUATION_NOTATIONS,
     EVAL_FORMATS,
+    EXEMPLAR_SOURCES,
     FORMATS,
     Example,
     build_equation_example,
     build_example,
     build_source,
+    gold_exemplar_pool,
     problem_numbers,
     sample_exemplars,
     template_expression,
@@ -174,6 +176,7 @@ def build_train_items(
     require_split: str | None = None,
     equation_notation: str = "infix",
     skipped: Counter[str] | None = None,
+    exemplar_source: str = "rationales",
 ) -> list[TrainItem]:
     """One item per kept sample and CoT format, one per problem and answer-only format. CoT items
     carry their row's index (`row_indices[i]` for `rows[i]`, default i): the teacher signal covers
@@ -181,7 +184,10 @@ def build_train_items(
 
     In-context exemplars come from `rows` (the training side of the hold-out), never a problem with
     the example's own normalised question; `require_split` is the dataset's training split (e.g.
-    Weak12K's "valid"), which every exemplar must come from (None: not checked).
+    Weak12K's "valid"), which every exemplar must come from (None: not checked). Each example draws
+    its own. `exemplar_source` says what a CoT exemplar shows: "rationales", a kept teacher rationale
+    (drawn over rows, so a problem with more kept samples is drawn more often), or "gold", the
+    problem's own worked solution (drawn uniformly over distinct problems; Fu et al.'s exemplars).
 
     The equation format makes one item per problem and distinct target from the rows' templates
     (in `equation_notation`), with no teacher signal (that covers rationales); rows without a
@@ -191,11 +197,22 @@ def build_train_items(
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"data.formats must be a non-empty subset of {list(FORMATS)}, got {list(formats)}")
+    if exemplar_source not in EXEMPLAR_SOURCES:
+        raise _config_error(f"data.exemplars={exemplar_source!r}: one of {list(EXEMPLAR_SOURCES)}")
     rng = random.Random(seed)
-    pool = [(r.problem, r.rationale) for r in rows]
+    samples = [(r.problem, r.rationale) for r in rows]
+    pool = samples
+    if exemplar_source == "gold" and num_exemplars and any(f.startswith("in_context") for f in formats):
+        pool = gold_exemplar_pool([r.problem for r in rows])
+        if len(pool) <= num_exemplars:
+            raise _config_error(
+                f"data.exemplars=gold: {len(pool)} training problems have a worked solution or equation, "
+                f"too few for data.num_exemplars={num_exemplars} exemplars besides the problem itself; use "
+                "data.exemplars=rationales (the teacher's rationales) for a dataset without gold solutions"
+            )
     items: list[TrainItem] = []
     answered: set[tuple[str, str]] = set()
-    for position, (problem, rationale) in enumerate(pool):
+    for position, (problem, rationale) in enumerate(samples):
         row_index = row_indices[position] if row_indices is not None else position
         for fmt in formats:
             if fmt == EQUATION:
@@ -493,6 +510,7 @@ class DistilledDataModule(pl.LightningDataModule):
         formats: Sequence[str] = ("zero_shot_cot",),
         eval_format: str = "zero_shot_cot",
         num_exemplars: int = 2,
+        exemplars: str = "rationales",
         val_fraction: float = 0.1,
         val_size: int | None = None,
         batch_size: int = 8,
@@ -526,6 +544,9 @@ class DistilledDataModule(pl.LightningDataModule):
         self.formats = list(formats)
         self.eval_format = eval_format
         self.num_exemplars = num_exemplars
+        if exemplars not in EXEMPLAR_SOURCES:
+            raise _config_error(f"data.exemplars={exemplars!r}: one of {list(EXEMPLAR_SOURCES)}")
+        self.exemplar_source = exemplars
         self.val_fraction = val_fraction
         self.val_size = val_size
         self.batch_size = micro_batch_size(self.formats, batch_size, batch_size_by_format)
@@ -586,6 +607,7 @@ class DistilledDataModule(pl.LightningDataModule):
                 require_split=self.train_split,
                 equation_notation=self.equation_notation,
                 skipped=skipped,
+                exemplar_source=self.exemplar_source,
             )
 
         # Built with every exemplar first: the sources' real lengths decide the source budget.
@@ -685,6 +707,7 @@ class DistilledDataModule(pl.LightningDataModule):
                 "max": max(target_lengths, default=0),
             },
             "exemplars": {
+                "source": self.exemplar_source if kept else None,
                 "requested": self.num_exemplars if kept else 0,
                 "in_context_examples": len(kept),
                 "kept_mean": round(sum(kept) / len(kept), 4) if kept else None,

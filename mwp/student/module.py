@@ -56,8 +56,11 @@ class StudentModule(pl.LightningModule):
         student: dict[str, Any] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
+        weight_decay_on: str = "matrices",
         warmup_ratio: float = 0.05,
+        warmup_steps: int | None = None,
         scheduler: str = "linear",
+        schedule_length: str = "optimizer_steps",
         max_new_tokens: int = 128,
         val_extraction: str = "strict",
         terms: Sequence[LossTerm | dict[str, Any]] | None = None,
@@ -79,8 +82,17 @@ class StudentModule(pl.LightningModule):
         self.codec = codec if codec is not None else codec_for(model, tokenizer)
         self.lr = lr
         self.weight_decay = weight_decay
+        if weight_decay_on not in ("matrices", "all"):
+            raise ValueError(f"optim.weight_decay_on must be matrices or all, got {weight_decay_on!r}")
+        self.weight_decay_on = weight_decay_on
         self.warmup_ratio = warmup_ratio
+        self.warmup_steps = warmup_steps
         self.scheduler_name = scheduler
+        if schedule_length not in ("optimizer_steps", "micro_batches"):
+            raise ValueError(
+                f"optim.schedule_length must be optimizer_steps or micro_batches, got {schedule_length!r}"
+            )
+        self.schedule_length = schedule_length
         self.max_new_tokens = max_new_tokens
         if val_extraction not in ("strict", "flexible"):
             raise ValueError(
@@ -100,8 +112,11 @@ class StudentModule(pl.LightningModule):
                 "student": student,
                 "lr": lr,
                 "weight_decay": weight_decay,
+                "weight_decay_on": weight_decay_on,
                 "warmup_ratio": warmup_ratio,
+                "warmup_steps": warmup_steps,
                 "scheduler": scheduler,
+                "schedule_length": schedule_length,
                 "max_new_tokens": max_new_tokens,
                 "val_extraction": val_extraction,
                 "terms": [asdict(t) for t in self.terms],
@@ -240,17 +255,24 @@ class StudentModule(pl.LightningModule):
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+            exempt = self.weight_decay_on == "matrices" and (param.ndim < 2 or "norm" in name)
+            (no_decay if exempt else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}]
+        if self.weight_decay_on == "matrices":
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * steps)
+        # Fu et al. size the schedule in micro-batches but step it per optimizer step
+        # (train_distill_simple.py@02dec73:107-116,168-170): under accumulation a it only covers about
+        # 1/a of its length, so a cosine ends near 0.5 * (1 + cos(pi / a)) instead of 0. They trained one
+        # replica, so their micro-batches are counted over every data-parallel device here: the same
+        # global batch on N devices (accumulation a / N) decays as theirs did.
+        length = steps
+        if self.schedule_length == "micro_batches":
+            length = steps * self.trainer.accumulate_grad_batches * self.trainer.world_size
         scheduler = get_scheduler(
-            self.scheduler_name,
-            optimizer,
-            num_warmup_steps=int(self.warmup_ratio * total),
-            num_training_steps=total,
+            self.scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=length
         )
         # Lightning steps an "interval: step" scheduler once per optimizer step, i.e. after accumulation.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -4,7 +4,8 @@ Styles:
 - `cot`: Fu et al.'s chain-of-thought format. With `num_exemplars > 0`, few-shot exemplars chosen
   from a training pool by reasoning complexity (complexity-based prompting: the exemplars with the
   most steps, counted as lines of a GSM8K reference solution, else operators of the reference
-  equation); with 0, zero-shot "Let's think step by step".
+  equation), at random, in file order, or fixed by id (`selection: fixed`: a published prompt
+  rebuilt from the dataset, e.g. `prompt=fu2023_complex`); with 0, zero-shot "Let's think step by step".
 - `equation`: From-Large-to-Tiny's request for one equation "x=..." (English or Chinese).
 - `equation_chain`: From-Large-to-Tiny's chain of teacher calls, one prompt per step: the equation
   (`query`, as `equation`), the same equation over the masked problem's N0..Nk (`masked_query`), and
@@ -180,7 +181,18 @@ def _usable(problem: Problem, cfg: PromptConfig) -> bool:
 
 
 def rank_exemplars(pool: Sequence[Problem], cfg: PromptConfig) -> list[Problem]:
-    """The pool in the order exemplars are taken: most complex first (ties by id), random, or file order."""
+    """The pool in the order exemplars are taken: most complex first (ties by id), random, file order,
+    or the fixed ids (each must be a usable problem of the pool)."""
+    if cfg.selection == "fixed":
+        by_id = {p.id: p for p in pool}
+        ids = cfg.exemplar_ids or []
+        missing = [i for i in ids if i not in by_id or not _usable(by_id[i], cfg)]
+        if missing:
+            raise ValueError(
+                f"prompt.exemplar_ids {missing} are not usable problems of "
+                f"{cfg.exemplar_dataset}/{cfg.exemplar_split} (a worked solution or equation and an answer)"
+            )
+        return [by_id[i] for i in ids]
     usable = [p for p in pool if _usable(p, cfg)]
     if cfg.selection == "complexity":
         return sorted(usable, key=lambda p: (-complexity(p), p.id))
@@ -256,7 +268,8 @@ def build_requests(
     if cfg.num_exemplars:
         pool = exemplar_pool if exemplar_pool is not None else load_exemplar_pool(cfg, data_dir)
         ranked = rank_exemplars(pool, cfg)
-        if len(ranked) < cfg.num_exemplars + 1:
+        # A fixed (published) prompt stays as it is: a problem that is one of its exemplars sees the others.
+        if cfg.selection != "fixed" and len(ranked) < cfg.num_exemplars + 1:
             raise ValueError(
                 f"prompt.num_exemplars={cfg.num_exemplars} but the exemplar pool has only {len(ranked)} usable "
                 f"problems for style {cfg.style!r}"

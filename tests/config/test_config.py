@@ -318,3 +318,57 @@ def test_validation_format_follows_the_training_formats(formats: list[str], expe
     cfg = compose_config(["experiment=fu2023_flan_t5_base", "teacher.model=x", f"data.formats={listed}"])
     assert cfg.data.eval_format == expected
     assert list(cfg.evaluation.formats) == formats
+
+
+# Per size: (accumulation, micro-batch = their in-context CoT size, loss), from their recorded commands.
+FU2023_SIZES = {
+    "fu2023_flan_t5_base": (3, 25, "ce"),
+    "fu2023_flan_t5_large": (20, 8, "ce"),
+    "fu2023_flan_t5_xl": (30, 2, "fu2023"),
+    "fu2023_flan_t5_xxl": (20, 4, "fu2023"),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(FU2023_SIZES))
+def test_fu2023_experiments_compose_and_validate_with_the_published_settings(
+    experiment: str, tmp_path: Path
+) -> None:
+    settings = load_config(compose_config([f"experiment={experiment}", "teacher.model=x"], run_dir=tmp_path))
+    accumulate, micro, loss = FU2023_SIZES[experiment]
+    data, optim, trainer = settings.data, settings.optim, settings.trainer
+    assert set(data.formats) == {"zero_shot_cot", "zero_shot_answer", "in_context_cot", "in_context_answer"}
+    assert (data.exemplars, data.num_exemplars, data.eval_format) == ("gold", 4, "zero_shot_cot")
+    # their 200-problem GSM8K-train dev split, held out here by question
+    assert data.val_size == 200 and settings.dataset.name == "gsm8k"
+    assert min(data.batch_size_by_format.values()) == data.batch_size_by_format["in_context_cot"] == micro
+    assert (optim.lr, optim.weight_decay, optim.weight_decay_on) == (5e-4, 0.01, "all")
+    assert (optim.scheduler, optim.warmup_steps, optim.schedule_length) == ("cosine", 10, "micro_batches")
+    assert trainer.gradient_clip_val is None and trainer.accumulate_grad_batches == accumulate
+    assert trainer.max_epochs == 10
+    kinds = {term.kind for term in settings.loss.terms}
+    assert kinds == ({"ce"} if loss == "ce" else {"ce", "forward_kl"})
+    if loss == "fu2023":
+        assert settings.loss.signal.alignment == "fu2023"
+    teacher = settings.teacher
+    assert (teacher.endpoint, teacher.temperature, teacher.max_tokens, teacher.n) == (
+        "completions",
+        0.5,
+        256,
+        40,
+    )
+    assert teacher.top_logprobs == 5
+    prompt = settings.prompt
+    assert (prompt.name, prompt.selection, len(prompt.exemplar_ids), prompt.num_exemplars) == (
+        "fu2023_complex",
+        "fixed",
+        8,
+        8,
+    )
+    evaluation = settings.evaluation
+    assert evaluation.bbh is not None and evaluation.bbh.prompt == "cot" and evaluation.paper_metric
+    assert evaluation.num_exemplars == 4 and evaluation.select_extraction == "strict"
+    # one format per run stays one override away
+    single = load_config(
+        compose_config([f"experiment={experiment}", "teacher.model=x", "data.formats=[zero_shot_cot]"])
+    )
+    assert single.data.formats == single.evaluation.formats == ["zero_shot_cot"]

@@ -7,11 +7,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from mwp.config import ConfigError
-from mwp.data.artifact import read_distilled
-from mwp.data.formats import FORMATS
+from mwp.data.artifact import DistilledRow, read_distilled
+from mwp.data.dedup import normalize_question
+from mwp.data.formats import FORMATS, Example, gold_exemplar_pool, gold_rationale
+from mwp.data.loaders import load_problems
+from mwp.data.problem import Problem
+from mwp.data.text import to_student_text
 from mwp.stages import load_config
 from mwp.stages.distill import run_distill
-from mwp.student.datamodule import DistilledDataModule, split_problem_ids
+from mwp.student.datamodule import DistilledDataModule, build_train_items, split_problem_ids
 from mwp.verify.equation_checks import check_teacher_equation
 from tests.helpers import compose_config
 
@@ -113,3 +117,80 @@ def test_batches_mask_padding_and_keep_no_unk(rows: list[dict], tokenizer) -> No
 def test_empty_distilled_data_is_a_clear_error(tokenizer) -> None:
     with pytest.raises(ValueError, match="no distilled rows"):
         DistilledDataModule([], tokenizer)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_rows(data_dir: Path) -> list[DistilledRow]:
+    """Two made-up teacher samples for each of 40 real GSM8K training problems, plus the first problem's
+    question again under another id, spelt differently (MultiArith-style repeats)."""
+    problems = load_problems("gsm8k", "train", data_dir, limit=40)
+    first = problems[0]
+    repeat = dataclasses.replace(first, id="gsm8k/train/repeat", question=f"  {first.question.upper()}  ")
+    return [
+        DistilledRow(problem, f"Teacher sample {k} for {problem.id}.", "teacher", k)
+        for problem in [*problems, repeat]
+        for k in range(2)
+    ]
+
+
+def _exemplar_problems(items, rows) -> list[tuple[Example, list[Problem]]]:
+    by_id = {row.problem.id: row.problem for row in rows}
+    return [(i.example, [by_id[e] for e in i.example.exemplar_ids]) for i in items]
+
+
+def test_gold_exemplars_show_the_datasets_own_solutions_redrawn_per_example(gsm8k_rows) -> None:
+    items = build_train_items(gsm8k_rows, ["in_context_cot"], 4, seed=3, exemplar_source="gold")
+    shown = _exemplar_problems(items, gsm8k_rows)
+    assert len(shown) == len(gsm8k_rows)
+    for example, exemplars in shown:
+        assert len(exemplars) == 4
+        # the shots are gold solutions without calculator notes, never a teacher rationale ...
+        assert "Teacher sample" not in example.source and "<<" not in example.source
+        for problem in exemplars:
+            gold = gold_rationale(problem)
+            assert gold is not None and to_student_text(gold) in example.source
+        # ... while the target stays the example's own teacher sample
+        assert example.target.startswith("Teacher sample")
+    # each example draws its own four
+    draws = [tuple(e.exemplar_ids) for e, _ in shown]
+    assert len(set(draws)) > 0.9 * len(draws)
+    # the teacher's rationales are still one setting away
+    rationales = build_train_items(gsm8k_rows, ["in_context_cot"], 4, seed=3)
+    assert all(item.example.source.count("Teacher sample") == 4 for item in rationales)
+
+
+def test_a_gold_exemplar_is_never_the_examples_own_question_under_any_id(gsm8k_rows) -> None:
+    items = build_train_items(
+        gsm8k_rows, ["in_context_cot", "in_context_answer"], 4, seed=0, exemplar_source="gold"
+    )
+    own = {row.problem.id: normalize_question(row.problem.question) for row in gsm8k_rows}
+    repeated = {"gsm8k/train/0", "gsm8k/train/repeat"}
+    for example, exemplars in _exemplar_problems(items, gsm8k_rows):
+        assert all(normalize_question(p.question) != own[example.problem_id] for p in exemplars)
+        if example.problem_id in repeated:
+            assert not repeated & set(example.exemplar_ids)
+    # one gold entry per question: the repeat is drawn as often as any other problem, not twice as often
+    assert len(gold_exemplar_pool([row.problem for row in gsm8k_rows])) == 40
+
+
+def test_gold_exemplars_come_from_the_training_side_of_the_hold_out(gsm8k_rows, tokenizer) -> None:
+    dm = DistilledDataModule(
+        gsm8k_rows, tokenizer, formats=["in_context_cot"], num_exemplars=4, exemplars="gold", val_size=8
+    )
+    dm.setup("fit")
+    used = {e for example in dm.train_examples for e in example.exemplar_ids}
+    assert used and used <= dm.train_ids
+    assert dm.stats["exemplars"]["source"] == "gold" and dm.stats["exemplars"]["kept_min"] == 4
+
+
+def test_gold_exemplars_need_worked_solutions(gsm8k_rows, tokenizer) -> None:
+    bare = [
+        dataclasses.replace(row, problem=dataclasses.replace(row.problem, solution=None, equation=None))
+        for row in gsm8k_rows
+    ]
+    with pytest.raises(ConfigError, match=r"data\.exemplars=gold: 0 training problems"):
+        build_train_items(bare, ["in_context_cot"], 4, seed=0, exemplar_source="gold")
+    with pytest.raises(ConfigError, match=r"data\.exemplars='teacher'"):
+        DistilledDataModule(gsm8k_rows, tokenizer, exemplars="teacher")
+    with pytest.raises(ConfigError, match=r"data\.exemplars: Input should be 'rationales' or 'gold'"):
+        load_config(compose_config(["data.exemplars=teacher"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -38,22 +39,15 @@ def uneven_items(tmp_path_factory: pytest.TempPathFactory, flan_t5_dir: Path):
     return items, tokenizer
 
 
-def _student(flan_t5_dir: Path, terms=None, signal_source=None) -> StudentModule:
+def _student(flan_t5_dir: Path, terms=None, signal_source=None, **optim) -> StudentModule:
     bundle = build_student("x", pretrained="never", fallback_config=flan_t5_dir, size=TINY, seed=0)
     # Without dropout: runs of different batch shapes must compute the same function.
     config = copy.deepcopy(bundle.model.config)
     config.dropout_rate = 0.0
     model = T5ForConditionalGeneration(config)
     model.load_state_dict(bundle.model.state_dict())
-    return StudentModule(
-        model,
-        bundle.tokenizer,
-        lr=1e-3,
-        warmup_ratio=0.0,
-        scheduler="constant",
-        terms=terms,
-        signal_source=signal_source,
-    )
+    settings = {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant", **optim}
+    return StudentModule(model, bundle.tokenizer, terms=terms, signal_source=signal_source, **settings)
 
 
 class _GradientRecorder(pl.Callback):
@@ -204,3 +198,93 @@ def test_a_pretrained_student_trains_in_train_mode(flan_t5_dir: Path, tmp_path: 
 def _distilled(tmp_path: Path) -> Path:
     run_distill(typed_config(["stage=distill", "dataset.limit=8"], run_dir=tmp_path), tmp_path / "distill")
     return tmp_path / "distill"
+
+
+class _LearningRates(pl.Callback):
+    """The lr each optimizer step used, and the lr the schedule ends at."""
+
+    def __init__(self) -> None:
+        self.used: list[float] = []
+        self.final: float | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.used.append(optimizer.param_groups[0]["lr"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.final = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def _train_schedule(
+    uneven_items, flan_t5_dir: Path, *, accumulate: int, epochs: int, **optim
+) -> tuple[_LearningRates, pl.Trainer]:
+    """`epochs` epochs of 6 micro-batches of one short example each, `accumulate` to an optimizer step."""
+    items, tokenizer = uneven_items
+    loader = _grouped_loader([items[0], items[3]] * 3, tokenizer, 1, accumulate)
+    rates = _LearningRates()
+    trainer = bare_trainer(-1, accumulate=accumulate, callbacks=[rates], max_epochs=epochs)
+    trainer.fit(_student(flan_t5_dir, lr=5e-4, scheduler="cosine", **optim), train_dataloaders=loader)
+    assert trainer.global_step == len(rates.used) == epochs * 6 // accumulate
+    return rates, trainer
+
+
+def test_fu2023_schedule_warms_up_for_ten_steps_and_decays_as_their_scheduler_does(
+    uneven_items, flan_t5_dir: Path
+) -> None:
+    peak = 5e-4
+    rates, _ = _train_schedule(
+        uneven_items,
+        flan_t5_dir,
+        accumulate=3,
+        epochs=10,
+        warmup_steps=10,
+        schedule_length="micro_batches",
+    )
+    # Their scheduler, analytically: sized in micro-batches (T = 10 epochs x L = 6 = 60), stepped once per
+    # optimizer step (s = 10 L / a = 20 steps), 10 of linear warm-up from factor 0 at the first step.
+    micro, accumulate, warmup = 6, 3, 10
+    length = 10 * micro
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (length - warmup)))
+
+    steps = 10 * micro // accumulate
+    assert rates.used == pytest.approx([peak * factor(k) for k in range(steps)], abs=1e-12)
+    assert rates.used[0] == 0.0 and max(rates.used) == pytest.approx(peak)
+    # the run stops a fifth of the way along the cosine: 0.5 (1 + cos(pi (10L/a - 10) / (10L - 10)))
+    assert rates.final == pytest.approx(peak * factor(steps), rel=1e-9)
+    assert factor(steps) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 50)))
+    assert 0.9 < factor(steps) < 1.0
+    # the same run sized in optimizer steps (mwp's default) ends the cosine at 0
+    default, _ = _train_schedule(
+        uneven_items, flan_t5_dir, accumulate=3, epochs=10, warmup_steps=10, schedule_length="optimizer_steps"
+    )
+    assert default.used[:warmup] == rates.used[:warmup]
+    assert default.final == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_default_schedule_runs_its_course_and_decays_matrices_only(
+    uneven_items, flan_t5_dir: Path
+) -> None:
+    rates, trainer = _train_schedule(
+        uneven_items, flan_t5_dir, accumulate=1, epochs=2, warmup_ratio=0.25, weight_decay=0.01
+    )
+    # a 25% warm-up of 12 steps is 3 steps; the cosine then ends at 0
+    peak = 5e-4
+    assert rates.used[:4] == pytest.approx([0.0, peak / 3, 2 * peak / 3, peak], abs=1e-12)
+    assert rates.final == pytest.approx(0.0, abs=1e-12)
+    decayed, exempt = trainer.optimizers[0].param_groups
+    norms = [p for n, p in trainer.lightning_module.model.named_parameters() if "layer_norm" in n]
+    assert norms and all(any(p is q for q in exempt["params"]) for p in norms)
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.01, 0.0)
+
+
+def test_weight_decay_on_all_parameters_is_one_group(flan_t5_dir: Path, uneven_items) -> None:
+    items, tokenizer = uneven_items
+    module = _student(flan_t5_dir, weight_decay=0.01, weight_decay_on="all")
+    trainer = bare_trainer(1)
+    trainer.fit(module, train_dataloaders=_grouped_loader(items[:1], tokenizer, 1, 1))
+    (group,) = trainer.optimizers[0].param_groups
+    assert group["weight_decay"] == 0.01
+    assert len(group["params"]) == len([p for p in module.model.parameters() if p.requires_grad])

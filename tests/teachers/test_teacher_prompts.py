@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,43 @@ def test_bad_prompt_config_is_named():
         prompt_config({"style": "cot", "num_exemplar": 3})
     with pytest.raises(ValueError, match=r"prompt\.exemplar_dataset is required"):
         prompt_config({"num_exemplars": 2})
+
+
+# sha256 of the prompt the authors printed for GSM8K train #0 (FranxYao/FlanT5-CoT-Specialization,
+# notebooks/test_codex.ipynb@3238aab, cell 8c074f23: prompt_complex.txt + "\nQuestion: " + question +
+# "\nLet's think step by step"; print's final newline left out): 8,654 characters
+FU2023_PROMPT_FOR_TRAIN_0 = ("b95ee758087c062e2af65bcc6c0d3102f0c812d19ed136b758f56dac536b8a3f", 8654)
+
+
+def test_fu2023_prompt_is_their_complex_prompt_rebuilt_from_gsm8k(gsm8k_train):
+    cfg = OmegaConf.load(PROMPT_DIR / "fu2023_complex.yaml")
+    (request,) = build_requests([gsm8k_train[0]], cfg, exemplar_pool=gsm8k_train)
+    digest = hashlib.sha256(request.prompt.encode()).hexdigest()
+    assert (digest, len(request.prompt)) == FU2023_PROMPT_FOR_TRAIN_0
+    assert request.prompt.count("Question: ") == 9 and request.prompt.endswith("\nLet's think step by step")
+
+
+def test_a_problem_of_the_fixed_prompt_is_asked_with_the_other_seven(gsm8k_train):
+    cfg = prompt_config(OmegaConf.load(PROMPT_DIR / "fu2023_complex.yaml"))
+    by_id = {p.id: p for p in gsm8k_train}
+    for exemplar_id in cfg.exemplar_ids:
+        asked = by_id[exemplar_id]
+        (request,) = build_requests([asked], cfg, exemplar_pool=gsm8k_train)
+        shots = request.prompt.split("\n\n")[:-1]
+        assert len(shots) == 7
+        assert all(f"Question: {asked.question}\n" not in shot for shot in shots)
+        assert request.prompt.endswith(f"Question: {asked.question}\nLet's think step by step")
+
+
+def test_a_fixed_prompt_names_its_exemplars(gsm8k_train):
+    fixed = {"style": "cot", "num_exemplars": 2, "exemplar_dataset": "gsm8k", "selection": "fixed"}
+    with pytest.raises(ValueError, match=r"prompt\.selection=fixed needs prompt\.exemplar_ids"):
+        prompt_config({**fixed, "exemplar_ids": ["gsm8k/train/1"]})
+    with pytest.raises(ValueError, match=r"prompt\.exemplar_ids is read with prompt\.selection=fixed only"):
+        prompt_config({**fixed, "selection": "first", "exemplar_ids": ["gsm8k/train/1", "gsm8k/train/2"]})
+    with pytest.raises(ValueError, match=r"\['gsm8k/train/99999'\] are not usable problems of gsm8k/train"):
+        build_requests(
+            gsm8k_train[:1],
+            {**fixed, "exemplar_ids": ["gsm8k/train/1", "gsm8k/train/99999"]},
+            exemplar_pool=gsm8k_train,
+        )

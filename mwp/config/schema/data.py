@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from mwp.config.schema.base import Section, help_field
-from mwp.data.formats import EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, FORMATS
+from mwp.data.formats import EQUATION, EQUATION_NOTATIONS, EVAL_FORMATS, EXEMPLAR_SOURCES, FORMATS
 
 
 class DataConfig(Section):
@@ -28,6 +28,12 @@ class DataConfig(Section):
     )
     num_exemplars: int = help_field(
         2, ge=0, le=32, help="exemplars per in-context source (training problems only)"
+    )
+    exemplars: Literal[EXEMPLAR_SOURCES] = help_field(  # type: ignore[valid-type]
+        "rationales",
+        help="what an in-context CoT exemplar shows: rationales (a kept teacher rationale) or gold (the "
+        "problem's own worked solution, GSM8K's without calculator notes; Fu et al.'s); drawn per example "
+        "from the training problems, never the example's own question",
     )
     val_fraction: float = help_field(
         0.1, ge=0, lt=1, help="share of distilled problems held out for validation"

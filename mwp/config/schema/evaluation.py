@@ -52,6 +52,11 @@ class EvaluationConfig(Section):
         2, ge=1, le=32, help="exemplars per in-context source (from dataset.name's train split)"
     )
     exemplar_seed: int = help_field(0, help="seed of the exemplar draw (per problem: seed and problem id)")
+    paper_metric: bool = help_field(
+        False,
+        help="also score Fu et al.'s metric, the completion's last number against the gold's "
+        "(last_number_acc in results.json, the logs and the table); the headline stays strict",
+    )
     models: list[str] = help_field(
         ["student"],
         min_length=1,

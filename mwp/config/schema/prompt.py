@@ -24,7 +24,14 @@ class PromptConfig(Section):
     exemplar_dataset: str | None = help_field(None, help="where exemplars come from (its training split)")
     exemplar_split: str = help_field("train", help="split exemplars are drawn from")
     exemplar_limit: int | None = help_field(None, ge=1, help="first N problems of the exemplar split only")
-    selection: Literal["complexity", "random", "first"] = help_field("complexity", help="exemplar choice")
+    selection: Literal["complexity", "random", "first", "fixed"] = help_field(
+        "complexity", help="exemplar choice (fixed: exemplar_ids, in that order)"
+    )
+    exemplar_ids: list[str] | None = help_field(
+        None,
+        help="selection=fixed: the exemplars' problem ids in the exemplar split, in prompt order (a problem "
+        "asked is never its own exemplar: it sees the others)",
+    )
     seed: int = help_field(0, help="seed of exemplar selection")
     system: str | None = help_field(None, help="system message (chat endpoints)")
     extraction: Literal["strict", "flexible", "equation"] = help_field("strict", help="how answers are read")
@@ -48,6 +55,17 @@ class PromptConfig(Section):
     def _exemplars_need_a_source(self) -> PromptConfig:
         if self.num_exemplars and not self.exemplar_dataset:
             raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
+        if self.selection == "fixed":
+            ids = self.exemplar_ids or []
+            if len(ids) < self.num_exemplars or len(set(ids)) != len(ids):
+                raise ValueError(
+                    f"prompt.selection=fixed needs prompt.exemplar_ids: {self.num_exemplars} distinct problem "
+                    f"ids at least (prompt.num_exemplars), got {ids}"
+                )
+        elif self.exemplar_ids is not None:
+            raise ValueError(
+                f"prompt.exemplar_ids is read with prompt.selection=fixed only, not {self.selection}"
+            )
         return self
 
 
