@@ -16,6 +16,7 @@ SHRINK = [
     "dataset.limit=40",
     "evaluation.limit=4",
     "refine.max_rounds=2",
+    "student@refine.middle_model.student=tiny_causal",
     "refine.middle_model.max_steps=2",
     "++refine.middle_model.num_beams=2",
     "++refine.middle_model.num_return_sequences=2",

@@ -3,14 +3,18 @@
 # + enumeration search, over seeds, on
 #   (a) SVAMP with the recorded PaLM-540B teacher (teacher feedback is n/a there: a recording cannot
 #       answer new prompts; run it with a live teacher, see conf/experiment/refinement_ablation_svamp.yaml),
-#   (b) Math23K with the SIMULATED teacher (answers from gold equations at set error rates);
+#   (b) Math23K with the SIMULATED teacher (answers from gold equations at set error rates), or with
+#       TEACHER=smollm2 a live local one (SmolLM2-135M-Instruct, offline on CPU) that writes the chain's
+#       equations and answers the teacher-feedback arm itself;
 # each a Hydra multirun (one W&B offline run per job, group = experiment, job_type = stage), then the
-# report: a table per dataset (step yields, failed/recovered per method and round, semantic precision,
-# student accuracy per evaluation set with the most-frequent-template baseline, teacher calls, wall time)
-# and PNG plots.
+# report: a table per dataset that names its teacher (a simulated one as such) and who proposed each
+# method's equations (step yields, failed/recovered per method and round, semantic precision, student
+# accuracy per evaluation set with the most-frequent-template baseline, teacher calls, wall time) and
+# PNG plots.
 #   bash experiments/refinement_ablation/run.sh                        # SEEDS=1,2,3
 #   SEEDS=1 bash experiments/refinement_ablation/run.sh debug=default  # a smoke run
 #   DATASETS=svamp bash experiments/refinement_ablation/run.sh         # one half only
+#   TEACHER=smollm2 DATASETS=math23k bash experiments/refinement_ablation/run.sh  # a live Math23K teacher
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -19,6 +23,14 @@ DATASETS=${DATASETS:-svamp math23k}
 OUT=${OUT:-outputs/refinement_ablation/$(date +%Y-%m-%d_%H-%M-%S)}
 # one thread per job: small models on CPU train faster that way, and jobs can share the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Math23K's teacher: simulated (default) or smollm2, live (2 samples of at most 64 tokens a problem:
+# an equation is short, and SmolLM2 on a CPU takes seconds a call)
+TEACHER=${TEACHER:-simulated}
+case $TEACHER in
+  simulated) MATH23K_TEACHER=() ;;
+  smollm2) MATH23K_TEACHER=(teacher=smollm2 teacher.n=2 teacher.max_tokens=64) ;;
+  *) echo "TEACHER=$TEACHER: simulated or smollm2" >&2; exit 2 ;;
+esac
 
 declare -A METHODS=(
   [svamp]=none,middle_model,enumeration
@@ -26,12 +38,15 @@ declare -A METHODS=(
 )
 started=$(date +%s)
 for dataset in $DATASETS; do
+  teacher=()
+  [[ $dataset == math23k ]] && teacher=("${MATH23K_TEACHER[@]}")
   "$BIN/mwp" -m "experiment=refinement_ablation_$dataset" "refine=${METHODS[$dataset]}" "seed=$SEEDS" \
-    "hydra.sweep.dir=$OUT/$dataset" "$@"
+    "hydra.sweep.dir=$OUT/$dataset" ${teacher[@]+"${teacher[@]}"} "$@"
 done
 for dataset in $DATASETS; do
   echo
-  echo "== refinement ablation, $dataset ($([[ $dataset == svamp ]] && echo 'recorded PaLM-540B teacher; teacher feedback: n/a, a recording cannot answer new prompts' || echo 'SIMULATED teacher from gold equations'))"
+  # the report's first line names the teacher (from the runs' own stats, a simulated one as such)
+  echo "== refinement ablation, $dataset$([[ $dataset == svamp ]] && echo ' (teacher feedback: n/a, a recording cannot answer new prompts)')"
   "$BIN/mwp-report" "$OUT/$dataset" --aggregate seed --out "$OUT/report/$dataset"
 done
 echo
