@@ -135,10 +135,18 @@ def _configured_teacher(run_dir: Path) -> str | None:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    summary = _read_json(run_dir / "summary.json")
+    path = run_dir / "summary.json"
+    summary = _read_json(path)
+    unreadable = path.exists() and not isinstance(summary, dict)
+    if unreadable:
+        # A run that wrote a summary finished one way or another: say it cannot be read, not "incomplete".
+        print(
+            f"mwp-report: warning: {path} is not a JSON object; its run is shown as unreadable",
+            file=sys.stderr,
+        )
     if not isinstance(summary, dict):
         summary = {}
-    status = str(summary.get("status") or "incomplete")
+    status = "unreadable" if unreadable else str(summary.get("status") or "incomplete")
     if status == "running":
         status = "incomplete"  # a live run and a killed one look the same from outside
     results = _read_json(run_dir / "eval" / "results.json")
@@ -165,7 +173,7 @@ def collect_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(f"mwp-report: {path} does not exist")
+            raise FileNotFoundError(f"{path} does not exist")
         candidates = [path / RUN_CONFIG] if (path / RUN_CONFIG).is_file() else sorted(path.rglob(RUN_CONFIG))
         for config in candidates:
             if config.parent.name == ".hydra":

@@ -9,9 +9,13 @@ alone. Layout under `cache.dir`:
     <stage>/<key>/            the published output, with manifest.json (settings, upstream, result)
     <stage>/<key>.partial/    being computed; kept after a crash (the stage resumes from it)
     <stage>/<key>.lock        held while computing: a parallel job with the same key waits, then reuses
+    <stage>/<key>.readers     a shared lock held by every job using the entry: `mwp-cache rm` skips it
 
 Publishing is a rename of the finished `.partial` folder, so a reader never sees half an output, and
 the lock (`fcntl.flock`, released by the kernel when a job dies) means two jobs never compute one key.
+An output a stage marks incomplete (its result says `incomplete`: teacher calls that failed and were
+skipped) is published for the run that made it but never reused: the next run computes it again.
+A computation that fails before writing anything leaves no `.partial` folder behind.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ CACHE_FORMAT = 2
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
 LOCK = ".lock"
+READERS = ".readers"
+# A stage's result key saying why its output must not be reused (kept in the manifest).
+INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True)
@@ -64,14 +71,23 @@ class StageOutcome:
     result: dict[str, Any]
     wall_time_s: float
 
+    @property
+    def incomplete(self) -> str | None:
+        """Why the output is not reused by later runs (None when it is complete)."""
+        reason = self.result.get(INCOMPLETE)
+        return str(reason) if reason else None
+
     def record(self) -> dict[str, Any]:
         """What `summary.json`'s `stages.<name>` says of it."""
-        return {
+        record = {
             "status": self.status,
             "key": self.key,
             "path": str(self.path),
             "wall_time_s": round(self.wall_time_s, 2),
         }
+        if self.incomplete:
+            record[INCOMPLETE] = self.incomplete
+        return record
 
 
 def stage_key(stage: str, settings: dict[str, Any], upstream: Mapping[str, str] | None = None) -> StageKey:
@@ -112,17 +128,58 @@ class StageCache:
     def __init__(self, root: str | Path, *, force: set[str] | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.force = set(force or ())
+        # Open `<key>.readers` files holding a shared lock: the entries this job uses.
+        self._leases: dict[Path, int] = {}
 
     def entry(self, key: StageKey) -> Path:
         return self.root / key.stage / key.key
 
     def lookup(self, key: StageKey) -> StageOutcome | None:
-        """The published output of `key`, if there is one."""
+        """The published output of `key`, if there is one (complete or not)."""
         path = self.entry(key)
         manifest = _read_manifest(path)
         if manifest is None:
             return None
         return StageOutcome(key.stage, key.key, path, "reused", dict(manifest.get("result") or {}), 0.0)
+
+    def reusable(self, key: StageKey) -> StageOutcome | None:
+        """The published output of `key` if a run may reuse it: not forced, and complete."""
+        if key.stage in self.force:
+            return None
+        found = self.lookup(key)
+        if found is not None and found.incomplete:
+            log.info(
+                "%s %s was published incomplete (%s): computing it again",
+                key.stage,
+                key.key,
+                found.incomplete,
+            )
+            return None
+        return found
+
+    def lease(self, key: StageKey) -> None:
+        """Hold a shared lock on `key`'s entry until `release`: `mwp-cache rm` leaves it alone meanwhile."""
+        path = self.root / key.stage / f"{key.key}{READERS}"
+        if path in self._leases:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s %s: being removed by mwp-cache; waiting", key.stage, key.key)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._leases[path] = fd
+
+    def release(self) -> None:
+        """Give up every lease this job holds (the kernel does it too when a job dies)."""
+        for fd in self._leases.values():
+            os.close(fd)
+        self._leases.clear()
 
     @contextmanager
     def _locked(self, key: StageKey) -> Iterator[None]:
@@ -153,10 +210,13 @@ class StageCache:
         """
         forced = key.stage in self.force
         started = time.monotonic()
-        if not forced and (found := self.lookup(key)) is not None:
-            return found
+        if not forced:
+            # Held before looking, so that no `mwp-cache rm` removes the entry between look and use.
+            self.lease(key)
+            if (found := self.reusable(key)) is not None:
+                return found
         with self._locked(key):
-            if not forced and (found := self.lookup(key)) is not None:
+            if not forced and (found := self.reusable(key)) is not None:
                 log.info(
                     "%s: reused %s, computed meanwhile by another job (%s)", key.stage, key.key, found.path
                 )
@@ -170,7 +230,12 @@ class StageCache:
             partial.mkdir(parents=True, exist_ok=True)
             if forced:
                 log.info("%s %s: forced, computing it anew", key.stage, key.key)
-            result = compute(partial)
+            try:
+                result = compute(partial)
+            except BaseException:
+                if not any(p.is_file() for p in partial.rglob("*")):
+                    shutil.rmtree(partial, ignore_errors=True)  # nothing to continue from
+                raise
             wall = time.monotonic() - started
             manifest = {
                 "stage": key.stage,
@@ -184,11 +249,11 @@ class StageCache:
                 "settings": key.settings,
                 "result": result,
             }
-            (partial / MANIFEST).write_text(
-                json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
-            )
+            _write_manifest(partial / MANIFEST, manifest)
             _publish(partial, final)
-            return StageOutcome(key.stage, key.key, final, "computed", result, wall)
+        if forced:
+            self.lease(key)
+        return StageOutcome(key.stage, key.key, final, "computed", result, wall)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every published entry's manifest (plus its path and size), oldest first."""
@@ -201,6 +266,20 @@ class StageCache:
                 {**manifest, "path": str(manifest_path.parent), "bytes": entry_size(manifest_path.parent)}
             )
         return sorted(found, key=lambda m: str(m.get("created")))
+
+    def remove(self, entry: Path) -> bool:
+        """Delete a published entry unless a running job holds it (`lease`); False if one does."""
+        readers = entry.with_name(entry.name + READERS)
+        fd = os.open(readers, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            shutil.rmtree(entry)
+            return True
+        finally:
+            os.close(fd)
 
     def leftovers(self) -> list[Path]:
         """Unfinished `.partial` folders no job is computing (their lock is free)."""
@@ -226,6 +305,21 @@ def _publish(partial: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(partial, final)
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Through a temporary file and a rename, synced: a full disk leaves no half manifest behind."""
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:

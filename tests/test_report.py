@@ -164,3 +164,17 @@ def test_every_table_says_which_teacher_produced_it(
     pending = _run(tmp_path / "cfg", "0", ["seed=1"], status=None)
     (pending / "config.yaml").write_text("teacher:\n  name: palm-540b\n")
     assert build_table(collect_runs([pending])).caption == ["teacher: palm-540b"]
+
+
+def test_a_corrupt_summary_is_named_and_its_run_marked_unreadable(
+    sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = sweep / "1" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:20])  # cut short, as a full disk leaves it
+    assert main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        err.strip() == f"mwp-report: warning: {summary} is not a JSON object; its run is shown as unreadable"
+    )
+    row = next(line for line in out.splitlines() if "seed=2" in line and "refine=none" in line)
+    assert "| unreadable |" in row

@@ -136,7 +136,7 @@ def test_an_output_is_computed_once_then_reused_and_force_replaces_it(tmp_path: 
     forced = StageCache(tmp_path, force={"distill"}).get_or_compute(_key(), compute)
     assert forced.status == "computed" and forced.result == {"rows": 2}
     assert (forced.path / "rows.jsonl").read_text() == "call 2\n"
-    assert sorted(p.name for p in (tmp_path / "distill").iterdir()) == ["k1", "k1.lock"]
+    assert sorted(p.name for p in (tmp_path / "distill").iterdir()) == ["k1", "k1.lock", "k1.readers"]
 
 
 def test_a_crashed_computation_publishes_nothing_and_the_next_one_continues_it(tmp_path: Path) -> None:
@@ -252,6 +252,7 @@ def test_mwp_cache_lists_shows_and_prunes(tmp_path: Path, capsys: pytest.Capture
     cache = StageCache(tmp_path)
     for name in ("aaaa1111", "bbbb2222"):
         cache.get_or_compute(_key(name), lambda out: {"problems_kept": 3, "problems_seen": 4})
+    cache.release()  # the job that made them has ended: they may be removed
     (tmp_path / "distill" / "cccc3333.partial").mkdir()
     assert main(["--dir", str(tmp_path), "ls"]) == 0
     listing = capsys.readouterr().out
@@ -269,5 +270,78 @@ def test_mwp_cache_lists_shows_and_prunes(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "distill" / "cccc3333.partial").exists()
     assert (tmp_path / "distill" / "bbbb2222").is_dir()
     capsys.readouterr()
-    with pytest.raises(SystemExit, match="matches 0 entries"):
+    with pytest.raises(SystemExit):
         main(["--dir", str(tmp_path), "rm", "zzzz"])
+    assert "no entry matches 'zzzz'" in capsys.readouterr().err
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from mwp.stage_cache import StageCache, StageKey
+
+key = StageKey(stage="distill", key=sys.argv[2], settings={"x": 1}, upstream={})
+cache = StageCache(sys.argv[1])
+cache.get_or_compute(key, lambda out: (out / "rows.jsonl").write_text("row\\n") and {"rows": 1})
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_mwp_cache_rm_leaves_an_entry_a_running_job_uses(tmp_path: Path) -> None:
+    """A job holds every entry it uses until it ends; `rm` says so and removes the rest."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path), "inuse1"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        free = StageCache(tmp_path)
+        free.get_or_compute(_key("free2222"), lambda out: {"rows": 0})
+        free.release()
+        rm = subprocess.run(
+            [sys.executable, "-m", "mwp.cli.cache", "--dir", str(tmp_path), "rm", "--stage", "distill"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert rm.returncode == 2
+        assert (
+            rm.stderr.strip()
+            == f"mwp-cache: error: {tmp_path / 'distill' / 'inuse1'} is in use by a running job; not removed"
+        )
+        assert (tmp_path / "distill" / "inuse1" / "rows.jsonl").is_file()
+        assert not (tmp_path / "distill" / "free2222").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the job is gone (killed: the kernel let go of its lock): the entry can go
+    assert main(["--dir", str(tmp_path), "rm", "inuse1"]) == 0
+    assert not (tmp_path / "distill" / "inuse1").exists()
+
+
+def test_a_computation_that_fails_before_writing_leaves_no_partial_folder(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+
+    def refuse(out: Path) -> dict[str, int]:
+        raise ValueError("the dataset file is empty")
+
+    with pytest.raises(ValueError):
+        cache.get_or_compute(_key(), refuse)
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_an_incomplete_output_is_published_but_never_reused(tmp_path: Path) -> None:
+    calls = []
+
+    def compute(out: Path) -> dict[str, object]:
+        calls.append(out)
+        return {"rows": 1, "incomplete": "2 teacher calls failed"} if len(calls) == 1 else {"rows": 3}
+
+    first = StageCache(tmp_path).get_or_compute(_key(), compute)
+    assert first.status == "computed" and first.incomplete == "2 teacher calls failed"
+    assert first.record()["incomplete"] == "2 teacher calls failed"
+    second = StageCache(tmp_path).get_or_compute(_key(), compute)
+    assert second.status == "computed" and second.result == {"rows": 3} and len(calls) == 2
+    assert StageCache(tmp_path).get_or_compute(_key(), compute).status == "reused" and len(calls) == 2

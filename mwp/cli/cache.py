@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from mwp.stage_cache import StageCache, default_stage_cache_dir, entry_size
+from mwp.stage_cache import INCOMPLETE, StageCache, default_stage_cache_dir, entry_size
 from mwp.stages import STAGES
 
 
@@ -19,7 +20,11 @@ def describe(manifest: Mapping[str, Any]) -> str:
     stage = STAGES.get(str(manifest.get("stage")))
     if stage is None:
         return ""
-    return stage.describe(manifest.get("settings") or {}, manifest.get("result") or {})
+    result = manifest.get("result") or {}
+    text = stage.describe(manifest.get("settings") or {}, result)
+    if result.get(INCOMPLETE):
+        text += f" [incomplete, never reused: {result[INCOMPLETE]}]"
+    return text
 
 
 def _human(size: int) -> str:
@@ -38,12 +43,17 @@ def _matching(cache: StageCache, keys: list[str], stage: str | None) -> list[dic
     chosen = []
     for prefix in keys:
         hits = [e for e in entries if str(e.get("key", "")).startswith(prefix)]
-        if len(hits) != 1:
-            raise SystemExit(
-                f"mwp-cache: {prefix!r} matches {len(hits)} entries in {cache.root} (give more of the key)"
-            )
+        if not hits:
+            _fail(f"no entry matches {prefix!r} in {cache.root} (`mwp-cache ls` lists them)")
+        if len(hits) > 1:
+            _fail(f"{prefix!r} matches {len(hits)} entries in {cache.root}: give more of the key")
         chosen.extend(hits)
     return chosen
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"mwp-cache: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,10 +115,28 @@ def main(argv: list[str] | None = None) -> int:
             cutoff = datetime.now(UTC).timestamp() - args.older_than * 86400
             entries = [e for e in entries if datetime.fromisoformat(str(e["created"])).timestamp() < cutoff]
         targets = [Path(e["path"]) for e in entries]
-    freed = sum(entry_size(t) for t in targets)
+    freed = 0
+    removed = 0
+    in_use = []
     for target in targets:
-        print(f"{'would remove' if args.dry_run else 'removing'} {target}")
-        if not args.dry_run:
+        size = entry_size(target)
+        if args.dry_run:
+            print(f"would remove {target}")
+        elif args.partial:
+            print(f"removing {target}")
             shutil.rmtree(target)
-    print(f"{len(targets)} {'would be ' if args.dry_run else ''}removed, {_human(freed)}")
-    return 0
+        elif cache.remove(target):
+            print(f"removing {target}")
+        else:
+            in_use.append(target)
+            continue
+        freed += size
+        removed += 1
+    print(f"{removed} {'would be ' if args.dry_run else ''}removed, {_human(freed)}")
+    for target in in_use:
+        print(f"mwp-cache: error: {target} is in use by a running job; not removed", file=sys.stderr)
+    return 2 if in_use else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

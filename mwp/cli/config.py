@@ -14,23 +14,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import open_dict
 
 from mwp.config import ConfigError, describe, register_resolvers
+from mwp.config.hydra_errors import explain, is_composition_error
 from mwp.paths import REPO_ROOT
 from mwp.stages import load_config
 
 CONF_DIR = REPO_ROOT / "conf"
 
 
-def group_options(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
-    """Config group -> its options (file stems), as `mwp group=option` accepts them."""
-    return {
-        group.name: sorted(p.stem for p in group.glob("*.yaml"))
-        for group in sorted(conf_dir.iterdir())
-        if group.is_dir()
-    }
+def group_options(conf_dir: Path = CONF_DIR, *, nested: bool = False) -> dict[str, list[str]]:
+    """Config group -> its options (file stems), as `mwp group=option` accepts them; `nested` adds
+    groups inside groups (`hydra/launcher`)."""
+    found: dict[str, list[str]] = {}
+    for group in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
+        name = group.relative_to(conf_dir).as_posix()
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if options and (nested or "/" not in name):
+            found[name] = options
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--groups", action="store_true", help="list the config groups and their options")
     args = parser.parse_args(argv)
     if args.groups:
-        for group, options in group_options().items():
+        for group, options in group_options(nested=True).items():
             print(f"{group}: {', '.join(options)}")
         return
     register_resolvers()
@@ -52,8 +55,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open_dict(cfg):
             cfg.paths.output_dir = "<run folder>"
         settings = load_config(cfg)
-    except (ConfigError, HydraException) as err:
-        for line in str(err).strip().splitlines():
+    except Exception as err:
+        if isinstance(err, ConfigError):
+            lines = str(err).strip().splitlines()
+        elif is_composition_error(err):
+            lines = explain(err, args.overrides)
+        else:
+            raise
+        for line in lines:
             print(f"mwp-config: error: {line}", file=sys.stderr)
         sys.exit(2)
     if args.check:

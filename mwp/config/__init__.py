@@ -8,6 +8,7 @@ milliseconds.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig
+from mwp.config.schema import TEACHER_SCHEMAS, OpenSection, RunConfig, TeacherConfig
+from mwp.config.schema.teacher import teacher_config
 from mwp.data.formats import ANSWER_ONLY, EQUATION
 from mwp.paths import REPO_ROOT, default_data_dir, default_models_dir
 
@@ -110,10 +112,74 @@ def validate(cfg: DictConfig, *, steps: Sequence[str]) -> RunConfig:
     `cache.force` may name. The pipeline and `mwp-config` pass them (`mwp.stages.load_config`).
     """
     container = to_container(cfg)
+    context = {"steps": tuple(steps)}
     try:
-        return RunConfig.model_validate(container, context={"steps": tuple(steps)})
+        return RunConfig.model_validate(container, context=context)
     except ValidationError as err:
-        raise ConfigError("\n".join(dict.fromkeys(_messages(err, container)))) from None
+        messages = list(dict.fromkeys(_messages(err, container)))
+        messages += _errors_behind(err, container, context, messages)
+        raise ConfigError("\n".join(messages)) from None
+
+
+def _errors_behind(
+    err: ValidationError, container: dict[str, Any], context: dict[str, Any], known: list[str]
+) -> list[str]:
+    """The errors the first ones hid: checks across sections run only once every value is valid, so
+    the bad values are dropped (their defaults stand in) and the config is checked again."""
+    found: list[str] = []
+    trial = copy.deepcopy(container)
+    dropped: set[str] = set()
+    for _ in range(3):
+        for item in err.errors(include_url=False):
+            if item["type"] != "missing" and _drop(trial, tuple(item["loc"])):
+                dropped.add(_key(tuple(item["loc"])))
+        try:
+            RunConfig.model_validate(trial, context=context)
+            return found
+        except ValidationError as again:
+            err = again
+        fresh = [
+            message
+            for item, message in zip(err.errors(include_url=False), _messages(err, trial), strict=False)
+            if not (item["type"] == "missing" and _key(tuple(item["loc"])) in dropped)
+            and message not in known
+            and message not in found
+        ]
+        if not fresh:
+            return found
+        found += fresh
+    return found
+
+
+def _drop(container: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Delete the value at `loc` (parts that are not keys, like pydantic's union tags, skipped)."""
+    node: Any = container
+    parts = [p for p in loc if isinstance(p, int | str)]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if isinstance(node, dict) and part in node:
+            if last:
+                del node[part]
+                return True
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            if last:
+                return False  # a list keeps its shape; its section's check reports it
+            node = node[part]
+    return False
+
+
+def check_teacher(container: dict[str, Any]) -> TeacherConfig:
+    """The `teacher` section alone, checked by its backend's schema (batch export composes no run);
+    raises `ConfigError` naming every bad `teacher.*` key."""
+    try:
+        return teacher_config(container)
+    except ValidationError as err:
+        lines = [
+            message if message.startswith("teacher.") else f"teacher.{message}"
+            for message in _messages(err, container)
+        ]
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
 def describe(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
@@ -141,4 +207,12 @@ def describe(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, s
                 yield f"{prefix}{extra}", extra_value, "passed to the constructor"
 
 
-__all__ = ["TEACHER_SCHEMAS", "ConfigError", "RunConfig", "describe", "register_resolvers", "validate"]
+__all__ = [
+    "TEACHER_SCHEMAS",
+    "ConfigError",
+    "RunConfig",
+    "check_teacher",
+    "describe",
+    "register_resolvers",
+    "validate",
+]

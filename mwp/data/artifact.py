@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mwp.data.io import DataError, read_jsonl_lines, write_jsonl
-from mwp.data.problem import Problem
+from mwp.data.problem import MAX_QUESTION_CHARS, Problem
 
 ARTIFACT = "distilled.jsonl"
 
@@ -88,6 +88,11 @@ class DistilledRow:
             raise DataError(f"{where}: field 'problem.question' is missing")
         if not isinstance(question, str):
             raise DataError(f"{where}: field 'problem.question' is {_describe(question)}, expected a string")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise DataError(
+                f"{where}: field 'problem.question' has {len(question):,} characters, more than the "
+                f"{MAX_QUESTION_CHARS:,} allowed"
+            )
         try:
             problem = Problem.from_json(dict(raw_problem))
         except (TypeError, ValueError) as err:
@@ -174,6 +179,22 @@ def read_distilled(path: str | Path, *, skip_partial_tail: bool = False) -> list
         DistilledRow.from_json(obj, where=f"{path}:{line}")
         for line, obj in read_jsonl_lines(path, skip_partial_tail=skip_partial_tail)
     ]
+
+
+def distilled_problem(path: str | Path, key: str) -> str | None:
+    """What makes a distilled artifact given by path (`key`, e.g. stage.data) unusable, found
+    cheaply: missing, no rows, or a first row that is not a distilled row. None when it looks fine."""
+    path = Path(path)
+    file = path / ARTIFACT if path.is_dir() else path
+    if not file.is_file():
+        return f"{key}={str(path)!r}: no {ARTIFACT} there (a distill folder or its {ARTIFACT})"
+    try:
+        for line, obj in read_jsonl_lines(file):
+            DistilledRow.from_json(obj, where=f"{file}:{line}")
+            return None
+    except DataError as err:
+        return f"{key}: {err}"
+    return f"{key}={str(path)!r}: {file} holds no rows"
 
 
 def write_distilled(path: str | Path, rows: Iterable[DistilledRow]) -> int:

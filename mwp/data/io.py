@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -57,11 +58,14 @@ def read_jsonl(path: str | Path, *, skip_partial_tail: bool = False) -> Iterator
 
 
 def read_jsonl_lines(
-    path: str | Path, *, skip_partial_tail: bool = False
+    path: str | Path, *, skip_partial_tail: bool = False, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Like `read_jsonl`, yielding `(line_number, row)` so callers can name the line in their own errors."""
+    """Like `read_jsonl`, yielding `(line_number, row)` so callers can name the line in their own errors.
+
+    `max_line_bytes`: a longer line is a DataError naming it, and is never read whole into memory.
+    """
     path = Path(path)
-    for line_no, _, raw in scan_jsonl(path):
+    for line_no, _, raw in scan_jsonl(path, max_line_bytes=max_line_bytes):
         if not raw.strip():
             continue
         if raw.endswith(b"\n") or not skip_partial_tail:
@@ -95,11 +99,12 @@ def read_complete_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     return rows, complete_end
 
 
-def scan_jsonl(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+def scan_jsonl(path: str | Path, *, max_line_bytes: int | None = None) -> Iterator[tuple[int, int, bytes]]:
     """`(line number, byte offset, raw line)` for every line of `path`, newline included where written.
 
     Bytes, not text: offsets stay exact (the completion cache indexes them), and a file that is not
     UTF-8 fails in `parse_jsonl_line` with its name and line instead of a bare UnicodeDecodeError.
+    With `max_line_bytes`, a longer line raises a DataError after reading at most that much of it.
     """
     path = Path(path)
     try:
@@ -108,9 +113,31 @@ def scan_jsonl(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
         raise DataError("file not found", path=path) from None
     with handle:
         offset = 0
-        for line_no, raw in enumerate(handle, start=1):
+        if max_line_bytes is None:
+            lines: Iterator[bytes] = iter(handle)
+        else:
+            lines = iter(lambda: handle.readline(max_line_bytes + 1), b"")
+        for line_no, raw in enumerate(lines, start=1):
+            if max_line_bytes is not None and len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise DataError(
+                    f"line longer than {max_line_bytes:,} bytes; not read", path=path, line=line_no
+                )
             yield line_no, offset, raw
             offset += len(raw)
+
+
+def text_lines(path: str | Path, *, max_line_bytes: int) -> Iterator[str]:
+    """The lines of a UTF-8 text file (a CSV), newline included; a line that is not UTF-8 or longer
+    than `max_line_bytes` is a DataError naming the file and line. A leading byte-order mark is dropped."""
+    for line_no, _, raw in scan_jsonl(path, max_line_bytes=max_line_bytes):
+        if line_no == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"not UTF-8 text (byte {err.start} of the line)", path=path, line=line_no
+            ) from None
 
 
 def parse_jsonl_line(
@@ -178,8 +205,10 @@ def _write_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -213,12 +242,23 @@ def append_jsonl(path: str | Path, row: dict[str, Any], *, fsync: bool = False) 
     path = Path(path)
     line = _dump_row(row) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+b") as handle:
+    with _naming(path), path.open("a+b") as handle:
         _repair_tail(path, handle)
         handle.write(line.encode("utf-8"))
         handle.flush()
         if fsync:
             os.fsync(handle.fileno())
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (a full disk, a file-size limit) names the file it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def _repair_tail(path: Path, handle: BinaryIO) -> None:

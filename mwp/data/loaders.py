@@ -34,8 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mwp.data.io import DataError, read_json, read_jsonl_lines
-from mwp.data.problem import Problem
+from mwp.data.io import DataError, read_json, read_jsonl_lines, text_lines
+from mwp.data.problem import MAX_QUESTION_CHARS, Problem
 from mwp.paths import default_data_dir
 from mwp.verify.masking import number_spans
 from mwp.verify.numbers import format_number, parse_number
@@ -424,12 +424,15 @@ def _load_weak12k(data_dir: Path, split: str) -> list[Problem]:
 
 GENERIC_FORMATS = ("json", "jsonl", "csv")
 GENERIC_FIELDS = ("id", "question", "body", "answer", "equation", "solution")
+# A line of a dataset file holds one problem (at most MAX_QUESTION_CHARS): a longer one is a
+# mistake, named before anything is spent on it and never read whole.
+MAX_ROW_BYTES = 1 << 20
 
 
 def _generic_rows(path: Path, fmt: str) -> Iterable[tuple[int | None, int, dict[str, Any]]]:
     """(line, row index, row) for every row; JSON arrays have no line per row, so their errors name the index."""
     if fmt == "jsonl":
-        for index, (line, row) in enumerate(read_jsonl_lines(path)):
+        for index, (line, row) in enumerate(read_jsonl_lines(path, max_line_bytes=MAX_ROW_BYTES)):
             yield line, index, row
     elif fmt == "json":
         for index, row in enumerate(_json_list(path)):
@@ -437,19 +440,16 @@ def _generic_rows(path: Path, fmt: str) -> Iterable[tuple[int | None, int, dict[
                 raise DataError(f"expected an object, got {type(row).__name__}", path=path, index=index)
             yield None, index, row
     else:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            try:
-                for index, row in enumerate(reader):
-                    if None in row or any(v is None for v in row.values()):
-                        raise DataError(
-                            f"expected {len(reader.fieldnames or [])} columns",
-                            path=path,
-                            line=reader.line_num,
-                        )
-                    yield reader.line_num, index, {k: (v if v != "" else None) for k, v in row.items()}
-            except csv.Error as err:
-                raise DataError(f"malformed CSV ({err})", path=path, line=reader.line_num) from None
+        reader = csv.DictReader(text_lines(path, max_line_bytes=MAX_ROW_BYTES))
+        try:
+            for index, row in enumerate(reader):
+                if None in row or any(v is None for v in row.values()):
+                    raise DataError(
+                        f"expected {len(reader.fieldnames or [])} columns", path=path, line=reader.line_num
+                    )
+                yield reader.line_num, index, {k: (v if v != "" else None) for k, v in row.items()}
+        except csv.Error as err:
+            raise DataError(f"malformed CSV ({err})", path=path, line=reader.line_num) from None
 
 
 def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -> list[Problem]:
@@ -462,6 +462,8 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
     wanted = _split_index_list(Path(indexed).expanduser(), split) if indexed else None
     language = spec.get("language", "en")
     problems = []
+    # id -> where the first problem with it is (file:line or [row i])
+    first_seen: dict[str, str] = {}
     for relative in paths:
         path = Path(relative).expanduser()
         path = path if path.is_absolute() else data_dir / path
@@ -491,9 +493,25 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
                 raise DataError(
                     "empty question", path=path, field=fields["question"] or fields["body"], **where
                 )
+            if len(question) > MAX_QUESTION_CHARS:
+                raise DataError(
+                    f"question of {len(question):,} characters, more than the {MAX_QUESTION_CHARS:,} allowed",
+                    path=path,
+                    field=fields["question"] or fields["body"],
+                    **where,
+                )
             raw_answer = _field(row, fields["answer"] or "answer", path, **where)
             numbers = question_numbers(question, language)
             row_id = text("id") if fields["id"] else f"{split}/{index}"
+            here = f"{path}:{line}" if line is not None else f"{path} [row {index}]"
+            if row_id in first_seen:
+                raise DataError(
+                    f"id {row_id!r} already used by {first_seen[row_id]}; every problem needs its own id",
+                    path=path,
+                    field=fields["id"],
+                    **where,
+                )
+            first_seen[row_id] = here
             problems.append(
                 Problem(
                     id=f"{name}/{row_id}",
@@ -508,6 +526,9 @@ def _load_generic(spec: dict[str, Any], name: str, data_dir: Path, split: str) -
                     meta={"split": split, "index": index, "file": str(path)},
                 )
             )
+    if not problems:
+        files = ", ".join(str(p if Path(p).is_absolute() else data_dir / p) for p in paths)
+        raise DataError(f"dataset {name!r} has no problems in split {split!r} (read {files})")
     return problems
 
 
@@ -697,6 +718,8 @@ def load_problems(
         raise DataError(f"limit must be >= 0 or None, got {limit}")
     root = resolve_data_dir(data_dir)
     problems = loaders[split](root, split)  # a generic loader is partial(_load_generic, spec, key)
+    if not problems:
+        raise DataError(f"dataset {key!r} has no problems in split {split!r} under {root}")
     return problems if limit is None else problems[:limit]
 
 

@@ -8,6 +8,10 @@ from typing import Any
 
 from mwp.verify.numbers import format_number, parse_number
 
+# The longest bundled question has 985 characters (GSM8K): a longer one than this is a mistake in a
+# user's file, refused where it is read (with its file and line) instead of failing a later stage.
+MAX_QUESTION_CHARS = 20_000
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mwp.data.artifact import ARTIFACT, DistilledRow, read_distilled, write_distilled
-from mwp.data.io import read_complete_jsonl, write_jsonl
+from mwp.data.io import DataError, read_complete_jsonl, write_jsonl
 
 T = TypeVar("T")
 
@@ -138,13 +139,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     def field_key(row: dict[str, Any]) -> Hashable:
         return tuple(json.dumps(row.get(f), sort_keys=True) for f in fields)
 
-    if distilled:
-        count = merge_distilled(
-            args.shards, args.out, key=(lambda r: field_key(r.to_json())) if fields else None
-        )
-    else:
-        count = merge_shards(args.shards, args.out, key=field_key if fields else None)
+    try:
+        _refuse_overwriting_an_input(args.out, args.shards)
+        if distilled:
+            count = merge_distilled(
+                args.shards, args.out, key=(lambda r: field_key(r.to_json())) if fields else None
+            )
+        else:
+            count = merge_shards(args.shards, args.out, key=field_key if fields else None)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"merge: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"{count} rows -> {args.out}")
+
+
+def _refuse_overwriting_an_input(out: str, shards: Sequence[str]) -> None:
+    """The merge writes `out` atomically, but never over one of the files it reads."""
+    target = Path(out).resolve()
+    for shard_path in shards:
+        if Path(shard_path).resolve() == target:
+            raise ValueError(f"output {out} is one of the inputs; name a new file")
 
 
 if __name__ == "__main__":

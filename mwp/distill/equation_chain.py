@@ -417,11 +417,10 @@ def distill_chain(
     }
     write_json(out_dir / STATS, stats)
     log.info(
-        "%s: %d/%d problems with a verified template (%d rows) -> %s",
+        "%s: %d/%d problems with a verified template (%d rows)",
         teacher.name,
         len(seen),
         problems_seen,
         kept,
-        out_dir / ARTIFACT,
     )
     return stats

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mwp.config.schema import EXTRACTIONS, PromptConfig
-from mwp.data.artifact import ARTIFACT, DistilledRow
+from mwp.data.artifact import ARTIFACT, DistilledRow, TokenLogprobs
 from mwp.data.io import append_jsonl, write_json
 from mwp.data.problem import Problem
 from mwp.progress import SamplingProgress
@@ -30,7 +30,15 @@ from mwp.verify.numbers import format_number
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATS", "DistillStats", "chain_route", "distill", "predict", "resolve_extraction"]
+__all__ = [
+    "STATS",
+    "DistillStats",
+    "chain_route",
+    "distill",
+    "logprobs_cover",
+    "predict",
+    "resolve_extraction",
+]
 
 STATS = "stats.json"
 
@@ -50,6 +58,8 @@ class DistillStats:
     samples_duplicate: int = 0
     samples_kept: int = 0
     problems_kept: int = 0
+    # kept samples whose logprobs covered only part of their text: kept without them (see distill)
+    samples_partial_logprobs: int = 0
     # The equation chain's own figures (route, per-step blocks); None for the one-call routes.
     chain: dict[str, Any] | None = None
 
@@ -81,6 +91,16 @@ class DistillStats:
         wrong = common["samples_seen"] - no_answer - common["samples_duplicate"] - common["samples_kept"]
         extra = {k: v for k, v in stats.items() if k not in common and k != "problem_yield"}
         return cls(**common, samples_wrong=max(wrong, 0), chain=extra)
+
+
+def logprobs_cover(logprobs: TokenLogprobs, text: str) -> bool:
+    """Whether a completion's per-token logprobs spell (about) all of its text.
+
+    Counted in non-space characters: a SentencePiece teacher's tokens decoded one by one lose their
+    leading spaces, byte-level ones may read longer; a server that cut the list short reads shorter.
+    """
+    covered = sum(len("".join(token.split())) for token in logprobs.tokens)
+    return covered >= 0.95 * len("".join(text.split()))
 
 
 def _dedup_key(text: str) -> str:
@@ -158,13 +178,29 @@ def distill(
                 continue
             kept_here.add(key)
             stats.samples_kept += 1
+            logprobs = completion.logprobs
+            if logprobs is not None and not logprobs_cover(logprobs, rationale):
+                # Aligned to the student, they would teach only the start of the text as if it were
+                # all of it: the row trains as a row without logprobs (loss.signal.missing).
+                if not stats.samples_partial_logprobs:
+                    log.warning(
+                        "teacher %s: the logprobs of problem %s sample %d spell %d tokens that do not "
+                        "cover its text (%d characters); such samples are kept without logprobs",
+                        teacher.name,
+                        problem.id,
+                        index,
+                        len(logprobs.tokens),
+                        len(rationale),
+                    )
+                stats.samples_partial_logprobs += 1
+                logprobs = None
             row = DistilledRow(
                 problem=problem,
                 rationale=rationale,
                 teacher=teacher.name,
                 sample_index=index,
                 pred=format_number(pred),
-                logprobs=completion.logprobs,
+                logprobs=logprobs,
             )
             append_jsonl(partial, row.to_json())
         progress.update(

@@ -33,7 +33,14 @@ from transformers import PreTrainedTokenizerBase
 from mwp.config.schema import MISSING_SIGNAL
 from mwp.data.artifact import DistilledRow, TokenLogprobs
 from mwp.data.formats import cot_target
-from mwp.signals.alignment import ALIGNMENTS, TOKEN_TYPES, make_aligner, normalize_token, token_type
+from mwp.signals.alignment import (
+    ALIGNMENTS,
+    TOKEN_TYPES,
+    TargetEncoder,
+    make_aligner,
+    normalize_token,
+    token_type,
+)
 from mwp.signals.scoring import TeacherForcedScorer
 from mwp.signals.store import SignalStore, SignalStoreError
 from mwp.signals.types import SparseSignal
@@ -122,6 +129,8 @@ def prepare_signals(
     source: str = "distilled rows",
     alignment: str = "span",
     name_by_content: bool = False,
+    encode_target: TargetEncoder | None = None,
+    encoding: str = "seq2seq",
 ) -> tuple[SignalStore, SignalReport]:
     """Align every distilled row's teacher logprobs to its student target; write (or reuse) the store.
 
@@ -147,17 +156,23 @@ def prepare_signals(
         # Stores from before unshared slots were kept are rebuilt.
         "slots": "shared+unshared",
     }
+    if encoding != "seq2seq":  # (T5 stores keep their fingerprint)
+        settings["encoding"] = encoding
     if missing == "score" and scorer is not None:
         settings["scorer"] = scorer.identity
     fingerprint = _fingerprint(rows, settings)
     if not name_by_content:
-        return _build_or_reuse(rows, tokenizer, out_path, fingerprint, settings, scorer, source)
+        return _build_or_reuse(
+            rows, tokenizer, out_path, fingerprint, settings, scorer, source, encode_target
+        )
     out_path = out_path / f"{tokenizer_id(tokenizer)}-{fingerprint}.safetensors"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.with_suffix(".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_or_reuse(rows, tokenizer, out_path, fingerprint, settings, scorer, source)
+            return _build_or_reuse(
+                rows, tokenizer, out_path, fingerprint, settings, scorer, source, encode_target
+            )
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -170,6 +185,7 @@ def _build_or_reuse(
     settings: Mapping[str, Any],
     scorer: TeacherForcedScorer | None,
     source: str,
+    encode_target: TargetEncoder | None = None,
 ) -> tuple[SignalStore, SignalReport]:
     missing, alignment, max_target_len = (
         settings["missing"],
@@ -188,7 +204,7 @@ def _build_or_reuse(
         except (SignalStoreError, ValueError, TypeError, KeyError) as err:
             log.warning("rebuilding unreadable teacher signals %s (%s)", out_path, err)
 
-    aligner = make_aligner(alignment, tokenizer, max_length=max_target_len)
+    aligner = make_aligner(alignment, tokenizer, max_length=max_target_len, encode_target=encode_target)
     texts = [target_text(row) for row in rows]
     teacher_rows = [_teacher_logprobs(row, f"{source} row {i + 1}") for i, row in enumerate(rows)]
     unscored = [i for i, lp in enumerate(teacher_rows) if lp is None]
@@ -213,7 +229,7 @@ def _build_or_reuse(
     by_type = {name: [0, 0] for name in TOKEN_TYPES}
     for i, (text, logprobs) in enumerate(zip(texts, teacher_rows, strict=True)):
         if logprobs is None:
-            ids = tokenizer(text, truncation=True, max_length=max_target_len)["input_ids"]
+            ids, _ = aligner.encode_target(text, max_target_len)
             target_tokens += sum(1 for t in ids if t not in aligner.special_ids)
             for piece, token_id in zip(tokenizer.convert_ids_to_tokens(ids), ids, strict=True):
                 if token_id not in aligner.special_ids:

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mwp.config.schema import LossConfig, ScorerConfig
 from mwp.data.artifact import DistilledRow
+from mwp.signals.alignment import TargetEncoder
 from mwp.signals.build import SignalReport, prepare_signals, signals_path
 from mwp.signals.on_policy import CausalOnPolicySource, OnPolicySource
 from mwp.signals.scoring import TeacherForcedScorer
@@ -50,6 +51,8 @@ def stored_signals(
     data_path: Path,
     run_dir: Path,
     signals_dir: Path | None = None,
+    encode_target: TargetEncoder | None = None,
+    encoding: str = "seq2seq",
 ) -> tuple[list[SparseSignal] | Any, SignalReport]:
     """Sparse teacher signals for the distilled rows: built once per content in `signals_dir` (the stage
     cache's, shared by the runs of a sweep), else once per run folder."""
@@ -66,6 +69,8 @@ def stored_signals(
             source=str(data_path),
             alignment=signal.alignment,
             name_by_content=signals_dir is not None,
+            encode_target=encode_target,
+            encoding=encoding,
         )
     finally:
         if scorer is not None:
@@ -91,8 +96,11 @@ def build_teacher_signals(
     data_path: Path,
     run_dir: Path,
     signals_dir: Path | None = None,
+    encode_target: TargetEncoder | None = None,
+    encoding: str = "seq2seq",
 ) -> TeacherSignals:
-    """The teacher signal `loss` asks for (see the module docstring)."""
+    """The teacher signal `loss` asks for (see the module docstring). `encode_target` and `encoding`:
+    how the student tokenizes a target, and its name (see `mwp.signals.build.prepare_signals`)."""
     if not any(term.needs_teacher for term in loss.terms):
         return TeacherSignals()
     signal, on_policy = loss.signal, loss.on_policy
@@ -106,6 +114,8 @@ def build_teacher_signals(
             data_path=data_path,
             run_dir=run_dir,
             signals_dir=signals_dir,
+            encode_target=encode_target,
+            encoding=encoding,
         )
 
     sampling = {
@@ -119,7 +129,11 @@ def build_teacher_signals(
         # steps train on the rows' stored signals.
         store, report = stored() if on_policy.fraction < 1 else (None, None)
         source = CausalOnPolicySource(
-            build_scorer(signal.scorer), tokenizer, alignment=signal.alignment, **sampling
+            build_scorer(signal.scorer),
+            tokenizer,
+            alignment=signal.alignment,
+            encode_target=encode_target,
+            **sampling,
         )
         return TeacherSignals(source, store, report)
     if on_policy.fraction > 0:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mwp.signals.alignment import make_aligner
+from mwp.signals.alignment import TargetEncoder, make_aligner
 from mwp.signals.collate import collate_sparse
 from mwp.signals.positions import COT_ROWS_KEY, SOURCES_KEY
 from mwp.signals.scoring import TeacherForcedScorer
@@ -167,11 +167,12 @@ class CausalOnPolicySource(StudentSampling, StoredSparseSource):
         max_new_tokens: int = 128,
         seed: int = 0,
         alignment: str = "span",
+        encode_target: TargetEncoder | None = None,
     ) -> None:
         self._init_sampling(fraction, temperature, max_new_tokens, seed)
         self.scorer = scorer
         self.tokenizer = tokenizer
-        self.aligner = make_aligner(alignment, tokenizer)
+        self.aligner = make_aligner(alignment, tokenizer, encode_target=encode_target)
 
     def scored_texts(self, batch: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """The batch's sources and sampled targets as text (what the causal teacher reads)."""

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from mwp.config import validate
 from mwp.config.schema import RunConfig
-from mwp.stages.base import Stage, StageContext, StageInput
+from mwp.stages.base import Stage, StageContext, StageError, StageInput
 from mwp.stages.distill import DistillStage
 from mwp.stages.evaluate import EvaluateStage
 from mwp.stages.refine import RefineStage
@@ -32,4 +32,4 @@ def load_config(cfg: DictConfig) -> RunConfig:
     return validate(cfg, steps=stage_names())
 
 
-__all__ = ["STAGES", "Stage", "StageContext", "StageInput", "load_config", "stage_names"]
+__all__ = ["STAGES", "Stage", "StageContext", "StageError", "StageInput", "load_config", "stage_names"]

@@ -1,7 +1,7 @@
 """What a stage is: one step of the pipeline, turning what the step before it wrote into a folder of its own.
 
 `mwp.pipeline.run` loops over `stage.steps` and asks each stage object everything it needs: which
-earlier stages it reads from (`upstream`), the settings that key its entry in the stage cache
+earlier stages it reads from (`upstream`), whether its inputs are usable (`check_inputs`), the settings that key its entry in the stage cache
 (`key_settings`), how to compute the entry (`run`), the name of its link in the run folder
 (`link`), which of its files make its W&B artifact (`artifact`, `artifact_files`), what
 `summary.json` says of it (`summary`) and, for `mwp-cache ls`, a line on its result (`describe`).
@@ -22,6 +22,11 @@ from mwp.config.schema import RunConfig
 
 if TYPE_CHECKING:  # stage objects are imported by the config check, which must not load lightning
     from lightning.pytorch.loggers import Logger
+
+
+class StageError(RuntimeError):
+    """A stage that ran but produced nothing usable (a distill that kept no sample); the message says
+    why, what was tried and what to change. Nothing is published."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,12 @@ class Stage(ABC):
     @abstractmethod
     def run(self, config: RunConfig, source: StageInput, out: Path, context: StageContext) -> dict[str, Any]:
         """Write the output into `out` and return its result record (kept in the cache manifest)."""
+
+    def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
+        """What is wrong with the files and settings this stage will read, one line each naming the
+        file:line or key. The pipeline asks every stage it will compute before any W&B run, teacher
+        call or model load, and reports every problem at once; reading must cost seconds at most."""
+        return []
 
     def given_input(self, config: RunConfig, context: StageContext) -> StageInput:
         """What the stage reads when no upstream stage ran in this run (an earlier run's output)."""

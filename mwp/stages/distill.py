@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from mwp.config.schema import RunConfig
+from mwp.config.schema.teacher import OpenAITeacherConfig
 from mwp.data.artifact import ARTIFACT
-from mwp.data.io import write_json
+from mwp.data.io import DataError, read_json, write_json
 from mwp.data.loaders import load_problems
 from mwp.data.shards import shard
 from mwp.distill.equation_chain import ChainSettings, distill_chain
 from mwp.distill.rationales import STATS, DistillStats, chain_route, distill, resolve_extraction
-from mwp.stages.base import Stage, StageContext, StageInput
-from mwp.teachers.factory import build_teacher, sampling_params
+from mwp.stage_cache import INCOMPLETE
+from mwp.stages.base import Stage, StageContext, StageError, StageInput
+from mwp.teachers.factory import build_teacher, connection_problem, input_problems, sampling_params
 from mwp.teachers.prompts import build_requests
 from mwp.teachers.usage import teacher_usage
 from mwp.verify.equations import DEFAULT_CONSTANTS
@@ -47,8 +49,46 @@ class DistillStage(Stage):
             "data_dir": config.paths.data_dir,
         }
 
+    def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
+        problems = []
+        try:
+            load_problems(
+                config.dataset.name,
+                config.dataset.train_split,
+                config.paths.data_dir,
+                limit=config.dataset.limit,
+            )
+        except DataError as err:
+            problems.append(str(err))
+        teacher = input_problems(config.teacher, config.dataset.train_split)
+        # An unreachable server is found now, not after the run folder and the W&B run were made.
+        unreachable = None if teacher else connection_problem(config.teacher)
+        return [*problems, *teacher, *([unreachable] if unreachable else [])]
+
     def run(self, config: RunConfig, source: StageInput, out: Path, context: StageContext) -> dict[str, Any]:
-        return run_distill(config, out).to_json()
+        stats = run_distill(config, out)
+        usage = read_json(out / USAGE)
+        failed = int(usage.get("failed_calls") or 0) if isinstance(usage, dict) else 0
+        if stats.problems_seen and not stats.samples_kept:
+            if "refine" not in config.stage.steps or config.refine.method == "none":
+                raise StageError(f"{nothing_kept(config, stats, failed)}; nothing is published")
+            # From Large to Tiny's refine step exists for the problems distillation leaves: it gets them all.
+            log.warning(
+                "%s; refine=%s takes every problem", nothing_kept(config, stats, failed), config.refine.method
+            )
+        result = stats.to_json()
+        # Reused later, such an output would stand for samples never received: it is computed again
+        # instead, and the teacher's completion cache asks only for what did not arrive.
+        missing = []
+        if failed:
+            missing.append(f"{failed} teacher calls failed and were skipped (teacher.on_error=skip)")
+        asked = (stats.problems_seen - stats.problems_uncovered) * config.teacher.n
+        if isinstance(config.teacher, OpenAITeacherConfig) and not failed and stats.samples_seen < asked:
+            missing.append(f"the teacher returned {stats.samples_seen} of the {asked} samples asked for")
+        if missing:
+            result[INCOMPLETE] = "; ".join(missing)
+            log.warning("distill: %s", result[INCOMPLETE])
+        return result
 
     def external_inputs(self, config: RunConfig) -> list[tuple[str, Path]]:
         """The teacher's samples when they are files: a recording's folder (`teacher.path`), a batch
@@ -64,6 +104,27 @@ class DistillStage(Stage):
         dataset = (settings.get("dataset") or {}).get("name")
         teacher = (settings.get("teacher") or {}).get("name")
         return f"{dataset} from {teacher}: {result.get('problems_kept')}/{result.get('problems_seen')} problems kept"
+
+
+def nothing_kept(config: RunConfig, stats: DistillStats, failed_calls: int) -> str:
+    """Why a distill kept no sample, and what to change: the one line its failure says."""
+    seen = stats.problems_seen
+    if stats.problems_uncovered == seen:
+        why = f"teacher {stats.teacher!r} covers none of the {seen} problems of {stats.dataset}/{stats.split}"
+    elif failed_calls and not stats.samples_seen:
+        on_error = getattr(config.teacher, "on_error", "skip")
+        why = (
+            f"every teacher call failed: {failed_calls} calls failed and were skipped "
+            f"(teacher.on_error={on_error}; their errors are in the log)"
+        )
+    else:
+        why = (
+            f"none of the {stats.samples_seen} samples for {seen} problems verified "
+            f"({stats.samples_no_answer} without an answer, {stats.samples_wrong} wrong"
+            f"{f', {failed_calls} teacher calls failed and were skipped' if failed_calls else ''}; "
+            f"stage.extraction={config.stage.extraction})"
+        )
+    return f"distill kept nothing: {why}"
 
 
 def run_distill(config: RunConfig, out_dir: Path) -> DistillStats:
@@ -119,12 +180,11 @@ def run_distill(config: RunConfig, out_dir: Path) -> DistillStats:
     finally:
         teacher.close()
     log.info(
-        "distilled %d/%d problems (%.1f%%), %d samples kept of %d -> %s",
+        "distilled %d/%d problems (%.1f%%), %d samples kept of %d",
         stats.problems_kept,
         stats.problems_seen,
         100 * stats.problem_yield,
         stats.samples_kept,
         stats.samples_seen,
-        out_dir / ARTIFACT,
     )
     return stats

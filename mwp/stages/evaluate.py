@@ -43,6 +43,25 @@ class EvaluateStage(Stage):
             "data_dir": config.paths.data_dir,
         }
 
+    def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
+        from mwp.data.io import DataError
+        from mwp.data.loaders import load_problems
+
+        problems = []
+        for index, spec in enumerate(config.dataset.eval_sets):
+            try:
+                load_problems(spec.name, spec.split, config.paths.data_dir, limit=config.evaluation.limit)
+            except DataError as err:
+                problems.append(f"dataset.eval_sets.{index}: {err}")
+        given = config.stage.student and "train" not in config.stage.steps
+        if given and "student" in config.evaluation.models:
+            folder = Path(str(config.stage.student))
+            if not (folder / "config.json").is_file():
+                problems.append(
+                    f"stage.student={str(folder)!r}: not a trained student folder (no config.json)"
+                )
+        return problems
+
     def given_input(self, config: RunConfig, context: StageContext) -> StageInput:
         if config.stage.student:
             path = Path(config.stage.student)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mwp.config.schema import RunConfig
-from mwp.data.artifact import DistilledRow, read_distilled
+from mwp.data.artifact import DistilledRow, distilled_problem, read_distilled
 from mwp.data.io import read_jsonl_lines
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
@@ -57,6 +57,12 @@ class RefineStage(Stage):
             }
         return settings
 
+    def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
+        if not config.stage.data or any(step in config.stage.steps for step in self.upstream):
+            return []
+        problem = distilled_problem(config.stage.data, "stage.data")
+        return [problem] if problem else []
+
     def given_input(self, config: RunConfig, context: StageContext) -> StageInput:
         path = Path(config.stage.data) if config.stage.data else None
         if path is None:
@@ -92,12 +98,11 @@ def run_refine(config: RunConfig, distilled: Path, out: Path) -> RefineResult:
             teacher_usage(teacher).write(out / USAGE)
             teacher.close()
     log.info(
-        "refine %s: recovered %d of %d failed problems (%d remaining) -> %s",
+        "refine %s: recovered %d of %d failed problems (%d remaining)",
         result.method,
         result.recovered,
         result.failed,
         result.remaining,
-        out / REFINED,
     )
     return result
 

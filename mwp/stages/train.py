@@ -7,15 +7,31 @@ signals are built once per content in the stage cache's `signals/` and shared by
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mwp.config.schema import RunConfig
+from mwp.data.artifact import distilled_problem
 from mwp.digest import file_fingerprint
 from mwp.stages.base import Stage, StageContext, StageInput
 
 SIGNALS_DIR = "signals"
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a torch zip archive cut short by a full disk or a
+    killed copy), or None: the archive's directory is read, not its tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        return (
+            f"{path} is not a readable checkpoint ({err}); move it away to train from the start, or copy "
+            "the best checkpoint of that folder in its place"
+        )
+    return None
 
 
 class TrainStage(Stage):
@@ -39,6 +55,19 @@ class TrainStage(Stage):
             "train_split": config.dataset.train_split,
             "select_extraction": config.evaluation.select_extraction,
         }
+
+    def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
+        problems = []
+        if config.stage.data and not any(step in config.stage.steps for step in self.upstream):
+            problem = distilled_problem(config.stage.data, "stage.data")
+            problems += [problem] if problem else []
+        if config.stage.resume:
+            from mwp.student.fit import CHECKPOINT_DIR, LAST_CHECKPOINT
+
+            last = Path(config.stage.resume) / CHECKPOINT_DIR / LAST_CHECKPOINT
+            problem = checkpoint_problem(last) if last.exists() else None
+            problems += [f"stage.resume: {problem}"] if problem else []
+        return problems
 
     def given_input(self, config: RunConfig, context: StageContext) -> StageInput:
         if not config.stage.data:
@@ -75,4 +104,8 @@ class TrainStage(Stage):
 
     def describe(self, settings: Mapping[str, Any], result: Mapping[str, Any]) -> str:
         student = settings.get("student") or {}
-        return f"{student.get('name_or_path')}, {result.get('steps')} steps, seed {settings.get('seed')}"
+        name = student.get("name_or_path")
+        if student.get("pretrained") == "never":  # the name only lends its config (and tokenizer)
+            d_model = (student.get("size") or {}).get("d_model")
+            name = f"random init (config of {name}{f', d_model {d_model}' if d_model else ''})"
+        return f"{name}, {result.get('steps')} steps, seed {settings.get('seed')}"

@@ -118,6 +118,11 @@ class Codec(ABC):
         return self.decode(self.generate(model, prompts, **kwargs))
 
     @property
+    def identity(self) -> str:
+        """How targets are tokenized, as a name (teacher signals aligned to one encoding are not reused for another)."""
+        return self.kind
+
+    @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
@@ -198,6 +203,10 @@ class CausalCodec(Codec):
         self.chat_template = chat_template
         # Without a template the completion follows the source after one space ("... step. Alice has").
         self.separator = "" if chat_template else " "
+
+    @property
+    def identity(self) -> str:
+        return f"causal:{'chat' if self.chat_template else 'plain'}"
 
     def prompt_text(self, source: str) -> str:
         if not self.chat_template:

@@ -148,6 +148,8 @@ def fit(
         data_path=data_path,
         run_dir=run_dir,
         signals_dir=signals_dir,
+        encode_target=bundle.codec.target_encoding,
+        encoding=bundle.codec.identity,
     )
     datamodule = build_datamodule(config, rows, bundle.tokenizer, teacher.stored, bundle.codec)
     datamodule.setup("fit")

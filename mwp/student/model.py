@@ -105,6 +105,7 @@ def _load_pretrained(name_or_path: str, kind: str, chat_template: str) -> Studen
         found = _kind_of(config, kind)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = _model_class(found).from_pretrained(name_or_path)
+        log.info("student: the pretrained weights of %s (%s)", name_or_path, found)
     except (OSError, ValueError) as err:
         if "student.kind=" in str(err):
             raise
@@ -208,10 +209,14 @@ def build_student(
 
         torch.manual_seed(seed)
     model = _model_class(found).from_config(config)
+    size_note = ", ".join(f"{k}={v}" for k, v in size.items())
     log.warning(
-        "student %r: no pretrained weights; randomly initialised from %s (%.1fM parameters, %s vocabulary of %d)",
-        name_or_path,
+        "student: a random init (no pretrained weights) of the %s %s architecture in %s%s: %.1fM parameters, "
+        "%s vocabulary of %d",
+        found,
+        config.model_type,
         config_source,
+        f" shrunk to {size_note}" if size_note else "",
         sum(p.numel() for p in model.parameters()) / 1e6,
         tokenizer,
         len(vocabulary),

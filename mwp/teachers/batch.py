@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -268,10 +269,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
+    from mwp.config import ConfigError, check_teacher
+    from mwp.config.hydra_errors import explain, is_composition_error
     from mwp.data.loaders import load_problems
     from mwp.teachers.factory import sampling_params
     from mwp.teachers.prompts import build_requests, prompt_stop
@@ -279,17 +280,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [*(f"teacher.{kv}" for kv in args.set), *args.overrides]
     try:
         cfg = compose_export_config(args.teacher, args.prompt, args.dataset, overrides, args.data_dir)
-        if OmegaConf.is_missing(cfg.teacher, "model"):
-            raise SystemExit(f"teacher.model is not set for teacher={args.teacher}: pass --set model=NAME")
+        if OmegaConf.is_missing(cfg.teacher, "model") or cfg.teacher.get("model") is None:
+            raise ConfigError(f"teacher.model is not set for teacher={args.teacher}: pass teacher.model=NAME")
         teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+        assert isinstance(teacher, dict)
+        check_teacher(teacher)
         prompt = cfg.get("prompt")
         data_dir = str(cfg.paths.data_dir)
         split = args.split or str(cfg.dataset.train_split)
         limit = args.limit if args.limit is not None else cfg.dataset.get("limit")
-    except (HydraException, OmegaConfBaseException) as err:
-        raise SystemExit(f"export: {err}") from None
-    assert isinstance(teacher, dict)
-    problems = load_problems(cfg.dataset.name, split, data_dir, limit=limit)
+        problems = load_problems(cfg.dataset.name, split, data_dir, limit=limit)
+    except Exception as err:
+        if is_composition_error(err):
+            lines = explain(err, [f"teacher={args.teacher}", f"dataset={args.dataset}", *overrides])
+        elif isinstance(err, ConfigError | DataError):
+            lines = str(err).strip().splitlines()
+        else:
+            raise
+        for line in lines:
+            print(f"export: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     requests = build_requests(problems, prompt, data_dir=data_dir)
     params = sampling_params(teacher)
     params = replace(params, stop=tuple(dict.fromkeys([*params.stop, *prompt_stop(prompt)])))

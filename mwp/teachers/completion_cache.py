@@ -244,18 +244,27 @@ class CachedTeacher(Teacher):
             missing[key] = absent
 
         indexed = bool(getattr(self.inner, "accepts_first_sample", False))
-        groups: dict[tuple[int, int], list[str]] = {}
+        # A backend that splits n over several calls (`max_n_per_call`) is asked one call's worth
+        # at a time, so each call's samples are stored as it answers: a run killed between two
+        # calls of one problem keeps the samples it already paid for.
+        per_call = None if indexed else getattr(self.inner, "max_n_per_call", None)
+        groups: dict[tuple[int, int], list[tuple[str, list[int]]]] = {}
+        calls_left: dict[str, int] = {}
         for key, absent in missing.items():
-            # One inner call per (count, first index): the count is the call's n.
-            group = (len(absent), 0 if indexed else absent[0])
-            groups.setdefault(group, []).append(key)
+            chunks = _chunks(absent, per_call if isinstance(per_call, int) and per_call > 0 else len(absent))
+            calls_left[key] = len(chunks)
+            for chunk in chunks:
+                # One inner call per (count, first index): the count is the call's n.
+                group = (len(chunk), 0 if indexed else chunk[0])
+                groups.setdefault(group, []).append((key, chunk))
 
-        for (count, first), keys in groups.items():
-            call_requests = [waiting[key][0] for key in keys]
+        for (count, first), entries in groups.items():
+            chunk_of = dict(entries)
+            call_requests = [waiting[key][0] for key, _ in entries]
             call_params = replace(params, n=count)
             if indexed:
                 stream = self.inner.generate(  # type: ignore[call-arg]
-                    call_requests, call_params, first_sample=[missing[key][0] for key in keys]
+                    call_requests, call_params, first_sample=[chunk[0] for _, chunk in entries]
                 )
             else:
                 if first and params.seed is not None:
@@ -263,13 +272,16 @@ class CachedTeacher(Teacher):
                 stream = self.inner.generate(call_requests, call_params)
             for response in stream:
                 key = request_key(self.identity, response.request, params)
-                if key not in missing:
+                if key not in chunk_of:
                     raise RuntimeError(f"teacher {self.name!r} answered a request it was not asked")
-                absent = missing.pop(key)
-                new = response.completions[: len(absent)]
-                self.cache.put(key, absent[: len(new)], new, response.request.problem_id)
+                chunk = chunk_of.pop(key)
+                new = response.completions[: len(chunk)]
+                self.cache.put(key, chunk[: len(new)], new, response.request.problem_id)
+                calls_left[key] -= 1
+                if calls_left[key]:
+                    continue
                 stored = self.cache.get(key)
-                self.usage.record_cached(params.n - len(absent))
+                self.usage.record_cached(params.n - len(missing.pop(key)))
                 ordered = [stored[i] for i in sorted(stored) if i < params.n]
                 for request in waiting.pop(key):
                     yield TeacherResponse(request, list(ordered))
@@ -277,6 +289,11 @@ class CachedTeacher(Teacher):
     def close(self) -> None:
         self.cache.close()
         self.inner.close()
+
+
+def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    """The missing sample `indices` in pieces of at most `size`: what one call asks for."""
+    return [list(indices[start : start + size]) for start in range(0, len(indices), size)]
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -17,14 +17,17 @@ import torch
 from safetensors.torch import load_file
 
 from mwp.stages.distill import run_distill
-from tests.helpers import compose_config, typed_config
+from tests.helpers import typed_config
 
 pytestmark = pytest.mark.slow
 
+# Both kinds of student, each without dropout (SmolLM2's architecture has none).
+STUDENTS = {
+    "flan_t5_tiny": ["student=flan_t5_tiny", "student.size.dropout_rate=0.0"],
+    "tiny_causal": ["student=tiny_causal"],
+}
 TRAIN = [
     "stage=train",
-    "student=flan_t5_tiny",
-    "student.size.dropout_rate=0.0",
     "data.val_fraction=0.0",
     "data.max_source_len=96",
     "data.max_target_len=64",
@@ -68,11 +71,13 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: f
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=atol, msg=name)
 
 
+@pytest.mark.parametrize("student", list(STUDENTS))
 def test_ddp_on_two_processes_matches_one_process_with_the_doubled_batch(
-    distilled: Path, tmp_path: Path
+    distilled: Path, tmp_path: Path, student: str
 ) -> None:
     common = [
         *TRAIN,
+        *STUDENTS[student],
         f"stage.data={distilled}",
         "data.shuffle=false",
         "trainer.max_steps=3",
@@ -113,16 +118,11 @@ def test_ddp_on_two_processes_matches_one_process_with_the_doubled_batch(
     trained = _weights(tmp_path / "single")
     _assert_same(trained, _weights(tmp_path / "ddp"), atol=1e-5)
     # Training moved the weights: equal parameters are not two untouched random inits.
-    untouched = compose_config(["student=flan_t5_tiny"])
-    from mwp.student.model import build_student
+    from hydra.utils import instantiate
 
-    init = build_student(
-        "x",
-        pretrained="never",
-        fallback_config=untouched.student.fallback_config,
-        size={k: v for k, v in untouched.student.size.items() if v is not None},
-        seed=untouched.seed,
-    ).model.state_dict()
+    from mwp.student.fit import student_config
+
+    init = instantiate(student_config(typed_config(STUDENTS[student])), _convert_="all").model.state_dict()
     assert max((trained[k] - init[k]).abs().max().item() for k in trained if k in init) > 1e-4
 
 
@@ -131,6 +131,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_parameters(
 ) -> None:
     common = [
         *TRAIN,
+        *STUDENTS["flan_t5_tiny"],
         f"stage.data={distilled}",
         "data.batch_size=2",
         "trainer.accumulate_grad_batches=2",

@@ -79,3 +79,42 @@ def test_sigkill_then_resume(fault_server, tmp_path):
     assert third.returncode == 0, err
     assert json.loads(out)["inner_calls"] == 0
     assert len(server.calls) == calls_after
+
+
+_ONE_PROBLEM = """
+import sys
+from mwp.teachers.base import SamplingParams, TeacherRequest
+from mwp.teachers.completion_cache import CachedTeacher
+from mwp.teachers.openai_compat import OpenAITeacher
+
+inner = OpenAITeacher("echo", base_url=sys.argv[1], api_key_required=False, concurrency=1, max_n_per_call=2)
+with CachedTeacher(inner, sys.argv[2]) as teacher:
+    (response,) = teacher.generate([TeacherRequest("p0", "Question 0?")], SamplingParams(n=4, temperature=0.7))
+print(len(response.completions), inner.usage.calls, flush=True)
+"""
+
+
+def test_a_run_killed_between_two_calls_of_one_problem_keeps_the_first_calls_samples(fault_server, tmp_path):
+    """n=4 over calls of 2: killed while the second call is out, the first call's samples stay paid for."""
+    server = fault_server(faults=["ok", "slow"], slow_s=30)
+    cache = tmp_path / "cache.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", _ONE_PROBLEM, server.base_url, str(cache)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while len(server.calls) < 2:
+        assert first.poll() is None, first.stderr.read() if first.stderr else ""
+        assert time.monotonic() < deadline, "the second call never came"
+        time.sleep(0.01)
+    time.sleep(0.2)  # the first answer is in; the second call hangs
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    store = CompletionCache(cache)
+    assert len(store) == 2, "the first call's samples were lost"
+    store.close()
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["4", "1"]  # all four samples, one more call for the missing two
+    assert server.calls[2]["body"]["n"] == 2
+    store = CompletionCache(cache)
+    assert len(store) == 4 and store.duplicate_samples == 0

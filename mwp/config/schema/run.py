@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import field_validator, model_validator
@@ -89,26 +90,28 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        # Every problem at once, one line each: fixing one should not reveal the next.
+        problems = [*self._problems(), *self._refine_problems(), *self._missing_paths()]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _problems(self) -> Iterator[str]:
         steps = self.stage.steps
         if "train" in steps and "distill" not in steps and not (self.stage.data or self.stage.resume):
-            raise ValueError(
-                "stage.data: training without the distill step needs stage.data=<distill folder>"
-            )
+            yield ("stage.data: training without the distill step needs stage.data=<distill folder>")
         if (
             "evaluate" in steps
             and "student" in self.evaluation.models
             and "train" not in steps
             and not (self.stage.student or self.stage.resume)
         ):
-            raise ValueError(
-                "stage.student: evaluating without the train step needs stage.student=<student folder>"
-            )
-        self._paths_exist()
+            yield ("stage.student: evaluating without the train step needs stage.student=<student folder>")
         teacher = self.teacher
         if "evaluate" in steps and "teacher" in self.evaluation.models:
             index = self.evaluation.models.index("teacher")
             if isinstance(teacher, RecordedTeacherConfig | BatchFileTeacherConfig):
-                raise ValueError(
+                yield (
                     f"evaluation.models.{index}=teacher: {teacher.name!r} replays completions recorded "
                     "for other prompts and cannot answer new ones; evaluate a live teacher "
                     "(teacher=smollm2, openai, vllm) or drop it from evaluation.models"
@@ -117,36 +120,32 @@ class RunConfig(Section):
             from mwp.data.loaders import canonical_name
 
             if canonical_name(teacher.dataset) != canonical_name(self.dataset.name):
-                raise ValueError(
+                yield (
                     f"teacher.dataset: the recorded teacher {teacher.name!r} covers {teacher.dataset!r}, "
                     f"not dataset.name={self.dataset.name!r}; pick a live teacher (teacher=smollm2, openai, vllm)"
                 )
             if self.dataset.train_split not in teacher.completions:
-                raise ValueError(
+                yield (
                     f"teacher.completions: the recorded teacher has splits {sorted(teacher.completions)}, "
                     f"not dataset.train_split={self.dataset.train_split!r}"
                 )
-        self._refine_is_consistent()
         if "distill" in steps and isinstance(teacher, SimulatedTeacherConfig):
             from mwp.data.loaders import canonical_name
 
             if canonical_name(teacher.dataset) != canonical_name(self.dataset.name):
-                raise ValueError(
+                yield (
                     f"teacher.dataset: the simulated teacher answers from {teacher.dataset!r} gold equations, "
                     f"not dataset.name={self.dataset.name!r}"
                 )
         if "train" in steps and self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
-            raise ValueError("trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends")
-        return self
+            yield "trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends"
 
-    def _refine_is_consistent(self) -> None:
+    def _refine_problems(self) -> Iterator[str]:
         steps = self.stage.steps
         if "refine" not in steps:
             return
         if "distill" not in steps and not (self.stage.data or self.stage.resume):
-            raise ValueError(
-                "stage.data: refining without the distill step needs stage.data=<distill folder>"
-            )
+            yield ("stage.data: refining without the distill step needs stage.data=<distill folder>")
         if self.refine.method == "teacher_feedback":
             assert self.refine.teacher_feedback is not None
             chosen = self.refine.teacher_feedback.teacher
@@ -159,15 +158,16 @@ class RunConfig(Section):
                 try:
                     teacher = schema.model_validate(chosen)
                 except ValueError as err:
-                    raise ValueError(f"refine.teacher_feedback.teacher: {err}") from None
+                    yield f"refine.teacher_feedback.teacher: {err}"
+                    return
             if isinstance(teacher, RecordedTeacherConfig | BatchFileTeacherConfig):
-                raise ValueError(
+                yield (
                     f"{key}: {teacher.name!r} replays completions recorded for other prompts and cannot "
                     "answer feedback prompts; name a live teacher, e.g. "
                     "+teacher@refine.teacher_feedback.teacher=smollm2 (or openai, vllm)"
                 )
 
-    def _paths_exist(self) -> None:
+    def _missing_paths(self) -> Iterator[str]:
         """Inputs a stage will read exist: checked now, not after a teacher was paid or a model loaded."""
         from pathlib import Path
 
@@ -187,4 +187,4 @@ class RunConfig(Section):
             )
         for key, value, what in checks:
             if value is not None and not Path(value).exists():
-                raise ValueError(f"{key}={value!r}: no such file or folder ({what})")
+                yield f"{key}={value!r}: no such file or folder ({what})"

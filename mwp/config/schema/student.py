@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import model_validator
 
@@ -80,6 +81,29 @@ class StudentConfig(Section):
     vocab_min_frequency: int = help_field(
         1, ge=1, le=1000, help="trained tokenizer: entries seen fewer times map to <unk>"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_weights_folder_is_fine_tuned(cls, data: Any) -> Any:
+        """`student.name_or_path=<a folder with weights>` fine-tunes those weights whatever the chosen
+        option says: a preset's `pretrained: never` and size overrides (for its random init) are dropped
+        rather than leave the folder silently unused. A local path that does not exist is an error."""
+        if not isinstance(data, dict) or not isinstance(data.get("name_or_path"), str):
+            return data
+        name = data["name_or_path"]
+        path = Path(name).expanduser()
+        local = path.is_absolute() or name.startswith(("./", "../", "~"))
+        if local and not path.exists():
+            raise ValueError(
+                f"student.name_or_path={name!r}: no such folder (a local checkpoint, or a hub name)"
+            )
+        has_weights = path.is_dir() and (
+            ((path / "config.json").is_file() and any(path.glob("*.safetensors")))
+            or (path / "adapter_config.json").is_file()
+        )
+        if has_weights and data.get("pretrained") == "never":
+            return {**data, "pretrained": "required", "size": {}}
+        return data
 
     @model_validator(mode="after")
     def _trained_tokenizer_needs_random_init(self) -> StudentConfig:
