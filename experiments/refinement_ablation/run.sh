@@ -15,6 +15,7 @@
 #   SEEDS=1 bash experiments/refinement_ablation/run.sh debug=default  # a smoke run
 #   DATASETS=svamp bash experiments/refinement_ablation/run.sh         # one half only
 #   TEACHER=smollm2 DATASETS=math23k bash experiments/refinement_ablation/run.sh  # a live Math23K teacher
+#   TEACHER=llamacpp LLAMACPP_URL=http://127.0.0.1:8000/v1 DATASETS=math23k bash experiments/...  # served
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -23,13 +24,16 @@ DATASETS=${DATASETS:-svamp math23k}
 OUT=${OUT:-outputs/refinement_ablation/$(date +%Y-%m-%d_%H-%M-%S)}
 # one thread per job: small models on CPU train faster that way, and jobs can share the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# Math23K's teacher: simulated (default) or smollm2, live (2 samples of at most 64 tokens a problem:
-# an equation is short, and SmolLM2 on a CPU takes seconds a call)
+# Math23K's teacher: simulated (default), smollm2 (live, in process) or llamacpp (live, a llama.cpp
+# server already serving at LLAMACPP_URL, e.g. the same SmolLM2 GGUF; see conf/teacher/llamacpp.yaml):
+# 2 samples of at most 64 tokens a problem (an equation is short, and a CPU takes seconds a call)
 TEACHER=${TEACHER:-simulated}
 case $TEACHER in
   simulated) MATH23K_TEACHER=() ;;
   smollm2) MATH23K_TEACHER=(teacher=smollm2 teacher.n=2 teacher.max_tokens=64) ;;
-  *) echo "TEACHER=$TEACHER: simulated or smollm2" >&2; exit 2 ;;
+  llamacpp) MATH23K_TEACHER=(teacher=llamacpp "teacher.base_url=${LLAMACPP_URL:-http://127.0.0.1:8000/v1}"
+                             "teacher.model=${LLAMACPP_MODEL:-smollm2}" teacher.n=2 teacher.max_tokens=64) ;;
+  *) echo "TEACHER=$TEACHER: simulated, smollm2 or llamacpp" >&2; exit 2 ;;
 esac
 
 declare -A METHODS=(
