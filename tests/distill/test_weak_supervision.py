@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ import pytest
 from omegaconf import open_dict
 
 from mwp.data.artifact import ARTIFACT, read_distilled
+from mwp.data.gold_templates import gold_template
 from mwp.data.loaders import load_problems
 from mwp.data.problem import Problem
 from mwp.distill.equation_chain import ChainSettings, distill_chain
@@ -52,6 +54,7 @@ from tests.helpers import compose_config, typed_config
 TEACHER = f"{__name__}.RecordingTeacher"
 _EQUATION = re.compile(r"[xX]\s*=\s*[^\s，。；;,\n]+")
 _NAME = re.compile(r"N(\d+)")
+_OPERATOR = re.compile(r"[-+*/^%]")
 
 
 def stripped(problem: Problem) -> Problem:
@@ -133,26 +136,69 @@ def fresh_log() -> Iterator[None]:
     RecordingTeacher.log.clear()
 
 
+def normalised(text: str) -> str:
+    """Text as the leak search compares it: NFKC (full-width digits and signs), no whitespace, ASCII
+    operators, a lower-case unknown."""
+    text = unicodedata.normalize("NFKC", text).replace("×", "*").replace("÷", "/").replace("X", "x")
+    return re.sub(r"\s+", "", text)
+
+
+@dataclass
+class GoldEquations:
+    """Every Math23K gold equation (train, valid and test), in the forms a leak could take.
+
+    `spelled`: each as a prompt would write it ("x=(11-1)*2"), for an equation of ANY problem that a
+    text shows (an exemplar drawn from the dataset). `own(problem)`: the problem's own gold equation as
+    an expression ("(11-1)*2") and as a template over its masked numbers ("(N0-1)*N1"), for a text
+    about that problem; a form that the problem's question (or masked question) itself contains is
+    no leak and is left out ("3/4" in a question that says 3/4).
+    """
+
+    problems: dict[str, Problem]
+    spelled: set[str]
+
+    def own(self, problem_id: str) -> list[str]:
+        problem = self.problems.get(problem_id)
+        if problem is None or not problem.equation:
+            return []
+        expression = normalised(clean_equation(problem.equation)).removeprefix("x=")
+        forms = [expression, normalised(gold_template(problem) or "")]
+        question = normalised(problem.question)
+        masked = normalised(mask_question(problem.question, problem.language).text)
+        return [
+            form
+            for form in dict.fromkeys(forms)
+            if _OPERATOR.search(form) and form not in question and form not in masked
+        ]
+
+    def in_text(self, problem_id: str, text: str) -> list[str]:
+        """The gold equations `text` (about `problem_id`) holds: any problem's spelled out, its own in
+        any form."""
+        flat = normalised(text)
+        found = [m.group(0) for m in _EQUATION.finditer(text) if self._spelled(m.group(0))]
+        return found + [form for form in self.own(problem_id) if form in flat]
+
+    def _spelled(self, equation: str) -> bool:
+        return any(
+            normalised(clean_equation(candidate)) in self.spelled
+            for candidate in (equation, equation.rstrip(".)）"))
+        )
+
+
 @pytest.fixture(scope="module")
-def math23k_gold() -> set[str]:
-    """Every Math23K gold equation as a prompt would spell it ("x=(11-1)*2")."""
-    return {
-        clean_equation(p.equation)
-        for split in ("train", "valid", "test")
-        for p in load_problems("math23k", split)
-        if p.equation
-    }
+def math23k_gold() -> GoldEquations:
+    problems = {p.id: p for split in ("train", "valid", "test") for p in load_problems("math23k", split)}
+    spelled = {normalised(clean_equation(p.equation)) for p in problems.values() if p.equation}
+    return GoldEquations(problems, spelled)
 
 
-def leaked(requests: Sequence[TeacherRequest], gold: set[str]) -> list[tuple[str, str]]:
-    """(problem id, equation) for every gold equation a prompt holds outside the teacher's own text."""
+def leaked(requests: Sequence[TeacherRequest], gold: GoldEquations) -> list[tuple[str, str]]:
+    """(problem id, equation) for every gold equation a prompt holds outside the teacher's own text
+    (the equation it is asked to mask or repair, `subject`)."""
     found = []
     for request in requests:
         text = request.prompt.replace(request.subject, "") if request.subject else request.prompt
-        for match in _EQUATION.finditer(text):
-            equation = clean_equation(match.group(0).rstrip(".)）"))
-            if equation in gold or clean_equation(match.group(0)) in gold:
-                found.append((request.problem_id, match.group(0)))
+        found += [(request.problem_id, equation) for equation in gold.in_text(request.problem_id, text)]
     return found
 
 
@@ -186,7 +232,7 @@ def run_chain(problems: Sequence[Problem], prompt: Any, out: Path) -> tuple[dict
 
 @pytest.mark.parametrize(("dataset", "split"), [("math23k", "train"), ("weak12k", "valid")])
 def test_no_gold_equation_reaches_a_prompt_a_target_or_a_filter_of_the_chain(
-    dataset: str, split: str, math23k_gold: set[str], tmp_path: Path
+    dataset: str, split: str, math23k_gold: GoldEquations, tmp_path: Path
 ) -> None:
     problems = load_problems(dataset, split, limit=60)
     prompt = compose_config(["prompt=fltt_zh"]).prompt
@@ -203,20 +249,21 @@ def test_no_gold_equation_reaches_a_prompt_a_target_or_a_filter_of_the_chain(
     }
     assert steps["format_correction"]["passed"] > 0 and steps["masked_format_correction"]["passed"] > 0
     assert with_gold["problems_kept"] >= 20
-    # a gold equation changes nothing: the prompts, the kept rows, the statistics
+    # no prompt shows the teacher a Math23K gold equation, in any spelling: the exemplars are the
+    # fixed set, and no problem is shown its own
+    assert len(math23k_gold.spelled) > 20_000
+    assert leaked(asked, math23k_gold) == []
+    exemplars = [e.equation for e in prompt.exemplars]
+    assert all(e in r.prompt for r in asked if r.task == "equation" for e in exemplars)
+    # and a gold equation changes nothing: the prompts, the kept rows, the statistics
     assert [(r.problem_id, r.task, r.prompt, r.subject) for r in asked] == [
         (r.problem_id, r.task, r.prompt, r.subject) for r in asked_blind
     ]
     assert row_view(tmp_path / "gold" / ARTIFACT) == row_view(tmp_path / "blind" / ARTIFACT)
     assert with_gold == without_gold
-    # and no prompt shows the teacher a Math23K gold equation: the exemplars are the fixed set
-    assert len(math23k_gold) > 20_000
-    assert leaked(asked, math23k_gold) == []
-    exemplars = [e.equation for e in prompt.exemplars]
-    assert all(e in r.prompt for r in asked if r.task == "equation" for e in exemplars)
 
 
-def test_the_audit_catches_exemplars_drawn_from_the_training_split(math23k_gold: set[str]) -> None:
+def test_the_audit_catches_exemplars_drawn_from_the_training_split(math23k_gold: GoldEquations) -> None:
     """The leak the fixed exemplar set closes: Math23K training problems as exemplars put their gold
     equations into every prompt, and the prompt check above finds them."""
     drawn = compose_config(["prompt=fltt_zh", "prompt.exemplars=null", "prompt.exemplar_dataset=math23k"])
@@ -224,6 +271,27 @@ def test_the_audit_catches_exemplars_drawn_from_the_training_split(math23k_gold:
     requests = build_requests(problems, drawn.prompt)
     found = leaked(requests, math23k_gold)
     assert len(found) >= 4 * len(problems)
+
+
+def test_the_audit_finds_a_problems_own_gold_equation_in_any_spelling(math23k_gold: GoldEquations) -> None:
+    """A prompt that shows a problem its own gold equation, as a template over N0..Nk or as numbers in
+    other spacing and full-width signs, is caught; the plain question is not."""
+    problems = load_problems("math23k", "train", limit=40)
+    caught = 0
+    for problem in problems:
+        assert leaked([TeacherRequest(problem.id, f"题目：{problem.question}\n方程：")], math23k_gold) == []
+        forms = math23k_gold.own(problem.id)
+        if not forms:
+            continue
+        template = gold_template(problem)
+        expression = clean_equation(problem.equation or "").removeprefix("x=")
+        spaced = " ".join(expression).replace("*", "×").replace("(", "（").replace(")", "）")
+        for hint in (template, spaced):
+            assert leaked(
+                [TeacherRequest(problem.id, f"题目：{problem.question}\n提示：{hint}")], math23k_gold
+            )
+        caught += 1
+    assert caught >= 30
 
 
 def refine_twice(method_for: Any, failed: Sequence[Problem], kept: list, out: Path) -> list[dict]:
@@ -258,7 +326,7 @@ def _without(stats: dict, keys: Sequence[str]) -> Any:
     ["enumeration", "teacher_feedback", pytest.param("middle_model", marks=pytest.mark.slow)],
 )
 def test_refinement_reads_gold_equations_only_to_measure_precision(
-    method: str, math23k_gold: set[str], tmp_path: Path
+    method: str, math23k_gold: GoldEquations, tmp_path: Path
 ) -> None:
     problems = load_problems("math23k", "train", limit=60)
     run_chain(problems, compose_config(["prompt=fltt_zh"]).prompt, tmp_path / "distill")
@@ -304,18 +372,49 @@ def test_refinement_reads_gold_equations_only_to_measure_precision(
 
 @pytest.mark.slow
 def test_a_weakly_supervised_fltt_run_end_to_end(
-    math23k_gold: set[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    math23k_gold: GoldEquations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """experiment=fltt_math23k with the recording teacher (distill -> teacher feedback -> train ->
-    evaluate), then again with every loader dropping the gold equations: the same outputs."""
+    evaluate), then again with every loader dropping the gold equations: the same outputs.
+
+    Recorded on the way: every teacher prompt, every training example the student's data module
+    builds (sources and targets; the middle model's too where it runs) and every evaluation source.
+    Prompts and sources are searched for gold equations in any spelling; targets are compared between
+    the two runs instead (a correct target IS the gold template, so a search cannot tell a leak from
+    a right answer; a target read from a gold equation would differ in the run without them).
+    """
     import mwp.data.loaders
+    import mwp.evaluation.scoring
     import mwp.evaluation.suite
     import mwp.stages.distill
     import mwp.stages.refine
+    import mwp.student.datamodule
     from mwp.pipeline import run
+
+    examples: list[tuple[str, str, str, str]] = []
+    eval_sources: list[tuple[str, str]] = []
+    build_items = mwp.student.datamodule.build_train_items
+    build_source = mwp.evaluation.scoring.build_source_kept
+
+    def recorded_items(*args: Any, **kwargs: Any) -> Any:
+        items = build_items(*args, **kwargs)
+        examples.extend(
+            (i.example.problem_id, i.example.format, i.example.source, i.example.target) for i in items
+        )
+        return items
+
+    def recorded_source(problem: Problem, *args: Any, **kwargs: Any) -> Any:
+        source, shown = build_source(problem, *args, **kwargs)
+        eval_sources.append((problem.id, source))
+        return source, shown
+
+    monkeypatch.setattr(mwp.student.datamodule, "build_train_items", recorded_items)
+    monkeypatch.setattr(mwp.evaluation.scoring, "build_source_kept", recorded_source)
 
     def outputs(name: str) -> dict[str, Any]:
         RecordingTeacher.log.clear()
+        examples.clear()
+        eval_sources.clear()
         cfg = compose_config(
             [
                 "experiment=fltt_math23k",
@@ -333,7 +432,9 @@ def test_a_weakly_supervised_fltt_run_end_to_end(
         root = tmp_path / name
         results = json.loads((root / "eval" / "results.json").read_text())
         return {
-            "asked": [(r.problem_id, r.task, r.prompt) for r in RecordingTeacher.log],
+            "asked": [(r.problem_id, r.task, r.prompt, r.subject) for r in RecordingTeacher.log],
+            "examples": sorted(examples),
+            "eval_sources": sorted(eval_sources),
             "distilled": row_view(root / "distill" / ARTIFACT),
             "refined": row_view(root / "refine" / REFINED),
             "train": json.loads((root / "student" / "train_stats.json").read_text()),
@@ -342,9 +443,16 @@ def test_a_weakly_supervised_fltt_run_end_to_end(
         }
 
     gold = outputs("gold")
-    tasks = {task for _, task, _ in gold["asked"]}
+    tasks = {task for _, task, _, _ in gold["asked"]}
     assert {"equation", "masked_equation", "feedback"} <= tasks
-    assert leaked([TeacherRequest(pid, prompt) for pid, _, prompt in gold["asked"]], math23k_gold) == []
+    asked = [TeacherRequest(pid, prompt, subject=subject) for pid, _, prompt, subject in gold["asked"]]
+    assert leaked(asked, math23k_gold) == []
+    assert gold["examples"] and {fmt for _, fmt, _, _ in gold["examples"]} == {"equation"}
+    assert {pid.split("/")[0] for pid, _ in gold["eval_sources"]} == {"math23k", "weak12k"}
+    sources = [(pid, text) for pid, _, text, _ in gold["examples"]] + gold["eval_sources"]
+    assert [
+        (pid, math23k_gold.in_text(pid, text)) for pid, text in sources if math23k_gold.in_text(pid, text)
+    ] == []
 
     original = mwp.data.loaders.load_problems
 
