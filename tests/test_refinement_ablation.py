@@ -48,9 +48,9 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
         "math23k": ["none", "middle_model", "teacher_feedback", "enumeration"],
     }
     for dataset, expected in methods.items():
-        runs = sorted((out / dataset).glob("[0-9]*"), key=lambda p: int(p.name))
-        assert len(runs) == len(expected)
-        for run_dir, method in zip(runs, expected, strict=True):
+        assert sorted(p.name for p in (out / dataset).iterdir()) == sorted(expected)
+        for method in expected:
+            (run_dir,) = (out / dataset / method).glob("[0-9]*")  # one multirun per method, one seed
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
             assert config["refine"]["method"] == method
             # one W&B run per job, grouped by experiment, the stage as job type

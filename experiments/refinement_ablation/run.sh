@@ -41,11 +41,17 @@ declare -A METHODS=(
   [math23k]=none,middle_model,teacher_feedback,enumeration
 )
 started=$(date +%s)
+failed=()
 for dataset in $DATASETS; do
   teacher=()
   [[ $dataset == math23k ]] && teacher=("${MATH23K_TEACHER[@]}")
-  "$BIN/mwp" -m "experiment=refinement_ablation_$dataset" "refine=${METHODS[$dataset]}" "seed=$SEEDS" \
-    "hydra.sweep.dir=$OUT/$dataset" ${teacher[@]+"${teacher[@]}"} "$@"
+  # One multirun per method (over the seeds): a method whose runs fail does not stop the others (with
+  # a weak live teacher a distill can keep nothing, and then `none` has nothing to train on); its runs
+  # are rows of the report with their status.
+  for method in ${METHODS[$dataset]//,/ }; do
+    "$BIN/mwp" -m "experiment=refinement_ablation_$dataset" "refine=$method" "seed=$SEEDS" \
+      "hydra.sweep.dir=$OUT/$dataset/$method" ${teacher[@]+"${teacher[@]}"} "$@" || failed+=("$dataset refine=$method")
+  done
 done
 for dataset in $DATASETS; do
   echo
@@ -55,3 +61,7 @@ for dataset in $DATASETS; do
 done
 echo
 echo "ablation wall time: $(( $(date +%s) - started )) s; runs and reports under $OUT"
+if (( ${#failed[@]} )); then
+  printf 'failed: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
