@@ -16,7 +16,6 @@ SHRINK = [
     "dataset.limit=40",
     "evaluation.limit=4",
     "refine.max_rounds=2",
-    "student@refine.middle_model.student=tiny_causal",
     "refine.middle_model.max_steps=2",
     "++refine.middle_model.num_beams=2",
     "++refine.middle_model.num_return_sequences=2",
@@ -32,6 +31,8 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
         "OUT": str(out),
         "BIN": str(Path(sys.executable).parent),
         "WANDB_MODE": "offline",
+        # the middle model's code path with a ~3.5M random-init causal LM instead of SmolLM2-135M
+        "MIDDLE_MODEL": "tiny_causal",
     }
     done = subprocess.run(
         ["bash", str(REPO / "experiments/refinement_ablation/run.sh"), *SHRINK],
@@ -58,9 +59,13 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
             assert config["logger"]["wandb"]["job_type"] == "fltt"
             assert list((run_dir / "wandb").glob("offline-run-*")), f"no offline W&B run in {run_dir}"
             assert (run_dir / "refine" / "stats.json").is_file()
+            if method == "middle_model":
+                assert config["refine"]["middle_model"]["student"]["pretrained"] == "never"
         report = (out / "report" / dataset / "report.md").read_text()
         for method in expected:
-            assert f"| refine={method} | success |" in report
+            # the middle model's row also names its MIDDLE_MODEL override
+            (row,) = [line for line in report.splitlines() if line.startswith(f"| refine={method} ")]
+            assert "| success |" in row, row
         for column in ("failed by distill", "recovered % of failed", "distill precision %", "wall s"):
             assert column in report
         assert (out / "report" / dataset / "accuracy.png").stat().st_size > 1000

@@ -16,6 +16,7 @@
 #   DATASETS=svamp bash experiments/refinement_ablation/run.sh         # one half only
 #   TEACHER=smollm2 DATASETS=math23k bash experiments/refinement_ablation/run.sh  # a live Math23K teacher
 #   TEACHER=llamacpp LLAMACPP_URL=http://127.0.0.1:8000/v1 DATASETS=math23k bash experiments/...  # served
+#   MIDDLE_MODEL=student bash experiments/refinement_ablation/run.sh   # the student's T5 as middle model
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -35,6 +36,14 @@ case $TEACHER in
                              "teacher.model=${LLAMACPP_MODEL:-smollm2}" teacher.n=2 teacher.max_tokens=64) ;;
   *) echo "TEACHER=$TEACHER: simulated, smollm2 or llamacpp" >&2; exit 2 ;;
 esac
+# The middle model: refine=middle_model's default (SmolLM2-135M-Instruct with LoRA), or MIDDLE_MODEL=<a
+# student option> (e.g. t5_equation), or MIDDLE_MODEL=student (the run's student architecture). Set here,
+# not as an override: `student@refine.middle_model.student=...` does not compose for the other methods.
+case ${MIDDLE_MODEL:-} in
+  "") MIDDLE=() ;;
+  student) MIDDLE=(refine.middle_model.student=null) ;;
+  *) MIDDLE=("student@refine.middle_model.student=$MIDDLE_MODEL") ;;
+esac
 
 declare -A METHODS=(
   [svamp]=none,middle_model,enumeration
@@ -49,8 +58,11 @@ for dataset in $DATASETS; do
   # a weak live teacher a distill can keep nothing, and then `none` has nothing to train on); its runs
   # are rows of the report with their status.
   for method in ${METHODS[$dataset]//,/ }; do
+    middle=()
+    [[ $method == middle_model ]] && middle=("${MIDDLE[@]}")
     "$BIN/mwp" -m "experiment=refinement_ablation_$dataset" "refine=$method" "seed=$SEEDS" \
-      "hydra.sweep.dir=$OUT/$dataset/$method" ${teacher[@]+"${teacher[@]}"} "$@" || failed+=("$dataset refine=$method")
+      "hydra.sweep.dir=$OUT/$dataset/$method" ${teacher[@]+"${teacher[@]}"} ${middle[@]+"${middle[@]}"} "$@" \
+      || failed+=("$dataset refine=$method")
   done
 done
 for dataset in $DATASETS; do
