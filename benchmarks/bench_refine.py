@@ -53,6 +53,12 @@ def main() -> None:
     parser.add_argument(
         "--beams", type=int, default=10, help="num_beams = num_return_sequences (middle model)"
     )
+    parser.add_argument(
+        "--middle-model",
+        default=None,
+        help="student option of the middle model (e.g. t5_equation), or 'student' for the run's student; "
+        "default: refine=middle_model's (SmolLM2-135M-Instruct with LoRA)",
+    )
     parser.add_argument("--max-ops", type=int, default=3, help="refine.enumeration.max_ops")
     parser.add_argument(
         "--feedback-teacher", default="smollm2", help="teacher option re-prompted by feedback"
@@ -77,7 +83,10 @@ def main() -> None:
         "distill_s": round(time.perf_counter() - start, 2),
         "methods": {},
     }
-    print(f"distill: {distilled.problems_kept}/{distilled.problems_seen} problems with a verified equation")
+    print(
+        f"distill ({distilled.to_json().get('teacher') or config.teacher.name}): "
+        f"{distilled.problems_kept}/{distilled.problems_seen} problems with a verified equation"
+    )
     for method in args.methods.split(","):
         overrides = [*base, f"refine={method}"]
         if method == "middle_model":
@@ -88,6 +97,10 @@ def main() -> None:
                 f"trainer.accelerator={args.accelerator}",
                 "trainer.enable_progress_bar=false",
             ]
+            if args.middle_model == "student":
+                overrides.append("refine.middle_model.student=null")
+            elif args.middle_model:
+                overrides.append(f"student@refine.middle_model.student={args.middle_model}")
         elif method == "enumeration":
             overrides.append(f"refine.enumeration.max_ops={args.max_ops}")
         elif method == "teacher_feedback":
@@ -105,7 +118,7 @@ def main() -> None:
         report["distill_precision"] = stats["distill"]["precision"]
         summary = stats["methods"][method]
         print(
-            f"{method}: recovered {summary['recovered']}/{result.failed} failed problems, "
+            f"{method} ({summary.get('by', method)}): recovered {summary['recovered']}/{result.failed} failed problems, "
             f"precision {summary['precision']['precision']}, wall {summary['wall_s']}s"
         )
         for r in summary["rounds"]:

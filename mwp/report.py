@@ -6,8 +6,10 @@ Everything is read from what each run wrote locally (`config.yaml`, `.hydra/over
 of its own with its status, never silently missing.
 
 The table has one row per run (or, with `--aggregate seed`, one row per setting with mean ± std over
-seeds); its first column is the overrides that differ between the runs. `--out DIR` also writes
-`report.md` and PNG plots there.
+seeds); its first column is the overrides that differ between the runs. Above it, the table says which
+teacher wrote the distilled data (a simulated teacher is named as one) and who proposed each
+refinement method's recovered equations; a `teacher` column appears when the runs' teachers differ.
+`--out DIR` also writes `report.md` and PNG plots there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ import yaml
 __all__ = ["RunRecord", "build_table", "collect_runs", "main", "write_report"]
 
 RUN_CONFIG = "config.yaml"
+SIMULATED = "a SIMULATED teacher: no model, it answers from the dataset's gold equations at set error rates"
+
+
+def teacher_label(name: str) -> str:
+    """A teacher's name as tables show it: a simulation says that it is one."""
+    return f"{name} ({SIMULATED})" if name.startswith("simulated") else name
 
 
 @dataclass
@@ -42,6 +50,24 @@ class RunRecord:
     results: list[dict[str, Any]] = field(default_factory=list)
     teacher_calls: int = 0
     cost_usd: float = 0.0
+    # the run's teacher as its config names it, for runs that wrote no distill stats
+    configured_teacher: str | None = None
+
+    @property
+    def teacher(self) -> str | None:
+        """The teacher that wrote the distilled data: distill/stats.json's name (a simulation's says so)."""
+        name = (self.distill or {}).get("teacher")
+        return str(name) if name else self.configured_teacher
+
+    @property
+    def refined_by(self) -> dict[str, str]:
+        """Refinement method -> who proposed its recovered equations (refine/stats.json)."""
+        methods = (self.refine or {}).get("methods") or {}
+        return {
+            str(method): str(block["by"])
+            for method, block in methods.items()
+            if isinstance(block, dict) and block.get("by") and method != "none"
+        }
 
     @property
     def steps(self) -> int | None:
@@ -98,6 +124,16 @@ def _usage(run_dir: Path, reused: set[str] = frozenset()) -> tuple[int, float]:
     return calls, cost
 
 
+def _configured_teacher(run_dir: Path) -> str | None:
+    try:
+        config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    teacher = config.get("teacher") if isinstance(config, dict) else None
+    name = teacher.get("name") if isinstance(teacher, dict) else None
+    return str(name) if name else None
+
+
 def read_run(run_dir: Path) -> RunRecord:
     path = run_dir / "summary.json"
     summary = _read_json(path)
@@ -118,6 +154,7 @@ def read_run(run_dir: Path) -> RunRecord:
     refine = _read_json(run_dir / "refine" / "stats.json")
     calls, cost = _usage(run_dir, _reused_stages(summary))
     return RunRecord(
+        configured_teacher=_configured_teacher(run_dir),
         path=run_dir,
         status=status,
         overrides=_overrides(run_dir),
@@ -309,11 +346,33 @@ class Table:
     # per row, per metric column: the raw values (several with --aggregate)
     values: list[dict[str, list[float]]]
     labels: list[str]
+    # who produced the data: the teacher line(s), then who proposed each refinement's equations
+    caption: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines = [*self.caption, ""] if self.caption else []
+        lines += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines)
+
+
+def _caption(records: Sequence[RunRecord]) -> list[str]:
+    teachers = list(dict.fromkeys(r.teacher for r in records if r.teacher))
+    if not teachers:
+        lines = ["teacher: unknown (no run wrote distill/stats.json)"]
+    elif len(teachers) == 1:
+        lines = [f"teacher: {teacher_label(teachers[0])}"]
+    else:
+        lines = ["teachers (the teacher column): " + "; ".join(teacher_label(t) for t in teachers)]
+    proposers: dict[str, list[str]] = {}
+    for record in records:
+        for method, by in record.refined_by.items():
+            proposers.setdefault(method, [])
+            if by not in proposers[method]:
+                proposers[method].append(by)
+    for method, names in proposers.items():
+        lines.append(f"refine={method}: equations proposed by " + "; ".join(teacher_label(n) for n in names))
+    return lines
 
 
 def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) -> Table:
@@ -337,7 +396,14 @@ def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) 
                     metric_names.append(name)
         per_group.append(merged)
     metric_names.sort(key=_column_rank)
-    columns = ["run", "status", *(["runs"] if aggregate else []), *metric_names]
+    several_teachers = len({r.teacher for r in records if r.teacher}) > 1
+    columns = [
+        "run",
+        "status",
+        *(["runs"] if aggregate else []),
+        *(["teacher"] if several_teachers else []),
+        *metric_names,
+    ]
     rows, labels = [], []
     for (key, members), merged in zip(groups.items(), per_group, strict=True):
         label = " ".join(part for part in key[: len(differing)] if not part.endswith("=")) or (
@@ -347,10 +413,12 @@ def build_table(records: Sequence[RunRecord], *, aggregate: Sequence[str] = ()) 
         row = [label, "/".join(statuses)]
         if aggregate:
             row.append(str(len(members)))
+        if several_teachers:
+            row.append(" / ".join(dict.fromkeys(m.teacher or "?" for m in members)))
         row += [_fmt(merged.get(name, [])) for name in metric_names]
         rows.append(row)
         labels.append(label)
-    return Table(columns=columns, rows=rows, values=per_group, labels=labels)
+    return Table(columns=columns, rows=rows, values=per_group, labels=labels, caption=_caption(records))
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -373,6 +441,10 @@ def _bars(ax: Any, table: Table, column: str, offset: float, width: float, label
     ax.bar(positions, means, width, yerr=errors, capsize=3, label=label)
 
 
+def _teacher_note(table: Table) -> str | None:
+    return table.caption[0] if table.caption else None
+
+
 def _finish_axis(ax: Any, table: Table, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_ylabel(ylabel)
@@ -381,7 +453,9 @@ def _finish_axis(ax: Any, table: Table, title: str, ylabel: str) -> None:
     ax.legend(fontsize=7)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, note: str | None = None) -> Path:
+    if note:
+        fig.suptitle(note, fontsize=7)  # which teacher's data the figure is about
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
@@ -410,7 +484,7 @@ def _plot_accuracy(table: Table, out_dir: Path) -> list[Path]:
             level = statistics.fmean([x for v in table.values for x in v.get(baseline, [])])
             ax.axhline(level, color="grey", linestyle="--", label="baseline")
         _finish_axis(ax, table, name, "accuracy (%)")
-    return [_save(fig, out_dir / "accuracy.png")]
+    return [_save(fig, out_dir / "accuracy.png", _teacher_note(table))]
 
 
 def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
@@ -428,7 +502,7 @@ def _plot_refinement(table: Table, out_dir: Path) -> list[Path]:
         _bars(ax, table, column, width * (j + 0.5) - 0.4, width, column.removesuffix(" %"))
     ax.set_ylim(0, 105)
     _finish_axis(ax, table, "refinement: recovery and semantic precision", "%")
-    return [_save(fig, out_dir / "refinement.png")]
+    return [_save(fig, out_dir / "refinement.png", _teacher_note(table))]
 
 
 def _headline_accuracy(record: RunRecord) -> dict[str, float]:

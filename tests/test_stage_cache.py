@@ -83,7 +83,7 @@ def test_how_a_live_teacher_is_called_changes_no_key(override: str) -> None:
     assert _stage_key(typed_config([*base, "teacher.temperature=0.1"]), "distill", {}) != keys[0]
 
 
-def test_only_the_middle_model_search_depends_on_the_student() -> None:
+def test_refine_depends_on_the_student_only_where_the_student_is_the_middle_model() -> None:
     def keys(method: str, extra: list[str]) -> dict[str, str]:
         config = typed_config(["stage=fltt", f"refine={method}", *extra])
         return {
@@ -91,9 +91,17 @@ def test_only_the_middle_model_search_depends_on_the_student() -> None:
             "train": _stage_key(config, "train", {"refine": "r"}),
         }
 
-    for method, refine_changes in (("middle_model", True), ("enumeration", False), ("none", False)):
-        base, other = keys(method, []), keys(method, ["student.pretrained=never", "student.size.d_model=64"])
-        assert (base["refine"] != other["refine"]) is refine_changes, method
+    # the middle model is its own model by default (SmolLM2 with LoRA): the run's student is not read;
+    # refine.middle_model.student=null makes it the run's student architecture, and then it is
+    for method, extra, refine_changes in (
+        ("middle_model", [], False),
+        ("middle_model", ["refine.middle_model.student=null"], True),
+        ("enumeration", [], False),
+        ("none", [], False),
+    ):
+        student = ["student.pretrained=never", "student.size.d_model=64"]
+        base, other = keys(method, extra), keys(method, [*extra, *student])
+        assert (base["refine"] != other["refine"]) is refine_changes, (method, extra)
         assert base["train"] != other["train"]
 
 

@@ -7,9 +7,23 @@
 (b) masked_equation   - for every equation that verified, the teacher rewrites it over the masked
                         problem's N0..Nk; the template must use only N0..Nk and the allowed
                         constants, and evaluated with the problem's numbers give the gold answer.
+(c') masked_format_correction - a masked equation that failed to parse goes back to the teacher with
+                        the parse error and the names, at most `max_corrections` rounds; a repaired
+                        one is checked as in (b).
 
-A teacher that replays recordings cannot answer (b) or (c): then (c) is skipped and (b) is done
-deterministically (`equation_to_template`), and stats.json says so in the step's "by" field.
+Lin et al. 2024 ("From Large to Tiny", arXiv:2403.14390, the Knowledge Distilling stage) describe
+equation generation, masked equation generation and format correction, each with its check; they
+published no code or prompts. What mwp chooses: the prompts (`mwp.teachers.prompts`), that only
+an equation that does not parse is sent for correction (a wrong value is not a format error), the
+number of rounds, and that the correction serves both generation steps. stats.json counts each
+step's corrections in a block of its own ("format_correction" for (a), "masked_format_correction"
+for (b)).
+
+A teacher that replays recordings cannot answer (b) or (c): then (c) and (c') are skipped and (b) is
+done deterministically (`equation_to_template`), and stats.json says so in the step's "by" field.
+
+The chain reads each problem's question, numbers and final answer, never its gold equation: the
+checks compare values with the answer (weak supervision; tests/distill/test_weak_supervision.py).
 Equivalent templates of one problem are kept once (`mwp.verify.templates.equivalent`: equal values
 on seeded random N0..Nk); templates are stored in `canonical_infix` spelling.
 """
@@ -31,7 +45,11 @@ from mwp.data.io import append_jsonl, write_json
 from mwp.data.problem import Problem
 from mwp.progress import SamplingProgress
 from mwp.teachers.base import SamplingParams, Teacher, TeacherRequest
-from mwp.teachers.prompts import format_correction_request, masked_equation_request
+from mwp.teachers.prompts import (
+    format_correction_request,
+    masked_equation_request,
+    masked_format_correction_request,
+)
 from mwp.teachers.usage import teacher_usage
 from mwp.verify.equation_checks import EquationCheck, check_teacher_equation, equation_parses
 from mwp.verify.equations import DEFAULT_CONSTANTS
@@ -112,6 +130,7 @@ class TemplateCheck:
     message: str = ""
     template: str | None = None  # canonical, over N0..Nk, without "x="
     value: Fraction | None = None
+    expression: str | None = None  # the equation over N0..Nk as found in the text
 
     @property
     def passed(self) -> bool:
@@ -172,11 +191,13 @@ def verify_masked(
     try:
         template = compile_template(expression)
     except TemplateError as exc:
-        return TemplateCheck("format", str(exc))
+        return TemplateCheck("format", str(exc), expression=expression)
     count = len(problem.numbers)
     if template.max_index >= count:
         return TemplateCheck(
-            "numbers", f"N{template.max_index} in {expression!r}: the problem has {count} numbers"
+            "numbers",
+            f"N{template.max_index} in {expression!r}: the problem has {count} numbers",
+            expression=expression,
         )
     allowed = {parse_number(c) for c in constants}
     stray = [c for c in template.constants if c not in allowed]
@@ -184,18 +205,60 @@ def verify_masked(
         return TemplateCheck(
             "numbers",
             f"{format_number(stray[0])} in {expression!r} is neither N0..N{count - 1} nor an allowed constant",
+            expression=expression,
         )
     canonical = canonical_infix(template)
     values = [parse_number(n) for n in problem.numbers]
     verification = verify_template(template, values, problem.answer, constants=constants)
     if verification.ok:
-        return TemplateCheck(None, "", canonical, verification.value)
+        return TemplateCheck(None, "", canonical, verification.value, expression)
     failed = "evaluate" if verification.value is None and problem.answer is not None else "answer"
-    return TemplateCheck(failed, verification.reason, canonical, verification.value)
+    return TemplateCheck(failed, verification.reason, canonical, verification.value, expression)
 
 
 def _answers(teacher: Teacher) -> bool:
     return bool(getattr(teacher, "answers_new_prompts", True))
+
+
+def _correct_masked(
+    checked: list[tuple[_Attempt, TemplateCheck, str]],
+    teacher: Teacher,
+    params: SamplingParams,
+    prompt_cfg: Any,
+    settings: ChainSettings,
+    correction: StepStats,
+) -> None:
+    """Send the masked equations that failed to parse back with their parse error, round by round;
+    an entry of `checked` is replaced by its repair's check."""
+    broken = [i for i, (_, check, _) in enumerate(checked) if check.failed == "format"]
+    for round_index in range(settings.max_corrections):
+        if not broken:
+            break
+        correction.rounds = (correction.rounds or 0) + 1
+        asked: dict[TeacherRequest, list[int]] = {}
+        for index in broken:
+            attempt, check, text = checked[index]
+            request = masked_format_correction_request(
+                attempt.problem,
+                check.expression or text,
+                check.message,
+                prompt_cfg,
+                settings.constants,
+                attempt=round_index + 1,
+            )
+            asked.setdefault(request, []).append(index)
+        correction.requests += len(asked)
+        broken = []
+        for response in teacher.generate(list(asked), params):
+            correction.completions += len(response.completions)
+            text = response.completions[0].text.strip() if response.completions else ""
+            for index in asked[response.request]:
+                attempt = checked[index][0]
+                check = verify_masked(text, attempt.problem, settings.constants)
+                correction.record(check.failed)
+                checked[index] = (attempt, check, text)
+                if check.failed == "format":
+                    broken.append(index)
 
 
 def distill_chain(
@@ -223,6 +286,7 @@ def distill_chain(
         ),
         "format_correction": StepStats(by="teacher" if live else NOT_ASKED, rounds=0),
         "masked_equation": StepStats(by="teacher" if live else REPLAYED),
+        "masked_format_correction": StepStats(by="teacher" if live else NOT_ASKED, rounds=0),
     }
 
     # (a) equations
@@ -295,6 +359,10 @@ def distill_chain(
             checked.append((attempt, verify_masked(template, attempt.problem, settings.constants), template))
     for _attempt, template_check, _text in checked:
         masked.record(template_check.failed)
+
+    # (c') format corrections of masked equations, each repaired one checked as in (b)
+    if live:
+        _correct_masked(checked, teacher, follow_up, prompt_cfg, settings, steps["masked_format_correction"])
 
     # keep: one row per problem and equivalence class of templates
     partial = out_dir / (ARTIFACT + ".partial")

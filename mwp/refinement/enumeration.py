@@ -34,6 +34,7 @@ class EnumerationMethod:
         self.time_limit_s = time_limit_s
         self.constants = tuple(constants)
         self.max_ops = max_ops
+        self.source = f"enumeration of templates up to {max_ops} operators (no model)"
         self.max_results = max_results
         self.processes = processes
         self.max_per_problem = max_per_problem

@@ -5,6 +5,12 @@ with the student's own training (`mwp.student.fit.fit`: the same DataModule, Lig
 Trainer), decodes K candidate templates for every problem still failed (beam search or sampling),
 keeps those that verify against the gold answer, and adds them to the pairs, so the next round's
 middle model trains on them. It stops after `max_rounds` or when a round recovers nothing.
+
+The middle model is its own model (`refine.middle_model.student`, any student option: a seq2seq T5 or
+a causal LM, with LoRA or without; null = the run's student architecture). Lin et al. 2024 ("From
+Large to Tiny", the Knowledge Refine stage) fine-tune a middle model on the successfully searched
+pairs and search the unsuccessful ones with it, iteratively; which model, how long it trains, how it
+decodes and how many rounds run are mwp's choices (the experiment configs say which).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mwp.config.schema import LossTerm, MiddleModelConfig, RunConfig
+from mwp.config.schema import LossTerm, MiddleModelConfig, RunConfig, StudentConfig
 from mwp.data.artifact import DistilledRow, write_distilled
 from mwp.data.formats import equation_source
 from mwp.data.problem import Problem
@@ -27,7 +33,7 @@ from mwp.progress import Progress
 from mwp.refinement.candidates import RoundStats, distinct_verified, recovered_row
 from mwp.student.codec import Codec
 from mwp.student.fit import fit
-from mwp.student.model import load_student
+from mwp.student.model import is_adapter, load_student
 from mwp.verify.templates import TemplateError, canonical_infix, from_prefix
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,15 @@ def middle_model_config(config: RunConfig, settings: MiddleModelConfig) -> RunCo
     )
 
 
+def middle_model_label(student: StudentConfig) -> str:
+    """What the middle model is, for stats and tables: "middle model HuggingFaceTB/SmolLM2-135M-Instruct
+    (pretrained, LoRA r=16)"."""
+    name = student.gguf_package or student.name_or_path
+    init = "random init" if student.pretrained == "never" else "pretrained"
+    lora = f", LoRA r={student.peft.r}" if student.peft is not None and student.peft.enabled else ""
+    return f"middle model {name} ({student.kind}, {init}{lora})"
+
+
 def decoded_template(text: str, notation: str) -> str:
     """A decoded target back to an infix template (the equation format may train on prefix)."""
     if notation != "prefix":
@@ -162,6 +177,7 @@ class MiddleModelSearch:
         max_per_problem: int = 1,
     ) -> None:
         self.config = middle_model_config(config, settings)
+        self.source = middle_model_label(self.config.student)
         self.decoding = Decoding(
             num_beams=settings.num_beams,
             num_return_sequences=settings.num_return_sequences,
@@ -200,6 +216,8 @@ class MiddleModelSearch:
             stats.train_s = time.perf_counter() - stats.started
 
             model, codec, _ = load_student(trained.student_dir)
+            if is_adapter(model):
+                model = model.merge_and_unload()  # decoding only: no adapter matmuls per token
             generator = CandidateGenerator(model, codec, self.decoding, max_source_len=None)
             problems = list(remaining.values())
             search_start = time.perf_counter()

@@ -108,6 +108,8 @@ def refine(
         },
         "methods": {
             method.method: {
+                # who proposed the recovered equations: a teacher's name, the middle model, a search
+                "by": str(getattr(method, "source", method.method)),
                 "rounds": [r.to_json() for r in rounds],
                 "recovered": len(recovered_ids),
                 "remaining": remaining,

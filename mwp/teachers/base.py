@@ -66,7 +66,7 @@ class TeacherRequest:
     """What to ask about one problem. `prompt` is plain text; chat backends wrap it in a user turn.
 
     `task` names what the prompt asks for ("solve", or a step of the equation chain: "equation",
-    "masked_equation", "format_correction"), so that a teacher that cannot read prompts (the
+    "masked_equation", "format_correction", "masked_format_correction"), so that a teacher that cannot read prompts (the
     simulated one) knows the step, and caches keep the steps apart. `subject` is the text a follow-up
     step works on (the equation to mask or to repair); it is also spelled out inside `prompt`.
     """

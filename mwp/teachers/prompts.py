@@ -8,10 +8,15 @@ Styles:
   rebuilt from the dataset, e.g. `prompt=fu2023_complex`); with 0, zero-shot "Let's think step by step".
 - `equation`: From-Large-to-Tiny's request for one equation "x=..." (English or Chinese).
 - `equation_chain`: From-Large-to-Tiny's chain of teacher calls, one prompt per step: the equation
-  (`query`, as `equation`), the same equation over the masked problem's N0..Nk (`masked_query`), and
-  the repair of an equation that failed to parse (`correction_query`). See `mwp.distill.equation_chain`.
+  (`query`, as `equation`), the same equation over the masked problem's N0..Nk (`masked_query`), the
+  repair of an equation that failed to parse (`correction_query`) and of a masked equation that failed
+  to parse (`masked_correction_query`). See `mwp.distill.equation_chain`. Lin et al. 2024 published no
+  prompts: these texts are mwp's.
 
-A few-shot prompt never shows the problem being asked (same id or same question text).
+Exemplars come from a fixed set written into the prompt config (`prompt.exemplars`: the `fltt_*`
+prompts, so that a weakly supervised run shows the teacher no dataset's gold equation), or are drawn
+from `prompt.exemplar_dataset`. A few-shot prompt never shows the problem being asked (same id or
+same question text).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from mwp.config.schema.prompt import PromptConfig, prompt_config
 from mwp.data.problem import Problem
 from mwp.teachers.base import TeacherRequest
-from mwp.verify.numbers import format_number
+from mwp.verify.numbers import format_number, parse_number
 
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _OPERATOR = re.compile(r"(?<=[\w.)\]])\s*[-+*/^×÷]|\*\*")
@@ -88,6 +93,13 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
             "equation in the form x=..., using only numbers, + - * / ^ and parentheses. Reply with the "
             "corrected equation only.\n\nProblem: {question}\nEquation: {equation}\nCorrected equation:"
         ),
+        "masked_correction_query": (
+            "In the problem below every number is replaced by a name: {mapping}. This equation with "
+            "names cannot be read: {error}\nCorrect it into one equation in the form x=..., using only "
+            "the names, + - * / ^, parentheses and the constants {constants}. Reply with the corrected "
+            "equation only.\n\nProblem: {masked_question}\nEquation with names: {equation}\n"
+            "Corrected equation with names:"
+        ),
         "retry_note": "(Correction attempt {attempt}: the previous correction still failed to parse.)",
     },
     ("equation_chain", "zh"): {
@@ -106,6 +118,12 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
             "只使用数字、+ - * / ^ 和括号。只输出改正后的方程，不要解释。\n\n"
             "题目：{question}\n方程：{equation}\n改正后的方程："
         ),
+        "masked_correction_query": (
+            "下面的题目中每个数都换成了一个名字：{mapping}。这个用名字写的方程无法解析：{error}\n"
+            "请把它改写成一个形式为 x=... 的方程，只使用这些名字、+ - * / ^、括号和常数 {constants}。"
+            "只输出改正后的方程，不要解释。\n\n"
+            "题目：{masked_question}\n用名字写的方程：{equation}\n改正后用名字写的方程："
+        ),
         "retry_note": "（第 {attempt} 次改正：上一次改正后的方程仍无法解析。）",
     },
 }
@@ -114,7 +132,12 @@ TEMPLATES: dict[tuple[str, str], dict[str, str]] = {
 PromptSetting = PromptConfig | Mapping[str, Any] | None
 
 # The request task of each chain step (TeacherRequest.task); "equation" is the chain's first step.
-CHAIN_TASKS: tuple[str, ...] = ("equation", "masked_equation", "format_correction")
+CHAIN_TASKS: tuple[str, ...] = (
+    "equation",
+    "masked_equation",
+    "format_correction",
+    "masked_format_correction",
+)
 
 
 def template(prompt: PromptConfig, part: str) -> str:
@@ -245,11 +268,33 @@ def render_prompt(problem: Problem, exemplars: Sequence[Problem], cfg: PromptCon
 
 
 # -- the entry points -----------------------------------------------------------------------------
+def fixed_exemplars(prompt_cfg: PromptSetting) -> list[Problem]:
+    """The prompt's own exemplar set (`prompt.exemplars`) as problems, in its order (empty without one)."""
+    cfg = prompt_config(prompt_cfg)
+    out = []
+    for index, exemplar in enumerate(cfg.exemplars or ()):
+        out.append(
+            Problem(
+                id=f"exemplar/{cfg.name}/{index}",
+                question=exemplar.question,
+                answer=parse_number(exemplar.answer),
+                answer_text=exemplar.answer,
+                equation=exemplar.equation,
+                language=cfg.language,
+                source="prompt",
+            )
+        )
+    return out
+
+
 def load_exemplar_pool(prompt_cfg: PromptSetting, data_dir: str | Path | None = None) -> list[Problem]:
-    """The training problems exemplars are drawn from (empty for zero-shot prompts)."""
+    """The problems exemplars are drawn from: the prompt's fixed set, else the training problems of
+    `prompt.exemplar_dataset` (empty for zero-shot prompts)."""
     cfg = prompt_config(prompt_cfg)
     if not cfg.num_exemplars:
         return []
+    if cfg.exemplars is not None:
+        return fixed_exemplars(cfg)
     from mwp.data.loaders import load_problems
 
     assert cfg.exemplar_dataset is not None
@@ -262,10 +307,13 @@ def build_requests(
     exemplar_pool: Sequence[Problem] | None = None,
     data_dir: str | Path | None = None,
 ) -> list[TeacherRequest]:
-    """One request per problem. `exemplar_pool=None` loads `prompt.exemplar_dataset` when exemplars are wanted."""
+    """One request per problem. `exemplar_pool=None` takes the prompt's fixed exemplar set, else loads
+    `prompt.exemplar_dataset`, when exemplars are wanted."""
     cfg = prompt_config(prompt_cfg)
     ranked: list[Problem] = []
-    if cfg.num_exemplars:
+    if cfg.num_exemplars and exemplar_pool is None and cfg.exemplars is not None:
+        ranked = fixed_exemplars(cfg)  # shown as written, the same for every problem
+    elif cfg.num_exemplars:
         pool = exemplar_pool if exemplar_pool is not None else load_exemplar_pool(cfg, data_dir)
         ranked = rank_exemplars(pool, cfg)
         # A fixed (published) prompt stays as it is: a problem that is one of its exemplars sees the others.
@@ -285,23 +333,47 @@ def build_requests(
     return requests
 
 
+def _masked_fields(problem: Problem, constants: Sequence[str]) -> dict[str, str]:
+    """The masked question and the names of its numbers ("N0=2, N1=11"), as the masked prompts show them."""
+    from mwp.verify.masking import mask_question
+
+    masked = mask_question(problem.question.strip(), problem.language)
+    names = problem.numbers or masked.numbers
+    return {
+        "mapping": ", ".join(f"N{k}={number}" for k, number in enumerate(names)) or "-",
+        "constants": ", ".join(constants) or "-",
+        "masked_question": masked.text,
+    }
+
+
 def masked_equation_request(
     problem: Problem, equation: str, prompt_cfg: PromptSetting = None, constants: Sequence[str] = ()
 ) -> TeacherRequest:
     """Step (b) of the chain: rewrite a verified `equation` over the masked problem's N0..Nk."""
-    from mwp.verify.masking import mask_question
-
     cfg = prompt_config(prompt_cfg)
-    masked = mask_question(problem.question.strip(), problem.language)
-    names = problem.numbers or masked.numbers
-    mapping = ", ".join(f"N{k}={number}" for k, number in enumerate(names)) or "-"
     prompt = chain_template(cfg, "masked_query").format(
-        mapping=mapping,
-        constants=", ".join(constants) or "-",
-        masked_question=masked.text,
-        equation=equation,
+        **_masked_fields(problem, constants), equation=equation
     )
     return TeacherRequest(problem.id, prompt, cfg.system, task="masked_equation", subject=equation)
+
+
+def masked_format_correction_request(
+    problem: Problem,
+    equation: str,
+    error: str,
+    prompt_cfg: PromptSetting = None,
+    constants: Sequence[str] = (),
+    attempt: int = 1,
+) -> TeacherRequest:
+    """The repair of a masked `equation` (over N0..Nk) that failed to parse with `error`; a later
+    `attempt` says so at the top of the prompt, as `format_correction_request` does."""
+    cfg = prompt_config(prompt_cfg)
+    prompt = chain_template(cfg, "masked_correction_query").format(
+        **_masked_fields(problem, constants), error=error, equation=equation
+    )
+    if attempt > 1:
+        prompt = chain_template(cfg, "retry_note").format(attempt=attempt) + "\n" + prompt
+    return TeacherRequest(problem.id, prompt, cfg.system, task="masked_format_correction", subject=equation)
 
 
 def format_correction_request(

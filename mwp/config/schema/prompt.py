@@ -6,9 +6,38 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from omegaconf import OmegaConf
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from mwp.config.schema.base import Section, help_field
+
+
+class ExemplarConfig(Section):
+    """One exemplar of a fixed exemplar set: a problem written for the prompt, its equation and answer."""
+
+    question: str = help_field(help="the exemplar problem")
+    equation: str = help_field(help='its equation, "x=..." with the problem\'s numbers')
+    answer: str = help_field(help="its answer (the value of the equation)")
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _equation_gives_the_answer(self) -> ExemplarConfig:
+        from mwp.verify.equations import EquationError, solve_equation
+        from mwp.verify.numbers import parse_number
+
+        answer = parse_number(self.answer)
+        if answer is None:
+            raise ValueError(f"answer={self.answer!r} is not a number")
+        try:
+            value = solve_equation(self.equation)
+        except (EquationError, ValueError) as err:
+            raise ValueError(f"equation={self.equation!r} cannot be solved: {err}") from None
+        if value != answer:
+            raise ValueError(f"equation={self.equation!r} gives {value}, not the answer {self.answer}")
+        return self
 
 
 class PromptConfig(Section):
@@ -21,6 +50,11 @@ class PromptConfig(Section):
     )
     language: Literal["en", "zh"] = help_field("en", help="prompt language")
     num_exemplars: int = help_field(0, ge=0, le=64, help="few-shot exemplars in the prompt")
+    exemplars: list[ExemplarConfig] | None = help_field(
+        None,
+        help="a fixed exemplar set written into the prompt config, shown in its order (replaces "
+        "exemplar_dataset): no gold equation of a dataset reaches the teacher",
+    )
     exemplar_dataset: str | None = help_field(None, help="where exemplars come from (its training split)")
     exemplar_split: str = help_field("train", help="split exemplars are drawn from")
     exemplar_limit: int | None = help_field(None, ge=1, help="first N problems of the exemplar split only")
@@ -50,11 +84,30 @@ class PromptConfig(Section):
     correction_query: str | None = help_field(
         None, help="equation_chain: the format-correction prompt (null = the built-in one of the language)"
     )
+    masked_correction_query: str | None = help_field(
+        None,
+        help="equation_chain: the format-correction prompt of a masked equation (null = the built-in one "
+        "of the language)",
+    )
 
     @model_validator(mode="after")
     def _exemplars_need_a_source(self) -> PromptConfig:
-        if self.num_exemplars and not self.exemplar_dataset:
-            raise ValueError("prompt.exemplar_dataset is required when prompt.num_exemplars > 0")
+        if self.exemplars is not None:
+            if self.exemplar_dataset:
+                raise ValueError(
+                    "prompt.exemplars and prompt.exemplar_dataset: a fixed exemplar set or a dataset to draw "
+                    "from, not both (set prompt.exemplar_dataset=null)"
+                )
+            if self.num_exemplars > len(self.exemplars):
+                raise ValueError(
+                    f"prompt.num_exemplars={self.num_exemplars} but prompt.exemplars has only "
+                    f"{len(self.exemplars)}"
+                )
+        elif self.num_exemplars and not self.exemplar_dataset:
+            raise ValueError(
+                "prompt.exemplar_dataset is required when prompt.num_exemplars > 0 (or a fixed set in "
+                "prompt.exemplars)"
+            )
         if self.selection == "fixed":
             ids = self.exemplar_ids or []
             if len(ids) < self.num_exemplars or len(set(ids)) != len(ids):
