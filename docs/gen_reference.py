@@ -219,7 +219,9 @@ def run_page() -> str:
     rows = [
         r
         for r in config_reference(RunConfig)
-        if "." not in r.key and r.key not in group_names and r.key not in ("experiment", "hparams_search", "debug")
+        if "." not in r.key
+        and r.key not in group_names
+        and r.key not in ("experiment", "hparams_search", "debug")
     ]
     parts = [
         "# Run-level keys and the other groups\n",
@@ -257,7 +259,9 @@ def config_pages() -> None:
         write(f"config/{group}.md", group_page(group, schema, about))
         SUMMARY.append(f"    * [{group}](config/{group}.md)")
         index.append(f"| [`{group}`]({group}.md) | {about} |")
-    index.append("| [run-level keys, other groups](run.md) | seed, tags, loggers, callbacks, experiments, sweeps, launchers |")
+    index.append(
+        "| [run-level keys, other groups](run.md) | seed, tags, loggers, callbacks, experiments, sweeps, launchers |"
+    )
     write("config/index.md", "\n".join(index))
     write("config/run.md", run_page())
 
@@ -317,6 +321,7 @@ def cli_pages() -> None:
 
 # The Python API: one page per module of these packages, in data-flow order
 API_PACKAGES = [
+    "mwp.cli",
     "mwp.pipeline",
     "mwp.stages",
     "mwp.stage_cache",

@@ -47,7 +47,9 @@ def config_reference(schema: type, prefix: str = "") -> list[KeyReference]:
     raise TypeError(f"{schema!r} is neither a pydantic model nor a dataclass")
 
 
-def _model_rows(schema: type[BaseModel], prefix: str, seen: tuple[type, ...]) -> typing.Iterator[KeyReference]:
+def _model_rows(
+    schema: type[BaseModel], prefix: str, seen: tuple[type, ...]
+) -> typing.Iterator[KeyReference]:
     for name, info in schema.model_fields.items():
         key = f"{prefix}{info.alias or name}"
         annotation = info.annotation

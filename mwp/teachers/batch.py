@@ -241,7 +241,8 @@ def compose_export_config(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mwp.teachers.batch", description="Export sampling requests as an OpenAI Batch API file."
+        prog="python -m mwp.teachers.batch",
+        description="Export sampling requests as an OpenAI Batch API file.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write batch input JSONL for a dataset split")
