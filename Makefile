@@ -37,9 +37,10 @@ install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempot
 
 # The two halves run at once, one thread each. The students are too small for a second thread to pay
 # much (the equation half: ~140 s wall on 2 threads, ~175 CPU-seconds on one; on a busy machine torch's
-# threads spin), so side by side the demo takes about as long as its equation half. One thread also
-# makes the printed figures the same on every machine: the thread count changes float rounding, and
-# the equation student's seed-42 score is 20.5% on one thread, 17.5% on torch's default (2 on 2 cores).
+# threads spin), so side by side the demo takes about as long as its equation half. The figures it
+# prints are not the same everywhere: float rounding changes with the thread count and with the CPU
+# (seed 42's equation score has been 19.0% and 20.5% on one thread on two machines of one kind), so
+# docs/getting-started.md gives a spread over seeds.
 demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student and an equation student, evaluate both.
 	@mkdir -p $(DEMO_LOGS)
 	@echo "demo: the equation route (experiment=demo_equation) runs alongside; its log: $(DEMO_LOGS)/demo_equation.log"
