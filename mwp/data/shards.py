@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Merge shard artifacts (JSONL) into one, dropping duplicates."
+        prog="python -m mwp.data.shards",
+        description="Merge shard artifacts (JSONL) into one, dropping duplicates.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge")

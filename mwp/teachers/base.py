@@ -20,6 +20,9 @@ class TeacherError(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample: `n` completions per request, their temperature, nucleus mass, length cap, stop
+    sequences, the top-k logprobs to record per token and the seed (the teacher config's sampling keys)."""
+
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
@@ -44,6 +47,8 @@ class SamplingParams:
 
 @dataclass
 class Completion:
+    """One sampled completion: its text, why it ended, and its per-token top-k logprobs when recorded."""
+
     text: str
     finish_reason: str | None = None
     logprobs: TokenLogprobs | None = None
@@ -80,6 +85,8 @@ class TeacherRequest:
 
 @dataclass
 class TeacherResponse:
+    """The completions a teacher gave for one request (up to `n`)."""
+
     request: TeacherRequest
     completions: list[Completion]
 

@@ -240,7 +240,10 @@ def compose_export_config(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export sampling requests as an OpenAI Batch API file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mwp.teachers.batch",
+        description="Export sampling requests as an OpenAI Batch API file.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write batch input JSONL for a dataset split")
     export.add_argument("--dataset", required=True, help="conf/dataset/<name>.yaml")

@@ -21,10 +21,12 @@ UNALIGNED = ("skip", "one_hot")
 _KIND_ALIASES = {"kl": "forward_kl", "rkl": "reverse_kl", "cross_entropy": "ce"}
 
 
-def _help(text: str, default: Any = MISSING) -> Any:
+def _help(text: str, default: Any = MISSING, choices: Sequence[str] = ()) -> Any:
+    # `choices` (what `__post_init__` accepts) is for the generated config reference (mwp.config.reference)
+    metadata = {"help": text, "choices": tuple(choices)} if choices else {"help": text}
     if default is MISSING:
-        return field(metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class LossTerm:
         "ce | forward_kl (kl) | reverse_kl | jsd | uld (sorted-probability transport, no vocabulary mapping) | "
         "hybrid (forward KL on the tokens both vocabularies share, uld on the rest)",
         None,
+        (*KINDS, *_KIND_ALIASES),
     )
     temperature: float = _help(
         "softens student and teacher before comparing, > 0 (distillation terms only)", 1.0
@@ -48,12 +51,16 @@ class LossTerm:
         "sparse teachers: 'bucket' keeps the top-k's missing mass as one outcome; 'renormalize' rescales "
         "the top-k to sum to 1; 'none' takes the top-k as reported, no rest outcome (forward_kl and uld only)",
         "bucket",
+        TAILS,
     )
-    targets: str = _help("rows this term counts: all | cot (chain-of-thought targets) | answer_only", "all")
+    targets: str = _help(
+        "rows this term counts: all | cot (chain-of-thought targets) | answer_only", "all", TARGETS
+    )
     unaligned: str = _help(
         "sparse teachers: where a target position has no teacher distribution, 'skip' leaves it to the other "
         "terms, 'one_hot' compares with a one-hot teacher at the label (forward_kl only)",
         "skip",
+        UNALIGNED,
     )
     top_k: int | None = _help(
         "sparse teachers: keep only k teacher slots a position: the label's (the token the target holds) "
