@@ -34,11 +34,11 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mwp.data.artifact import ARTIFACT, DistilledRow
 from mwp.data.io import append_jsonl, write_json
@@ -220,6 +220,22 @@ def _answers(teacher: Teacher) -> bool:
     return bool(getattr(teacher, "answers_new_prompts", True))
 
 
+_Entry = TypeVar("_Entry")
+
+
+def _ask(
+    teacher: Teacher, asked: dict[TeacherRequest, list[_Entry]], params: SamplingParams, stats: StepStats
+) -> Iterator[tuple[_Entry, str]]:
+    """Each distinct request once, counted in `stats`; every entry that asked it with the text of the
+    first completion (empty when the teacher gave none)."""
+    stats.requests += len(asked)
+    for response in teacher.generate(list(asked), params):
+        stats.completions += len(response.completions)
+        text = response.completions[0].text.strip() if response.completions else ""
+        for entry in asked[response.request]:
+            yield entry, text
+
+
 def _correct_masked(
     checked: list[tuple[_Attempt, TemplateCheck, str]],
     teacher: Teacher,
@@ -247,18 +263,14 @@ def _correct_masked(
                 attempt=round_index + 1,
             )
             asked.setdefault(request, []).append(index)
-        correction.requests += len(asked)
         broken = []
-        for response in teacher.generate(list(asked), params):
-            correction.completions += len(response.completions)
-            text = response.completions[0].text.strip() if response.completions else ""
-            for index in asked[response.request]:
-                attempt = checked[index][0]
-                check = verify_masked(text, attempt.problem, settings.constants)
-                correction.record(check.failed)
-                checked[index] = (attempt, check, text)
-                if check.failed == "format":
-                    broken.append(index)
+        for index, text in _ask(teacher, asked, params, correction):
+            attempt = checked[index][0]
+            check = verify_masked(text, attempt.problem, settings.constants)
+            correction.record(check.failed)
+            checked[index] = (attempt, check, text)
+            if check.failed == "format":
+                broken.append(index)
 
 
 def distill_chain(
@@ -324,19 +336,15 @@ def distill_chain(
                 attempt.problem, equation, attempt.check.message, prompt_cfg, attempt=round_index + 1
             )
             asked.setdefault(request, []).append(attempt)
-        correction.requests += len(asked)
         broken = []
-        for response in teacher.generate(list(asked), follow_up):
-            correction.completions += len(response.completions)
-            text = response.completions[0].text.strip() if response.completions else ""
-            for attempt in asked[response.request]:
-                check = check_step_equation(text, attempt.problem, constants=settings.constants)
-                correction.record(check.failed)
-                repaired = _Attempt(attempt.problem, attempt.sample_index, attempt.rationale, check)
-                if check.passed:
-                    verified.append(repaired)
-                elif check.failed == "format":
-                    broken.append(repaired)
+        for attempt, text in _ask(teacher, asked, follow_up, correction):
+            check = check_step_equation(text, attempt.problem, constants=settings.constants)
+            correction.record(check.failed)
+            repaired = _Attempt(attempt.problem, attempt.sample_index, attempt.rationale, check)
+            if check.passed:
+                verified.append(repaired)
+            elif check.failed == "format":
+                broken.append(repaired)
 
     # (b) masked equations of the verified ones
     masked = steps["masked_equation"]
@@ -347,12 +355,8 @@ def distill_chain(
             equation = attempt.check.corrected or attempt.check.equation or ""
             request = masked_equation_request(attempt.problem, equation, prompt_cfg, settings.constants)
             pending.setdefault(request, []).append(attempt)
-        masked.requests = len(pending)
-        for response in teacher.generate(list(pending), follow_up):
-            masked.completions += len(response.completions)
-            text = response.completions[0].text.strip() if response.completions else ""
-            for attempt in pending[response.request]:
-                checked.append((attempt, verify_masked(text, attempt.problem, settings.constants), text))
+        for attempt, text in _ask(teacher, pending, follow_up, masked):
+            checked.append((attempt, verify_masked(text, attempt.problem, settings.constants), text))
     else:
         for attempt in verified:
             template = attempt.check.template or ""
