@@ -35,17 +35,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install mwp with its dependencies (idempotent).
 
-# The two halves run at once, one thread each. The students are too small for a second thread to pay
-# much (the equation half: ~140 s wall on 2 threads, ~175 CPU-seconds on one; on a busy machine torch's
-# threads spin), so side by side the demo takes about as long as its equation half. The figures it
-# prints are not the same everywhere: float rounding changes with the thread count and with the CPU
-# (seed 42's equation score has been 19.0% and 20.5% on one thread on two machines of one kind), so
-# docs/getting-started.md gives a spread over seeds.
-demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher into a CoT student and an equation student, evaluate both.
+# The two halves run at once, one thread each: the CoT half (SmolLM2-135M-Instruct before and after 20
+# LoRA steps, experiment=demo_smollm2) and the equation half (a small random-init T5, experiment=
+# demo_equation). A second thread pays little for models this small (on a busy machine torch's threads
+# spin). The figures it prints are not the same everywhere: float rounding changes with the thread count
+# and with the CPU (seed 42's equation score has been 19.0% and 20.5% on one thread on two machines of
+# one kind), so docs/getting-started.md gives a spread over seeds.
+demo: $(STAMP) ## Distil SVAMP from the recorded PaLM teacher: SmolLM2 before/after CoT specialisation, and an equation student.
 	@mkdir -p $(DEMO_LOGS)
 	@echo "demo: the equation route (experiment=demo_equation) runs alongside; its log: $(DEMO_LOGS)/demo_equation.log"
 	@OMP_NUM_THREADS=1 $(BIN)/mwp experiment=demo_equation $(ARGS) >$(DEMO_LOGS)/demo_equation.out 2>$(DEMO_LOGS)/demo_equation.log & eq=$$!; \
-	OMP_NUM_THREADS=1 $(BIN)/mwp experiment=demo $(ARGS); cot=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/mwp experiment=demo_smollm2 $(ARGS); cot=$$?; \
 	wait $$eq; eq=$$?; cat $(DEMO_LOGS)/demo_equation.out; \
 	if [ $$eq -ne 0 ]; then tail -n 20 $(DEMO_LOGS)/demo_equation.log; echo "demo: the equation route failed (exit $$eq)"; fi; \
 	test $$cot -eq 0 -a $$eq -eq 0

@@ -35,6 +35,21 @@ def test_demo_experiment_overrides_only_what_differs(tmp_path: Path) -> None:
     assert demo.dataset.name == "svamp"
 
 
+def test_make_demo_runs_a_pretrained_student_before_and_after_beside_the_equation_route(tmp_path: Path) -> None:
+    recipe = (CONF_DIR.parent / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    experiments = sorted(set(re.findall(r"\bexperiment=(\w+)", recipe)))
+    assert experiments == ["demo_equation", "demo_smollm2"]
+    for name in experiments:
+        load_config(compose_config([f"experiment={name}"], run_dir=tmp_path))
+    cot = compose_config(["experiment=demo_smollm2"], run_dir=tmp_path)
+    # a real pretrained model (not a random init), scored as built and after training on the same problems
+    assert cot.student.kind == "causal" and cot.student.pretrained == "required" and cot.student.gguf_package
+    assert cot.student.peft.enabled
+    assert list(cot.evaluation.models) == ["initial", "student"]
+    assert [s.name for s in cot.dataset.eval_sets] == ["svamp"] and cot.evaluation.bbh is None
+    assert cot.evaluation.batch_size >= cot.evaluation.limit  # the problems in one generation batch
+
+
 @pytest.mark.parametrize("override", ["trainer.max_stepz=3", "data.batchsize=2", "student.size.d_mdl=8"])
 def test_mistyped_key_fails_clearly(override: str) -> None:
     with pytest.raises(ConfigCompositionException, match="Could not override"):
