@@ -308,6 +308,9 @@ class CausalCodec(Codec):
         `labels` and `packed_index` `[B, T]`."""
         prompts = [self.cut(self.source_ids(s), max_source_len) for s in sources]
         completions = [self.target_ids(t, max_target_len) for t in targets]
+        if not all(prompts):
+            # The first label is predicted at the prompt's last token; without one it would be another example's.
+            raise ValueError("a packed causal example needs at least one prompt token (an empty source?)")
         lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
         rows = pack_rows(lengths, packed_length)
         width = max(sum(lengths[i] for i in row) for row in rows)

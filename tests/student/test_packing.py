@@ -17,6 +17,7 @@ from mwp.config import ConfigError
 from mwp.config.schema.loss_terms import LossTerm
 from mwp.data.artifact import read_distilled
 from mwp.pipeline import run
+from mwp.refinement.middle_model import middle_model_config
 from mwp.signals import SparseBatch, SparseSignal
 from mwp.signals.positions import COT_ROWS_KEY, window_counts
 from mwp.stages import load_config
@@ -168,6 +169,12 @@ def test_packing_settings_are_checked_before_any_work(rows, bundle) -> None:
     # Off, the keys do not enter the train stage's cache key.
     assert "packing" not in typed_config(TINY).data.settings()
     assert typed_config([*TINY, "data.packing=true"]).data.settings()["packing"] is True
+    # The refine step's middle model packs only if it is causal too.
+    packed_run = [*TINY, "data.packing=true", "refine=middle_model"]
+    causal_middle = typed_config([*packed_run, "student@refine.middle_model.student=tiny_causal"])
+    t5_middle = typed_config([*packed_run, "student@refine.middle_model.student=t5_equation"])
+    assert middle_model_config(causal_middle, causal_middle.refine.middle_model).data.packing
+    assert not middle_model_config(t5_middle, t5_middle.refine.middle_model).data.packing
     # What the config cannot know is checked on the data, before training.
     with pytest.raises(ConfigError, match=r"data\.packing=true .* this student is seq2seq"):
         DistilledDataModule(rows, bundle.tokenizer, codec=Seq2SeqCodec(bundle.tokenizer), packing=True)
