@@ -18,7 +18,7 @@ from mwp.config.schema.loss_terms import LossTerm
 from mwp.data.artifact import read_distilled
 from mwp.pipeline import run
 from mwp.refinement.middle_model import middle_model_config
-from mwp.signals import SparseBatch, SparseSignal
+from mwp.signals import DenseTeacherSource, SparseBatch, SparseSignal
 from mwp.signals.positions import COT_ROWS_KEY, window_counts
 from mwp.stages import load_config
 from mwp.stages.distill import run_distill
@@ -126,6 +126,21 @@ def test_the_packed_loss_its_token_counts_and_gradients_equal_unpacked(rows, bun
     for name, grad in grads.items():
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-3, atol=1e-6)
     model.zero_grad(set_to_none=True)
+
+
+def test_a_dense_teacher_scores_a_packed_batch_as_it_scores_it_unpacked(rows, bundle) -> None:
+    """A same-vocabulary causal teacher runs on the student's batch layout, packed too."""
+    teacher = instantiate(compose_config(["student=tiny_causal"]).student, _convert_="all", seed=1).model
+    source = DenseTeacherSource(teacher, top_k=5)
+    source.attach(bundle.model, bundle.codec)
+    items = _items(rows)
+    sources, targets = [i.example.source for i in items], [i.example.target for i in items]
+    unpacked = source.signal(bundle.codec.train_batch(sources, targets, 512, MAX_TARGET))
+    packed = source.signal(bundle.codec.packed_train_batch(sources, targets, 512, MAX_TARGET, 400))
+    assert torch.equal(packed.mask, unpacked.mask)
+    torch.testing.assert_close(
+        packed.logprobs[packed.mask], unpacked.logprobs[unpacked.mask], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_packing_cuts_rows_and_padding_on_real_svamp_rationales(rows, bundle) -> None:
