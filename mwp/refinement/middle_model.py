@@ -109,9 +109,12 @@ def middle_model_config(config: RunConfig, settings: MiddleModelConfig) -> RunCo
 
     Nothing is held out for validation (every verified pair is a training pair) and the loss is plain
     cross-entropy on the templates (the teacher's distributions belong to its rationales, not to them).
+    Packing (`data.packing`) carries over to a causal middle model only.
     """
+    student = settings.student if settings.student is not None else config.student
     data = config.data.model_copy(
         update={
+            "packing": config.data.packing and student.known_kind() == "causal",
             "formats": ["equation"],
             "eval_format": "equation",
             "val_fraction": 0.0,
@@ -132,7 +135,7 @@ def middle_model_config(config: RunConfig, settings: MiddleModelConfig) -> RunCo
     )
     return config.model_copy(
         update={
-            "student": settings.student if settings.student is not None else config.student,
+            "student": student,
             "data": data,
             "trainer": trainer,
             "optim": config.optim.model_copy(update={"lr": settings.lr}),

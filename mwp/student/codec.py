@@ -13,7 +13,17 @@ Two kinds of student read the same (source, target) pairs (`mwp.data.formats`) d
 
 Either way a batch carries `input_ids`, `attention_mask` and `labels` `[B, T]` (the target tokens,
 -100 where padded), and `logits(model, batch)` returns `[B, T, V]` aligned with the labels, so every
-loss term, teacher signal and token count is the same code for both kinds. Generation takes prompts
+loss term, teacher signal and token count is the same code for both kinds.
+
+A causal batch may be packed (`data.packing`, `CausalCodec.packed_train_batch`): its B examples, each
+its prompt then its completion with no padding between, are laid end to end into R <= B rows of at most
+`packed_length` tokens, right-padded. Position ids restart at 0 with every example, and the model runs
+without a 2D mask, so transformers reads the restarts as sequence boundaries and attends causally
+within each example only (block-diagonal; with the KV cache off, which it must be). `labels` stay
+`[B, T]`, one row per example, and `packed_index` `[B, T]` says where in the flattened `[R * W]` rows
+the logit predicting each label sits: `logits` gathers them back into `[B, T, V]`, so the losses, the
+teacher signals (stored top-k indexed by target position) and the supervised-token counts see the same
+tensors as unpacked, and only padding goes. Generation takes prompts
 left-padded for causal models and right-padded for seq2seq ones and returns only the new tokens.
 """
 
@@ -30,6 +40,31 @@ from mwp.signals.types import IGNORE_INDEX
 
 StudentKind = Literal["seq2seq", "causal"]
 KINDS: tuple[str, ...] = ("seq2seq", "causal")
+# A packed causal batch's `[B, T]` flat index into its `[R * W]` rows of the logit predicting each label.
+PACKED_INDEX_KEY = "packed_index"
+# Config attributes of architectures whose logits are more than the output layer over the last hidden
+# state: `CausalCodec` computes a packed batch's logits from the gathered hidden states, which would skip them.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of examples of `lengths` tokens grouped into rows of at most `capacity` tokens: first fit,
+    longest first (ties in input order), each row's indices ascending. Deterministic."""
+    too_long = [n for n in lengths if n > capacity]
+    if too_long:
+        raise ValueError(f"an example of {max(too_long)} tokens does not fit a packed row of {capacity}")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for row, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[row].append(index)
+                room[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return [sorted(row) for row in rows]
 
 
 class Codec(ABC):
@@ -260,7 +295,57 @@ class CausalCodec(Codec):
             labels[row, : len(completion)] = torch.tensor(completion)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
+    def packed_train_batch(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        max_source_len: int,
+        max_target_len: int,
+        packed_length: int,
+    ) -> dict[str, torch.Tensor]:
+        """The examples of `train_batch`, packed into rows of at most `packed_length` tokens (see the
+        module docstring): `input_ids`, `attention_mask` (1 on real tokens) and `position_ids` `[R, W]`,
+        `labels` and `packed_index` `[B, T]`."""
+        prompts = [self.cut(self.source_ids(s), max_source_len) for s in sources]
+        completions = [self.target_ids(t, max_target_len) for t in targets]
+        if not all(prompts):
+            # The first label is predicted at the prompt's last token; without one it would be another example's.
+            raise ValueError("a packed causal example needs at least one prompt token (an empty source?)")
+        lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+        rows = pack_rows(lengths, packed_length)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        width_t = max(len(c) for c in completions)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        position_ids = torch.zeros_like(input_ids)
+        labels = torch.full((len(prompts), width_t), IGNORE_INDEX, dtype=torch.long)
+        packed_index = torch.zeros_like(labels)
+        for row, members in enumerate(rows):
+            start = 0
+            for index in members:
+                prompt, completion = prompts[index], completions[index]
+                end = start + lengths[index]
+                input_ids[row, start:end] = torch.tensor([*prompt, *completion])
+                attention_mask[row, start:end] = 1
+                position_ids[row, start:end] = torch.arange(lengths[index])
+                labels[index, : len(completion)] = torch.tensor(completion)
+                # The logit at position p predicts token p + 1: the prompt's last one predicts the first label.
+                first = row * width + start + len(prompt) - 1
+                packed_index[index, : len(completion)] = torch.arange(first, first + len(completion))
+                start = end
+            # The trailing padding counts from 0 too: a segment of its own, which no example attends to.
+            position_ids[row, start:] = torch.arange(width - start)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "labels": labels,
+            PACKED_INDEX_KEY: packed_index,
+        }
+
     def logits(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        if PACKED_INDEX_KEY in batch:
+            return self._packed_logits(model, batch)
         width_t = batch["labels"].shape[1]
         mask = batch["attention_mask"]
         # Left padding: positions count real tokens, as generation counts them.
@@ -273,7 +358,32 @@ class CausalCodec(Codec):
         )
         return out.logits[:, :-1]
 
+    @staticmethod
+    def _packed_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        config = model.config
+        transforms = [name for name in _LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1.0)]
+        if transforms:
+            raise ValueError(
+                f"data.packing=true: a {config.model_type} student transforms its logits ({transforms[0]}), "
+                "which packed batches skip; set data.packing=false"
+            )
+        # No 2D mask and no KV cache: transformers then reads the restarting position ids as packed
+        # sequences and masks attention between them (with a cache it would not look, and the examples of
+        # a row would see each other).
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state
+        index = batch[PACKED_INDEX_KEY]
+        picked = hidden.reshape(-1, hidden.shape[-1])[index.reshape(-1)]
+        # The output layer on the target positions only, as `logits_to_keep` spares an unpacked batch.
+        return model.get_output_embeddings()(picked).reshape(*index.shape, -1)
+
     def prompts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if PACKED_INDEX_KEY in batch:
+            raise ValueError(
+                "a packed batch has no per-example prompts to generate from: data.packing=true does not "
+                "combine with on-policy steps (loss.on_policy.fraction > 0)"
+            )
         width_p = batch["input_ids"].shape[1] - batch["labels"].shape[1]
         return {
             "input_ids": batch["input_ids"][:, :width_p],

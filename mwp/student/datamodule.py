@@ -22,6 +22,12 @@ term by the tokens of the whole global step, so accumulating micro-batches on an
 devices gives exactly the gradient of one big batch however unevenly target lengths fall. With teacher signals (a
 `SignalStore`, one row per distilled row) CoT examples also carry `teacher_ids`,
 `teacher_logprobs` `[B, L, k]` and `teacher_mask` `[B, L]`; answer-only targets have none.
+
+`packing` (causal students only) lays each micro-batch's examples into fewer, fuller rows of at most
+`packed_length` tokens (`CausalCodec.packed_train_batch`): `batch_size` still counts examples, the labels,
+teacher signals and token counts stay one row per example, and only the padding goes. "auto" is
+`max_source_len + max_target_len`, the widest row an unpacked batch can have; a number shorter than the
+longest training example is a `ConfigError`.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from mwp.data.formats import (
 from mwp.data.problem import Problem
 from mwp.signals import SparseSignal, collate_sparse
 from mwp.signals.positions import COT_ROWS_KEY, SOURCES_KEY, window_counts
-from mwp.student.codec import Codec, Seq2SeqCodec, as_codec
+from mwp.student.codec import CausalCodec, Codec, Seq2SeqCodec, as_codec
 from mwp.verify.numbers import format_number
 from mwp.verify.templates import TemplateError
 
@@ -296,22 +302,36 @@ def _usable_expression(template: str | None) -> str | None:
 
 class PairCollator:
     """Training tensors of (source, target) examples for the student's kind (`Codec.train_batch`), plus
-    which rows have chain-of-thought targets and the source texts (on-policy teachers read them)."""
+    which rows have chain-of-thought targets and the source texts (on-policy teachers read them).
+    `packed_length` (causal students): pack the examples into rows of at most that many tokens."""
 
     def __init__(
-        self, codec: Codec | PreTrainedTokenizerBase, max_source_len: int, max_target_len: int
+        self,
+        codec: Codec | PreTrainedTokenizerBase,
+        max_source_len: int,
+        max_target_len: int,
+        packed_length: int | None = None,
     ) -> None:
         self.codec = as_codec(codec)
+        if packed_length is not None and not isinstance(self.codec, CausalCodec):
+            raise _config_error(
+                f"data.packing=true packs causal students' batches; this student is {self.codec.kind}: "
+                "set data.packing=false"
+            )
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
+        self.packed_length = packed_length
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
-        batch: dict[str, Any] = self.codec.train_batch(
-            [e.source for e in examples],
-            [e.target for e in examples],
-            self.max_source_len,
-            self.max_target_len,
-        )
+        sources, targets = [e.source for e in examples], [e.target for e in examples]
+        batch: dict[str, Any]
+        if self.packed_length is not None:
+            assert isinstance(self.codec, CausalCodec)
+            batch = self.codec.packed_train_batch(
+                sources, targets, self.max_source_len, self.max_target_len, self.packed_length
+            )
+        else:
+            batch = self.codec.train_batch(sources, targets, self.max_source_len, self.max_target_len)
         batch[COT_ROWS_KEY] = torch.tensor([e.format not in ANSWER_ONLY for e in examples], dtype=torch.bool)
         batch[SOURCES_KEY] = [e.source for e in examples]
         return batch
@@ -345,8 +365,9 @@ class TrainCollator:
         *,
         signals: Signals | None = None,
         k: int | None = None,
+        packed_length: int | None = None,
     ) -> None:
-        self.pairs = PairCollator(codec, max_source_len, max_target_len)
+        self.pairs = PairCollator(codec, max_source_len, max_target_len, packed_length)
         self.signals = signals
         self.k = k
 
@@ -526,6 +547,8 @@ class DistilledDataModule(pl.LightningDataModule):
         train_split: str | None = None,
         equation_notation: str = "infix",
         codec: Codec | None = None,
+        packing: bool = False,
+        packed_length: int | str = AUTO,
     ) -> None:
         super().__init__()
         if not rows:
@@ -540,6 +563,17 @@ class DistilledDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         # How sources and targets become the student's tensors (a T5 tokenizer alone: seq2seq).
         self.codec = codec if codec is not None else Seq2SeqCodec(tokenizer)
+        if packing and not isinstance(self.codec, CausalCodec):
+            raise _config_error(
+                f"data.packing=true packs causal students' batches; this student is {self.codec.kind} "
+                "(its encoder and decoder read separate sequences): set data.packing=false"
+            )
+        if packed_length != AUTO and not (isinstance(packed_length, int) and packed_length >= 2):
+            raise _config_error(f"data.packed_length={packed_length!r}: a token count >= 2 or {AUTO!r}")
+        self.packing = packing
+        self.packed_length_setting = packed_length
+        # Resolved in setup: the row width of packed batches (None: not packed).
+        self.packed_length: int | None = None
         self.equation_notation = equation_notation
         self.formats = list(formats)
         self.eval_format = eval_format
@@ -652,9 +686,34 @@ class DistilledDataModule(pl.LightningDataModule):
                 f"targets ({needed} tokens; data.max_target_len={self.max_target_len}): generation would stop "
                 f"before their answer sentence. Raise it, or set data.max_new_tokens={AUTO} to derive it"
             )
+        if self.packing:
+            self.packed_length = self._packed_length(source_lengths, target_lengths)
         self.stats = self._stats(source_lengths, target_lengths, needed, len(val_problems))
+        if self.packing:
+            self.stats["packing"] = {
+                "packed_length": self.packed_length,
+                "packed_length_setting": self.packed_length_setting,
+            }
         if EQUATION in self.formats:
             self.stats["equation"] = self._equation_stats(train_rows, skipped)
+
+    def _packed_length(self, source_lengths: Sequence[int], target_lengths: Sequence[int]) -> int:
+        """The packed row width: "auto" is the widest unpacked row; a number must hold every example."""
+        if self.packed_length_setting == AUTO:
+            return self.max_source_len + self.max_target_len
+        assert isinstance(self.packed_length_setting, int)
+        # A causal example is its (cut) prompt and its (cut) completion, EOS included.
+        longest = max(
+            min(source, self.max_source_len) + min(target, self.max_target_len)
+            for source, target in zip(source_lengths, target_lengths, strict=True)
+        )
+        if self.packed_length_setting < longest:
+            raise _config_error(
+                f"data.packed_length={self.packed_length_setting} is shorter than the longest training example "
+                f"({longest} tokens, prompt and completion): raise it, or set data.packed_length={AUTO} "
+                "(data.max_source_len + data.max_target_len)"
+            )
+        return self.packed_length_setting
 
     def _equation_stats(self, train_rows: Sequence[DistilledRow], skipped: Counter[str]) -> dict[str, Any]:
         """How many equation examples were made and skipped, and the trivial baseline's template."""
@@ -720,7 +779,12 @@ class DistilledDataModule(pl.LightningDataModule):
 
     def train_collator(self) -> TrainCollator:
         return TrainCollator(
-            self.codec, self.max_source_len, self.max_target_len, signals=self.signals, k=self.signal_k
+            self.codec,
+            self.max_source_len,
+            self.max_target_len,
+            signals=self.signals,
+            k=self.signal_k,
+            packed_length=self.packed_length,
         )
 
     def train_dataloader(self) -> WindowedTrainLoader:

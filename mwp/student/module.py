@@ -202,7 +202,7 @@ class StudentModule(pl.LightningModule):
             # Lightning divides the returned loss by accumulate_grad_batches and DDP averages
             # gradients over ranks; the step's token mean is already exact, so undo both.
             loss = loss * (self.trainer.accumulate_grad_batches * self.trainer.world_size)
-        bs = batch["input_ids"].shape[0]
+        bs = batch["labels"].shape[0]  # examples, not rows: a packed batch has fewer rows
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         self.log("train/on_policy", float(bool(batch.get(ON_POLICY_KEY))), batch_size=bs)
         for name, part in combined.parts.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -73,6 +73,35 @@ class DataConfig(Section):
         help="equation format targets: infix '(N0-N1)*N2' or prefix '* - N0 N1 N2' (scored the same way)",
     )
 
+    packing: bool = help_field(
+        False,
+        help="causal students: pack each micro-batch's examples (prompt then completion) end to end into "
+        "fewer rows of at most data.packed_length tokens, so less of a batch is padding. Each example attends "
+        "only to itself (position ids restart per example), the loss stays on completion tokens, and "
+        "data.batch_size still counts examples: token means and teacher signals are unchanged. Not with "
+        "T5 students or on-policy steps",
+    )
+    packed_length: int | Literal["auto"] = help_field(
+        "auto",
+        help="tokens per packed row (data.packing); auto = data.max_source_len + data.max_target_len, the "
+        "widest unpacked row. A number must hold the longest example: at least max_source_len + "
+        "max_target_len when both are numbers, else the longest training example (checked on the data)",
+    )
+
+    @field_validator("packed_length")
+    @classmethod
+    def _row_tokens(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 2 <= value <= 65536:
+            raise ValueError("a token count in [2, 65536], or auto")
+        return value
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        if not self.packing:
+            # Off, packing changes nothing: stage-cache keys stay those of runs from before it existed.
+            del out["packing"], out["packed_length"]
+        return out
+
     @field_validator("batch_size_by_format")
     @classmethod
     def _positive_sizes(cls, value: dict[str, int] | None) -> dict[str, int] | None:
@@ -90,6 +119,17 @@ class DataConfig(Section):
                     f"data.batch_size_by_format has no size for {missing} of data.formats={self.formats}; add "
                     "them, or set data.batch_size_by_format=null to use data.batch_size"
                 )
+        if (
+            self.packing
+            and isinstance(self.packed_length, int)
+            and isinstance(self.max_source_len, int)
+            and self.packed_length < self.max_source_len + self.max_target_len
+        ):
+            raise ValueError(
+                f"data.packed_length={self.packed_length} is shorter than one example can be (data.max_source_len="
+                f"{self.max_source_len} prompt + data.max_target_len={self.max_target_len} completion tokens); "
+                "raise it, or set data.packed_length=auto"
+            )
         if self.eval_format == EQUATION and EQUATION not in self.formats:
             raise ValueError(
                 f"data.eval_format=equation validates templates, but data.formats={self.formats} trains none; "

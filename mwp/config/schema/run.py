@@ -137,6 +137,18 @@ class RunConfig(Section):
                     f"teacher.dataset: the simulated teacher answers from {teacher.dataset!r} gold equations, "
                     f"not dataset.name={self.dataset.name!r}"
                 )
+        if self.data.packing:
+            kind = self.student.known_kind()
+            if kind == "seq2seq":
+                yield (
+                    f"data.packing=true packs causal students' batches, and the student ({self.student.name_or_path}) is "
+                    "seq2seq (T5: its encoder and decoder read separate sequences); set data.packing=false"
+                )
+            if self.loss.on_policy.fraction > 0:
+                yield (
+                    f"data.packing=true: on-policy steps (loss.on_policy.fraction={self.loss.on_policy.fraction}) "
+                    "sample from each example's prompt, which a packed batch does not keep; set data.packing=false"
+                )
         if "train" in steps and self.trainer.max_steps == -1 and self.trainer.max_epochs in (None, -1):
             yield "trainer.max_steps=-1 needs trainer.max_epochs >= 1, or training never ends"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,25 @@ class StudentConfig(Section):
     vocab_min_frequency: int = help_field(
         1, ge=1, le=1000, help="trained tokenizer: entries seen fewer times map to <unk>"
     )
+
+    def known_kind(self) -> str | None:
+        """seq2seq or causal as far as the config tells without loading anything: `kind`, else a GGUF
+        package's (causal), else the `is_encoder_decoder` of a local folder's config.json; None if unknown."""
+        if self.kind != "auto":
+            return self.kind
+        if self.gguf_package:
+            return "causal"
+        # The folder the student is built from first: a random init reads fallback_config's config.
+        folders = [self.name_or_path, self.fallback_config]
+        for folder in reversed(folders) if self.pretrained == "never" else folders:
+            config = Path(folder).expanduser() / "config.json" if folder else None
+            if config is not None and config.is_file():
+                try:
+                    encoder_decoder = json.loads(config.read_text(encoding="utf-8")).get("is_encoder_decoder")
+                except (OSError, ValueError):
+                    continue
+                return "seq2seq" if encoder_decoder else "causal"
+        return None
 
     @model_validator(mode="before")
     @classmethod
