@@ -35,7 +35,9 @@ def test_demo_experiment_overrides_only_what_differs(tmp_path: Path) -> None:
     assert demo.dataset.name == "svamp"
 
 
-def test_make_demo_runs_a_pretrained_student_before_and_after_beside_the_equation_route(tmp_path: Path) -> None:
+def test_make_demo_runs_a_pretrained_student_before_and_after_beside_the_equation_route(
+    tmp_path: Path,
+) -> None:
     recipe = (CONF_DIR.parent / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
     experiments = sorted(set(re.findall(r"\bexperiment=(\w+)", recipe)))
     assert experiments == ["demo_equation", "demo_smollm2"]
