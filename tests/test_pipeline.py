@@ -89,8 +89,8 @@ def test_a_run_resumes_in_its_own_folder_and_never_overwrites_another(tmp_path: 
     assert all(torch.equal(state[k], v) for k, v in saved.items() if k in state)
 
 
-def write_gold_gsm8k_batch_results(path: Path) -> Path:
-    """A Batch API results file in which every GSM8K training problem is answered by its own worked
+def write_gold_gsm8k_batch_results(path: Path, limit: int | None = None) -> Path:
+    """A Batch API results file in which every GSM8K training problem (the first `limit`) is answered by its own worked
     solution (calculator notes dropped, "The answer is N." at the end) with a made-up top-5 per token:
     an offline stand-in for a live teacher's chain-of-thought samples with logprobs. Tokens are the
     pieces GPT-2-style BPE starts from (a word or number with its leading space, a punctuation run),
@@ -100,7 +100,7 @@ def write_gold_gsm8k_batch_results(path: Path) -> Path:
 
     alternates = [" the", " a", " is", " of"]
     with path.open("w") as out:
-        for problem in load_problems("gsm8k", "train"):
+        for problem in load_problems("gsm8k", "train", limit=limit):
             steps = re.sub(r"<<[^>]*>>", "", (problem.solution or "").rpartition("####")[0]).strip()
             text = f"{steps}\nThe answer is {problem.answer_text}."
             content = [
@@ -157,15 +157,22 @@ def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
         ]
     if not experiment.startswith("fu2023"):
         return []
-    results = write_gold_gsm8k_batch_results(tmp_path / "gold_gsm8k_results.jsonl")
+    # debug=default distils the first 60 training problems (dataset.limit): reading a results file for
+    # all 7,473 took most of the distill stage
+    results = write_gold_gsm8k_batch_results(tmp_path / "gold_gsm8k_results.jsonl", limit=100)
     # The per-size variants differ from fu2023_gsm8k in their optimisation and trainer settings only:
-    # one format (an in-context one, so the gold exemplars are drawn) runs those settings; the shared
-    # experiment keeps all four.
-    one_format = [] if experiment == "fu2023_gsm8k" else ["data.formats=[in_context_cot]"]
+    # one format (an in-context one, so the gold exemplars are drawn) and two micro-batches a step (their
+    # 3 to 30 would make 2 steps 6 to 60 micro-batches) run those settings; the shared experiment keeps
+    # all four formats.
+    per_size = (
+        []
+        if experiment == "fu2023_gsm8k"
+        else ["data.formats=[in_context_cot]", "trainer.accumulate_grad_batches=2"]
+    )
     # debug=default already swaps the student for a random-init tiny T5 and the hold-out for 10%; a
     # results file has no endpoint, and two BBH tasks of one example each stand for the 27.
     return [
-        *one_format,
+        *per_size,
         "trainer=cpu",
         "teacher=batch_file",
         f"teacher.results={results}",
