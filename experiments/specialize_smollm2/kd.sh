@@ -6,6 +6,9 @@
 #   TEACHER_FROM=<specialize_smollm2 run>/seed1/student bash experiments/specialize_smollm2/kd.sh
 #   TEACHER_FROM=... bash experiments/specialize_smollm2/kd.sh trainer.max_steps=2 evaluation.limit=2   # smoke
 # TEACHER (default $OUT/teacher): where the merged teacher goes, or an existing one (then TEACHER_FROM is unused).
+# ARMS (default "ce ce_kl"): the arms to run, side by side; each holds about 6.5 GB of memory on CPU
+# (resident size measured at batch 8), so on a small machine run them one after the other (ARMS=ce, then
+# ARMS=ce_kl with the same OUT).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -28,12 +31,20 @@ job() {  # name, overrides...: one mwp run with its log; fails the script if it 
   echo "specialize_smollm2_kd: $name done ($(( $(date +%s) - started )) s)"
 }
 
-# the distilled data first, so both arms reuse it instead of waiting on its lock
-job distill stage=distill loss=ce "$@"
-job ce loss=ce "$@" & ce=$!
-job ce_kl loss.signal.teacher_model="$(realpath "$TEACHER")" "$@" & kd=$!
-wait "$ce"; wait "$kd"
+# the distilled data first (once per OUT), so both arms reuse it instead of waiting on its lock
+[[ -f "$OUT/distill/summary.json" ]] || job distill stage=distill loss=ce "$@"
+ARMS=(${ARMS:-ce ce_kl})
+pids=()
+for arm in "${ARMS[@]}"; do
+  case $arm in
+    ce) job ce loss=ce "$@" & pids+=($!) ;;
+    ce_kl) job ce_kl loss.signal.teacher_model="$(realpath "$TEACHER")" "$@" & pids+=($!) ;;
+    *) echo "specialize_smollm2_kd: unknown arm $arm (ce, ce_kl)" >&2; exit 2 ;;
+  esac
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
 for arm in ce ce_kl; do
+  [[ -f "$OUT/$arm/eval/results.json" ]] || continue
   "$BIN/python" - "$OUT/$arm/eval/results.json" "$arm" <<'PY'
 import json, sys
 for row in json.load(open(sys.argv[1])):
