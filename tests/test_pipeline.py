@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from mwp.config import ConfigError
 from mwp.pipeline import run
-from tests.helpers import CONF_DIR, compose_config
+from tests.helpers import CONF_DIR, compose_config, typed_config
 
 pytestmark = pytest.mark.slow
 # GPT-2's pre-tokenisation (ASCII): the chunks its BPE merges within.
@@ -127,6 +127,17 @@ def write_gold_gsm8k_batch_results(path: Path, limit: int | None = None) -> Path
     return path
 
 
+def tiny_causal_teacher(folder: Path) -> Path:
+    """A `from_pretrained` folder of `student=tiny_causal`: a causal LM with SmolLM2's tokenizer."""
+    from hydra.utils import instantiate
+
+    from mwp.student.fit import student_config
+    from mwp.student.model import save_student
+
+    bundle = instantiate(student_config(typed_config(["student=tiny_causal"])), _convert_="all")
+    return save_student(bundle.model, bundle.codec, folder)
+
+
 def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
     """Overrides for what an experiment needs but a CPU test machine lacks (GPUs, real weights, a live teacher)."""
     if experiment == "fltt_weak12k":
@@ -146,6 +157,14 @@ def offline_substitutes(experiment: str, tmp_path: Path) -> list[str]:
         return [
             "student@refine.middle_model.student=tiny_causal",
             "student/peft@refine.middle_model.student.peft=lora",
+        ]
+    if experiment == "specialize_smollm2_kd":
+        # the dense teacher is a SmolLM2 specialised by experiment=specialize_smollm2; here a saved
+        # random-init causal LM with SmolLM2's tokenizer, and the student of the same shape (with LoRA)
+        return [
+            "student=tiny_causal",
+            f"loss.signal.teacher_model={tiny_causal_teacher(tmp_path / 'teacher')}",
+            "evaluation.limit=2",
         ]
     if experiment == "specialize_smollm2":
         # the BBH subset before and after: one example of one task stands for the 3 x 15
@@ -199,6 +218,11 @@ def test_every_experiment_runs_a_few_steps(experiment: str, tmp_path: Path) -> N
     )
     summary = run(cfg)
     assert summary["train"]["steps"] == 2
+    if cfg.loss.signal.source == "dense" and len(cfg.loss.terms) > 1:
+        # the dense teacher gave its distribution at every target token of both steps
+        report = summary["train"]["signals"]
+        assert report["source"] == "dense" and report["batches"] == 2
+        assert report["covered_tokens"] == report["target_tokens"] > 0
     if experiment.startswith("fu2023"):
         if any(term.get("kind") == "forward_kl" for term in cfg.loss.terms):
             # the KL term had the stand-in teacher's top-5 to match on most target tokens, not only the

@@ -5,7 +5,8 @@ branches on the kind of teacher signal.
 - `loss.signal.source=sparse`: the distilled rows' stored top-k, aligned to the student (built once per
   content into the stage cache's `signals/`), scored by a local causal LM where rows have none and
   `loss.signal.missing=score`;
-- `loss.signal.source=dense`: a T5 teacher with the student's vocabulary, run on every batch;
+- `loss.signal.source=dense`: a teacher with the student's vocabulary (a T5 for a T5, a causal LM with the
+  student's tokenizer for a causal student), run on every batch;
 - `loss.on_policy.fraction > 0`: the student samples on that share of steps and the dense teacher or
   the causal LM of `loss.signal.scorer` scores the samples; the other steps use the stored signals.
 """

@@ -141,13 +141,15 @@ class OnPolicySource(StudentSampling, DenseTeacherSource):
         cls, path: str, *, fraction: float, temperature: float, max_new_tokens: int, seed: int
     ) -> OnPolicySource:
         dense = DenseTeacherSource.from_pretrained(path)
-        return cls(
+        source = cls(
             dense.teacher,
             fraction=fraction,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             seed=seed,
         )
+        source.teacher_model = dense.teacher_model
+        return source
 
 
 class CausalOnPolicySource(StudentSampling, StoredSparseSource):

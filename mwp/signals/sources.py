@@ -18,6 +18,7 @@ trainer):
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 from mwp.signals.types import BATCH_KEYS, IGNORE_INDEX, LOGPROB_DTYPE, Sequences, SparseBatch, TeacherSignal
+
+log = logging.getLogger(__name__)
 
 
 class SignalSource(ABC):
@@ -43,6 +46,10 @@ class SignalSource(ABC):
         built); raise if this source cannot supervise `student`."""
         del student
         self.sequences = sequences
+
+    def report(self) -> dict[str, Any] | None:
+        """What the source gave the losses over training (`summary.json`'s `train.signals`), or None."""
+        return None
 
     def targets(self, batch: dict[str, Any], student: nn.Module, step: int) -> dict[str, Any]:
         """The batch the student trains on at optimizer step `step`: the dataset's, unless the source
@@ -72,11 +79,13 @@ class StoredSparseSource(SignalSource):
 
 
 class DenseTeacherSource(SignalSource):
-    """A frozen T5 teacher with the student's vocabulary; its logits are the signal.
+    """A frozen teacher with the student's vocabulary (a T5 for a T5, a causal LM with the student's
+    tokenizer for a causal student); its logits are the signal.
 
     The teacher is held here, not by the LightningModule, so it is no child module of the student:
     not trained, not in `state_dict` or checkpoints. It moves to the batch's device on first use and
-    always runs in eval mode without autograd.
+    always runs in eval mode without autograd. It counts the target tokens it gave a distribution to,
+    for `report` (every one: it runs on the student's own batches, so nothing needs aligning).
     """
 
     def __init__(self, teacher: nn.Module, *, top_k: int | None = None) -> None:
@@ -84,6 +93,10 @@ class DenseTeacherSource(SignalSource):
             raise ValueError(f"loss.signal.dense_top_k must be >= 1 or null, got {top_k}")
         self.teacher = teacher.eval().requires_grad_(False)
         self.top_k = top_k
+        self.teacher_model: str | None = None  # the folder it was loaded from, for the report
+        self.batches = 0
+        self.target_tokens = 0
+        self.covered_tokens = 0
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, top_k: int | None = None) -> DenseTeacherSource:
@@ -94,11 +107,13 @@ class DenseTeacherSource(SignalSource):
         try:
             config = AutoConfig.from_pretrained(str(path))
             loader = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            return cls(loader.from_pretrained(str(path)), top_k=top_k)
+            source = cls(loader.from_pretrained(str(path)), top_k=top_k)
         except (OSError, ValueError) as err:
             raise FileNotFoundError(
                 f"loss.signal.teacher_model={str(path)!r}: no checkpoint could be loaded ({err})"
             ) from err
+        source.teacher_model = str(path)
+        return source
 
     def attach(self, student: nn.Module, sequences: Sequences) -> None:
         super().attach(student, sequences)
@@ -115,6 +130,28 @@ class DenseTeacherSource(SignalSource):
                 f"loss.signal.teacher_model has a vocabulary of {teacher_vocab}, the student {student_vocab}: "
                 "a dense teacher must share the student's vocabulary"
             )
+        log.info(
+            "dense teacher %s (%s %s, %.1fM parameters, vocabulary %d shared with the student): %s at every "
+            "target token of the student's batches",
+            self.teacher_model or type(self.teacher).__name__,
+            teacher_kind,
+            getattr(self.teacher.config, "model_type", "?"),
+            sum(p.numel() for p in self.teacher.parameters()) / 1e6,
+            teacher_vocab,
+            "its full distribution" if self.top_k is None else f"its top-{self.top_k}",
+        )
+
+    def report(self) -> dict[str, Any]:
+        covered = self.covered_tokens
+        return {
+            "source": "dense",
+            "teacher_model": self.teacher_model,
+            "top_k": self.top_k,
+            "batches": self.batches,
+            "target_tokens": self.target_tokens,
+            "covered_tokens": covered,
+            "coverage": round(covered / self.target_tokens, 4) if self.target_tokens else 0.0,
+        }
 
     def signal(self, batch: Mapping[str, Any]) -> TeacherSignal:
         device = batch["input_ids"].device
@@ -136,6 +173,11 @@ class DenseTeacherSource(SignalSource):
                 raise RuntimeError(
                     "a causal dense teacher runs on its student's batch layout: attach it first"
                 )
+        labelled = batch["labels"] != IGNORE_INDEX
+        self.batches += 1
+        self.target_tokens += int(labelled.sum())
+        # a position has the teacher's distribution when its logits are finite (always, for a sound teacher)
+        self.covered_tokens += int((labelled & torch.isfinite(logits).all(dim=-1)).sum())
         if self.top_k is None:
             return logits
         logprobs, ids = torch.log_softmax(logits.float(), dim=-1).topk(

@@ -92,10 +92,11 @@ class TrainStage(Stage):
         result: dict[str, Any] = {"steps": trained.steps, "best_val_acc": trained.best_val_acc}
         if trained.signals is not None:
             signals = trained.signals
-            context.records["signals"] = {
-                "status": "reused" if signals["reused"] else "computed",
-                "path": signals["path"],
-            }
+            if "path" in signals:  # stored signals, built or reused in the stage cache
+                context.records["signals"] = {
+                    "status": "reused" if signals["reused"] else "computed",
+                    "path": signals["path"],
+                }
             result["signals"] = signals
         return result
 

@@ -25,7 +25,7 @@ from mwp.data.artifact import DistilledRow, read_distilled
 from mwp.data.dedup import question_keys
 from mwp.data.io import write_json
 from mwp.loggers import log_metrics
-from mwp.signals.factory import build_teacher_signals
+from mwp.signals.factory import TeacherSignals, build_teacher_signals
 from mwp.student.codec import Codec
 from mwp.student.datamodule import DistilledDataModule, Signals, vocabulary_texts
 from mwp.student.model import save_student
@@ -48,8 +48,25 @@ class TrainResult:
     train_problems: set[str]
     steps: int
     is_global_zero: bool = True
-    # the sparse teacher signals' coverage report (`reused` says whether an earlier run built them)
+    # the sparse teacher signals' coverage report (`reused` says whether an earlier run built them), or
+    # what a source that runs a teacher during training gave (a dense teacher's token counts)
     signals: dict[str, Any] | None = None
+
+
+def _signals_report(teacher: TeacherSignals) -> dict[str, Any] | None:
+    if teacher.report is not None:
+        return teacher.report.to_json()
+    report = teacher.source.report() if teacher.source is not None else None
+    if report is not None:
+        log.info(
+            "teacher signal (%s): %d of %d target tokens covered (%.1f%%) in %d batches",
+            report["source"],
+            report["covered_tokens"],
+            report["target_tokens"],
+            100 * report["coverage"],
+            report["batches"],
+        )
+    return report
 
 
 def student_config(config: RunConfig) -> dict[str, Any]:
@@ -202,7 +219,7 @@ def fit(
         train_problems=set(datamodule.train_ids),
         steps=trainer.global_step,
         is_global_zero=trainer.is_global_zero,
-        signals=teacher.report.to_json() if teacher.report is not None else None,
+        signals=_signals_report(teacher),
     )
     if not trainer.is_global_zero:
         return result

@@ -102,6 +102,38 @@ def test_dense_teacher_source_runs_frozen_in_eval_mode_without_autograd(flan_t5_
         DenseTeacherSource.from_pretrained("/nonexistent")
 
 
+def test_a_dense_teacher_reports_the_target_tokens_it_gave_a_distribution(flan_t5_dir, tmp_path) -> None:
+    teacher = _t5(flan_t5_dir)
+    teacher.save_pretrained(tmp_path / "teacher")
+    source = DenseTeacherSource.from_pretrained(tmp_path / "teacher", top_k=3)
+    assert source.report()["batches"] == 0 and source.report()["coverage"] == 0.0
+    batch = _batch()
+    labelled = int((batch["labels"] != -100).sum())
+    source.signal(batch)
+    source.signal(batch)
+    assert source.report() == {
+        "source": "dense",
+        "teacher_model": str(tmp_path / "teacher"),
+        "top_k": 3,
+        "batches": 2,
+        "target_tokens": 2 * labelled,
+        "covered_tokens": 2 * labelled,
+        "coverage": 1.0,
+    }
+
+    # a teacher whose logits went non-finite at one labelled position did not cover it
+    def poison(module: nn.Module, args: object, out):  # type: ignore[no-untyped-def]
+        out.logits[0, 1] = float("nan")
+        return out
+
+    broken = DenseTeacherSource(source.teacher)
+    source.teacher.register_forward_hook(poison)
+    broken.signal(batch)
+    assert broken.report()["covered_tokens"] == labelled - 1 and broken.report()["target_tokens"] == labelled
+    # sources that run no teacher report nothing
+    assert NoSignal().report() is None and StoredSparseSource().report() is None
+
+
 def test_a_dense_teachers_top_k_is_a_sparse_signal_and_its_full_width_is_the_dense_kl(flan_t5_dir) -> None:
     from mwp.student.losses import distill_loss
 

@@ -26,10 +26,12 @@ class ScorerConfig(Section):
 
 class SignalConfig(Section):
     source: Literal[SIGNAL_SOURCES] = help_field(  # type: ignore[valid-type]
-        "sparse", help="sparse: the rows' top-k (aligned to the student); dense: a same-vocabulary T5 teacher"
+        "sparse", help="sparse: the rows' top-k (aligned to the student); dense: a same-vocabulary teacher"
     )
     teacher_model: str | None = help_field(
-        None, help="dense only: T5 checkpoint with the student's vocabulary"
+        None,
+        help="dense only: a checkpoint folder with the student's vocabulary (a T5 for a T5 student, a causal LM "
+        "with its tokenizer for a causal one)",
     )
     dense_top_k: int | None = help_field(
         None,
@@ -112,7 +114,8 @@ class LossConfig(Section):
             return self
         if self.signal.source == "dense" and not self.signal.teacher_model:
             raise ValueError(
-                "loss.signal.source=dense needs loss.signal.teacher_model (a T5 checkpoint folder)"
+                "loss.signal.source=dense needs loss.signal.teacher_model (a checkpoint folder with the student's "
+                "vocabulary: a T5 for a T5 student, a causal LM with its tokenizer for a causal one)"
             )
         scorer = self.signal.scorer
         if (
