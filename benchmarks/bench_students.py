@@ -1,5 +1,6 @@
 """Step time and peak memory of one training step per student: SmolLM2-135M full fine-tuning against LoRA,
-and the T5 students, on the same real PaLM SVAMP rationales through each student's own codec.
+and the T5 students with and without LoRA, on the same real PaLM SVAMP rationales through each student's
+own codec.
 
     .venv/bin/python benchmarks/bench_students.py                  # every student, 1 thread, batch 8
     .venv/bin/python benchmarks/bench_students.py --students smollm2_full smollm2_lora --threads 2
@@ -31,6 +32,10 @@ STUDENTS = {
     "smollm2_lora": ["student=smollm2_135m", "student/peft=lora"],
     "flan_t5_mini": ["student=flan_t5_mini"],
     "flan_t5_small": ["student=flan_t5_small", "student.pretrained=never"],
+    # LoRA on a random-init T5 trains nothing useful (its frozen weights are noise): these rows measure
+    # only what adapters cost or save per step against the full fine-tuning rows above
+    "flan_t5_mini_lora": ["student=flan_t5_mini", "student/peft=lora"],
+    "flan_t5_small_lora": ["student=flan_t5_small", "student.pretrained=never", "student/peft=lora"],
 }
 
 
@@ -124,11 +129,11 @@ def main() -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(
-        f"\n{'student':<14} {'kind':<8} {'params M':>8} {'trainable M':>11} {'tokens':>6} {'step s':>7} {'peak GB':>7}"
+        f"\n{'student':<18} {'kind':<8} {'params M':>8} {'trainable M':>11} {'tokens':>6} {'step s':>7} {'peak GB':>7}"
     )
     for r in rows:
         print(
-            f"{r['student']:<14} {r['kind']:<8} {r['parameters_m']:>8} {r['trainable_m']:>11} {r['tokens']:>6} "
+            f"{r['student']:<18} {r['kind']:<8} {r['parameters_m']:>8} {r['trainable_m']:>11} {r['tokens']:>6} "
             f"{r['step_s_median']:>7} {r['peak_rss_gb']:>7}"
         )
 
