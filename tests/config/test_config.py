@@ -184,6 +184,8 @@ def test_every_config_group_option_composes_and_validates(tmp_path: Path) -> Non
         },
         "experiment": {
             **{name: [f"stage.data={tmp_path}"] for name in ("kd_effect", "kd_effect_teacher")},
+            # its teacher is a folder the user makes (experiments/specialize_smollm2/make_teacher.py)
+            "specialize_smollm2_kd": [f"loss.signal.teacher_model={tmp_path}"],
             # Fu et al.'s reproductions and Weak12K name no teacher model: it has to be pointed at one
             **{
                 name: ["teacher.model=x"]
