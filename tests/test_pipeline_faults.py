@@ -252,7 +252,14 @@ def _cli(tmp_path: Path, *overrides: str) -> subprocess.Popen[str]:
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        # Ctrl+C as a user's shell delivers it: an ignored SIGINT is inherited, and code that ran earlier
+        # in this test process (Lightning's shutdown path) can leave it ignored
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run_folders(tmp_path: Path) -> list[Path]:
