@@ -333,7 +333,7 @@ class PairCollator:
         else:
             batch = self.codec.train_batch(sources, targets, self.max_source_len, self.max_target_len)
         batch[COT_ROWS_KEY] = torch.tensor([e.format not in ANSWER_ONLY for e in examples], dtype=torch.bool)
-        batch[SOURCES_KEY] = [e.source for e in examples]
+        batch[SOURCES_KEY] = sources
         return batch
 
 
